@@ -1,0 +1,26 @@
+# geoplm: GearNet, ESM-GearNet and Wu et al. (2023), end to end.
+# Run one table at a time: `snakemake --cores N table_toy_position` (see README.md).
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, schema="config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/structures.smk"
+include: "rules/embeddings.smk"
+include: "rules/train.smk"
+include: "rules/tables.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_tables(),

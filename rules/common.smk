@@ -1,0 +1,111 @@
+# Input functions and config look-ups shared by the stage files; no rules here.
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from geoplm import config as geoplm_config  # noqa: E402
+
+geoplm_config.check_references(config)
+
+RAW = "resources/raw"
+RECORDS = "resources/records"
+EMBEDDINGS = "resources/embeddings"
+RESULTS = "results"
+
+
+wildcard_constraints:
+    source=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    dataset=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    shard=r"\d{4}",
+    plm=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    task=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    pretrain=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    seed=r"\d+",
+    table=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+
+
+def source_files(wildcards):
+    return geoplm_config.source_shard_files(config, wildcards.source, wildcards.shard)
+
+
+def dataset_source(dataset):
+    return config["datasets"][dataset]["source"]
+
+
+def parse_inputs(wildcards):
+    """The download manifest(s) a record shard is parsed from."""
+    spec = config["datasets"][wildcards.dataset]
+    source = spec["source"]
+    if spec["reader"] == "structures":
+        return {"downloads": [f"{RAW}/{source}/download_{wildcards.shard}.tsv"]}
+    return {
+        "downloads": expand(
+            f"{RAW}/{source}/download_{{shard}}.tsv",
+            shard=geoplm_config.source_shards(config, source),
+        )
+    }
+
+
+def record_shards(dataset):
+    return expand(
+        f"{RECORDS}/{dataset}/{{shard}}.pt",
+        shard=geoplm_config.dataset_shards(config, dataset),
+    )
+
+
+def esm_checkpoint(plm):
+    """Checkpoint and contact-regression file of a configured protein language model."""
+    spec = config["plms"][plm]
+    if "random_init" in spec:
+        stem = f"resources/esm/random_init/{plm}"
+    else:
+        stem = f"{RAW}/esm/{spec['checkpoint']}"
+    return {"model": f"{stem}.pt", "regression": f"{stem}-contact-regression.pt"}
+
+
+def embed_inputs(wildcards):
+    return {
+        "records": f"{RECORDS}/{wildcards.dataset}/{wildcards.shard}.pt",
+        **esm_checkpoint(wildcards.plm),
+    }
+
+
+def plm_params(plm):
+    """Settings of a plm that change its embeddings (so a change reruns embed_esm)."""
+    spec = dict(config["plms"][plm])
+    return {
+        "repr_layer": spec["repr_layer"],
+        "toks_per_batch": spec.get("toks_per_batch", 4096),
+        "window": spec.get("window", 1022),
+        "stride": spec.get("stride", 511),
+        "checksum": spec.get("checksum"),
+    }
+
+
+def train_inputs(wildcards):
+    dataset = config["tasks"][wildcards.task]["dataset"]
+    inputs = {
+        "manifest": f"{RECORDS}/{dataset}/manifest.tsv",
+        "records": record_shards(dataset),
+    }
+    if wildcards.plm != geoplm_config.NO_PLM:
+        inputs["embeddings"] = expand(
+            f"{EMBEDDINGS}/{wildcards.plm}/index/{dataset}/{{shard}}.tsv",
+            shard=geoplm_config.dataset_shards(config, dataset),
+        )
+    return inputs
+
+
+def train_dir(job):
+    return "{results}/train/{task}/{model}/{plm}/{pretrain}/seed{seed}".format(results=RESULTS, **job)
+
+
+def table_inputs(table):
+    return [f"{train_dir(job)}/metrics.json" for job in geoplm_config.table_jobs(config, table)]
+
+
+def all_tables():
+    return expand(f"{RESULTS}/tables/{{table}}.csv", table=list(config["tables"]))

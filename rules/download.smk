@@ -1,0 +1,47 @@
+# Downloads: canonical URLs, checksummed, resumable, served from the mirror first.
+# localrule: cluster compute nodes often have no internet.
+
+
+rule download_structures:
+    output:
+        f"{RAW}/{{source}}/download_{{shard}}.tsv",
+    params:
+        files=source_files,
+        directory=lambda wildcards: f"{RAW}/{wildcards.source}/files",
+    log:
+        "logs/download/{source}/{shard}.log",
+    benchmark:
+        "benchmarks/download/{source}/{shard}.tsv"
+    retries: 3
+    localrule: True
+    conda:
+        "../envs/download.yaml"
+    script:
+        "../scripts/download.py"
+
+
+rule download_esm:
+    output:
+        model=f"{RAW}/esm/{{checkpoint}}.pt",
+        regression=f"{RAW}/esm/{{checkpoint}}-contact-regression.pt",
+    wildcard_constraints:
+        checkpoint=r"esm2_t\d+_\d+[MB]_UR50D",
+    params:
+        checksum=lambda wildcards: next(
+            (
+                spec.get("checksum")
+                for spec in config.get("plms", {}).values()
+                if spec.get("checkpoint") == wildcards.checkpoint
+            ),
+            None,
+        ),
+    log:
+        "logs/download/esm/{checkpoint}.log",
+    benchmark:
+        "benchmarks/download/esm/{checkpoint}.tsv"
+    retries: 3
+    localrule: True
+    conda:
+        "../envs/download.yaml"
+    script:
+        "../scripts/download_esm.py"

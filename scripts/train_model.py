@@ -1,0 +1,27 @@
+"""Rule train_model: train and evaluate one run (geoplm.train.run)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
+from geoplm import steps  # noqa: E402
+
+sm = snakemake  # noqa: F821
+
+from geoplm import train  # noqa: E402
+
+with steps.logged(sm.log[0]):
+    train.run(
+        task=sm.params.task,
+        model=sm.params.model,
+        manifest=sm.input.manifest,
+        records=list(sm.input.records),
+        embedding_indexes=list(sm.input.get("embeddings", [])),
+        seed=int(sm.wildcards.seed),
+        metrics_path=sm.output.metrics,
+        checkpoint_path=sm.output.checkpoint,
+        run_name="/".join([sm.wildcards.task, sm.wildcards.model, sm.wildcards.plm, sm.wildcards.pretrain]),
+        device=steps.device(),
+        threads=sm.threads,
+    )

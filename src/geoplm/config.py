@@ -1,0 +1,149 @@
+"""Workflow configuration: validation beyond the JSON schema, and the grids the rules expand.
+
+``config/schema.yaml`` checks each key's type and range (Snakemake's ``validate()``); this module
+checks what a schema cannot express -- that names refer to things that exist -- and derives the
+shard lists and the (task, model, plm, seed) grid of each table. Every error is a
+:class:`~geoplm.errors.ConfigError` naming the offending key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from geoplm.errors import ConfigError
+
+NO_PLM = "none"
+NO_PRETRAIN = "none"
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config, validate it against the schema (filling defaults), and check references.
+
+    Raises:
+        ConfigError: unreadable YAML, a schema violation (the message names the key path),
+            or a dangling reference.
+    """
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read config: {error}") from error
+    validate_schema(config, source=str(path))
+    check_references(config)
+    return config
+
+
+def validate_schema(config: Any, source: str = "config", schema_path: Path = SCHEMA) -> None:
+    """Validate ``config`` against ``config/schema.yaml``; fill in the schema's defaults.
+
+    Raises:
+        ConfigError: naming the key path (``tasks.toy.epochs``) and the violation.
+    """
+    import jsonschema
+
+    schema = yaml.safe_load(schema_path.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = errors[0]
+        key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+        raise ConfigError(f"{source}: invalid config key '{key}': {error.message}")
+
+
+def _require(config: Mapping, section: str, name: str, where: str) -> None:
+    if name not in config.get(section, {}):
+        known = ", ".join(sorted(config.get(section, {}))) or "none"
+        raise ConfigError(f"config key '{where}': no {section[:-1]} named '{name}' (known: {known})")
+
+
+def check_references(config: Mapping) -> None:
+    """Check that every name used in the config is defined.
+
+    Raises:
+        ConfigError: e.g. ``config key 'tasks.toy.dataset': no dataset named 'x' (known: ...)``.
+    """
+    for name, dataset in config["datasets"].items():
+        _require(config, "sources", dataset["source"], f"datasets.{name}.source")
+        if dataset["reader"] == "structures" and "shards" in dataset:
+            shards = config["sources"][dataset["source"]].get("shards", 1)
+            if dataset["shards"] != shards:
+                raise ConfigError(
+                    f"config key 'datasets.{name}.shards': a 'structures' dataset has its source's "
+                    f"shards ({shards}); set sources.{dataset['source']}.shards instead"
+                )
+    for name, plm in config.get("plms", {}).items():
+        if "random_init" in plm and not name.startswith("esm2"):
+            raise ConfigError(
+                f"config key 'plms.{name}': a random_init ESM-2 must be named 'esm2...' "
+                "(fair-esm chooses the ESM-2 loader by that prefix)"
+            )
+    for name, task in config["tasks"].items():
+        _require(config, "datasets", task["dataset"], f"tasks.{name}.dataset")
+    for name, table in config["tables"].items():
+        for model in table["models"]:
+            _require(config, "models", model, f"tables.{name}.models")
+        for plm in table["plms"]:
+            if plm != NO_PLM:
+                _require(config, "plms", plm, f"tables.{name}.plms")
+        for i, column in enumerate(table["columns"]):
+            _require(config, "tasks", column["task"], f"tables.{name}.columns[{i}].task")
+
+
+def shard_ids(count: int) -> list[str]:
+    """Shard wildcard values ``["0000", "0001", ...]`` for ``count`` shards."""
+    return [f"{i:04d}" for i in range(count)]
+
+
+def chunk(items: list, count: int, index: int) -> list:
+    """The ``index``-th of ``count`` contiguous, near-equal chunks of ``items`` (like numpy.array_split).
+
+    Raises:
+        ConfigError: ``index`` out of range.
+    """
+    if not 0 <= index < count:
+        raise ConfigError(f"shard {index} out of range for {count} shards")
+    size, extra = divmod(len(items), count)
+    start = index * size + min(index, extra)
+    return items[start : start + size + (index < extra)]
+
+
+def source_shards(config: Mapping, source: str) -> list[str]:
+    """Download shards of a source."""
+    return shard_ids(config["sources"][source].get("shards", 1))
+
+
+def source_shard_files(config: Mapping, source: str, shard: str) -> list[dict]:
+    """The file entries (``url``, ``checksum``) downloaded by one shard of a source."""
+    spec = config["sources"][source]
+    return chunk(list(spec["files"]), spec.get("shards", 1), int(shard))
+
+
+def dataset_shards(config: Mapping, dataset: str) -> list[str]:
+    """Record shards of a dataset: its source's shards for structure files, else ``shards``."""
+    spec = config["datasets"][dataset]
+    if spec["reader"] == "structures":
+        return source_shards(config, spec["source"])
+    return shard_ids(spec.get("shards", 1))
+
+
+def table_jobs(config: Mapping, table: str) -> list[dict[str, Any]]:
+    """Every training run a table needs: dicts with task, model, plm, pretrain and seed."""
+    spec = config["tables"][table]
+    tasks = list(dict.fromkeys(column["task"] for column in spec["columns"]))
+    return [
+        {"task": task, "model": model, "plm": plm, "pretrain": NO_PRETRAIN, "seed": seed}
+        for task in tasks
+        for model in spec["models"]
+        for plm in spec["plms"]
+        for seed in config["seeds"]
+    ]
+
+
+def shard_count_for(n_items: int, shard_size: int) -> int:
+    """Number of shards of at most ``shard_size`` items (at least one)."""
+    return max(1, math.ceil(n_items / shard_size))

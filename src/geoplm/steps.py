@@ -1,0 +1,334 @@
+"""The workflow's steps as plain functions: what each Snakemake rule (and the ``geoplm`` CLI) runs.
+
+Each function takes file paths and settings, never a Snakemake object, so it is tested without
+Snakemake; ``scripts/*.py`` only unpack ``snakemake.input/params/output`` into these calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import random
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from geoplm import atomic
+from geoplm.errors import GeoplmError, StructureError
+
+log = logging.getLogger("geoplm")
+
+DOWNLOAD_COLUMNS = ["file", "url", "sha256", "bytes", "origin"]
+MANIFEST_COLUMNS = ["id", "split", "source_file", "chain", "length", "num_masked", "shard", "sequence"]
+SKIPPED_COLUMNS = ["entry", "source_file", "reason"]
+
+
+@contextlib.contextmanager
+def logged(log_path: str | Path | None) -> Iterator[logging.Logger]:
+    """Send geoplm's log records to ``log_path`` (and stderr) for the duration of a step.
+
+    An exception escaping the step is logged with its message first, so the Snakemake log names
+    the file or entry at fault; then it propagates and the job fails.
+    """
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    old_level = root.level
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield log
+    except GeoplmError as error:
+        log.error("%s: %s", type(error).__name__, error)
+        raise
+    except Exception:
+        log.exception("step failed")
+        raise
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(old_level)
+
+
+def write_tsv(path: str | Path, rows: Sequence[Mapping], columns: Sequence[str]) -> None:
+    """Write ``rows`` as a tab-separated table with ``columns`` (header even when empty), atomically."""
+    frame = pd.DataFrame(list(rows), columns=list(columns))
+    with atomic.atomic_path(path) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False, quoting=csv.QUOTE_MINIMAL)
+
+
+def read_tsv(path: str | Path) -> pd.DataFrame:
+    """Read a table written by :func:`write_tsv` (empty strings stay empty strings)."""
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+
+
+# --- download -------------------------------------------------------------------------------------
+
+
+def download_files(
+    files: Sequence[Mapping], directory: str | Path, manifest: str | Path, mirror: str | None
+) -> pd.DataFrame:
+    """Fetch every file of a source shard into ``directory``; write the download manifest.
+
+    Args:
+        files: entries with ``url`` and optional ``checksum`` (``sha256:`` / ``md5:``).
+        directory: where the files go (``resources/raw/{source}/files``).
+        manifest: the TSV written last, listing file, url, sha256, bytes and origin.
+        mirror: the configured mirror directory (``$GEOPLM_MIRROR`` overrides it).
+
+    Raises:
+        ChecksumError, DownloadError: from :func:`geoplm.sources.fetch`; files already fetched
+        stay in place (with their recorded digests), so a rerun resumes.
+    """
+    from geoplm import sources
+
+    mirror_dir = sources.resolve_mirror(mirror)
+    log.info("mirror: %s", mirror_dir or "none (network only)")
+    rows = []
+    for entry in files:
+        name = sources.file_name(entry["url"])
+        got = sources.fetch(entry["url"], Path(directory) / name, entry.get("checksum"), mirror_dir)
+        log.info("%s: %s (%d bytes, sha256 %s)", name, got.origin, got.bytes, got.sha256)
+        rows.append({"file": str(got.path), "url": got.url, "sha256": got.sha256, "bytes": got.bytes,
+                     "origin": got.origin})
+    write_tsv(manifest, rows, DOWNLOAD_COLUMNS)
+    return pd.DataFrame(rows, columns=DOWNLOAD_COLUMNS)
+
+
+def download_esm(
+    name: str, model_path: str | Path, regression_path: str | Path, checksum: str | None, mirror: str | None
+) -> None:
+    """Fetch a fair-esm ESM-2 checkpoint and its contact-regression file (fair-esm's own URLs).
+
+    Raises:
+        ChecksumError, DownloadError: from :func:`geoplm.sources.fetch`.
+    """
+    from geoplm import esm, sources
+
+    spec = esm.ESM2_MODELS[name]
+    mirror_dir = sources.resolve_mirror(mirror)
+    for url, dest, expected in ((spec["url"], model_path, checksum), (spec["regression_url"], regression_path, None)):
+        got = sources.fetch(url, dest, expected, mirror_dir)
+        log.info("%s: %s (%d bytes, sha256 %s)", Path(dest).name, got.origin, got.bytes, got.sha256)
+
+
+def device() -> str:
+    """``"cuda"`` when a GPU is visible to this job, else ``"cpu"``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --- parse ----------------------------------------------------------------------------------------
+
+
+def parse_dataset_shard(
+    reader: str,
+    downloads: Sequence[str | Path],
+    records_path: str | Path,
+    manifest_path: str | Path,
+    skipped_path: str | Path,
+    shard: str,
+    shards: int = 1,
+    subset: str | None = None,
+    on_error: str = "skip",
+) -> tuple[int, int]:
+    """Dispatch one record shard to the dataset's reader (``structures`` or ``atom3d_lmdb``).
+
+    Raises:
+        GeoplmError: an unknown reader; the reader's own errors when ``on_error == "fail"``.
+    """
+    if reader == "structures":
+        return parse_structure_files(downloads, records_path, manifest_path, skipped_path, shard, on_error)
+    if reader == "atom3d_lmdb":
+        from geoplm.datasets import atom3d
+
+        archives = [path for download in downloads for path in read_tsv(download)["file"]]
+        records, skipped = atom3d.read_lmdb_shard(archives, subset, int(shard), shards, on_error)
+        from geoplm import structure
+
+        structure.save_shard(records, records_path)
+        write_tsv(manifest_path, [manifest_row(record, shard) for record in records], MANIFEST_COLUMNS)
+        write_tsv(skipped_path, skipped, SKIPPED_COLUMNS)
+        return len(records), len(skipped)
+    raise GeoplmError(f"unknown dataset reader '{reader}'")
+
+
+
+def parse_structure_files(
+    downloads: Sequence[str | Path],
+    records_path: str | Path,
+    manifest_path: str | Path,
+    skipped_path: str | Path,
+    shard: str,
+    on_error: str = "skip",
+) -> tuple[int, int]:
+    """Parse every structure file listed in download manifests into one record shard.
+
+    Writes the shard (``.pt``, list of records, see :mod:`geoplm.structure`), its manifest (one
+    row per chain) and its skipped report (one row per file that could not be used, with the
+    reason). With ``on_error="fail"`` the first bad file raises instead.
+
+    Returns:
+        (records written, files skipped).
+
+    Raises:
+        StructureError: a bad file when ``on_error == "fail"``.
+    """
+    from geoplm import structure
+
+    records, rows, skipped = [], [], []
+    for download in downloads:
+        for path in read_tsv(download)["file"]:
+            try:
+                parsed = structure.parse_structure(path)
+            except StructureError as error:
+                if on_error == "fail":
+                    raise
+                log.warning("skipped %s", error)
+                skipped.append({"entry": Path(path).name, "source_file": path, "reason": error.reason})
+                continue
+            for record in parsed:
+                records.append(record)
+                rows.append(manifest_row(record, shard))
+    structure.save_shard(records, records_path)
+    write_tsv(manifest_path, rows, MANIFEST_COLUMNS)
+    write_tsv(skipped_path, skipped, SKIPPED_COLUMNS)
+    log.info("shard %s: %d records, %d files skipped", shard, len(records), len(skipped))
+    return len(records), len(skipped)
+
+
+def manifest_row(record: Mapping, shard: str) -> dict:
+    """The manifest row of one record (split is assigned later, by :func:`gather_records`)."""
+    mask = record["residue_mask"]
+    return {
+        "id": record["id"],
+        "split": "",
+        "source_file": record["source"],
+        "chain": record["chain"],
+        "length": len(record["sequence"]),
+        "num_masked": int((~mask).sum()),
+        "shard": shard,
+        "sequence": record["sequence"],
+    }
+
+
+def assign_splits(ids: Sequence[str], fractions: Mapping[str, float], seed: int) -> dict[str, str]:
+    """Seeded random split of ``ids`` into train/valid/test by ``fractions``.
+
+    Like ATOM3D's ``split_randomly`` (used by Wu et al. for the toy tasks): shuffle once with the
+    seed, then cut at the cumulative fractions. The order of ``ids`` does not matter (sorted first).
+    """
+    order = sorted(ids)
+    random.Random(seed).shuffle(order)
+    n = len(order)
+    n_train = int(round(fractions["train"] * n))
+    n_valid = int(round(fractions["valid"] * n))
+    split = {}
+    for i, entry in enumerate(order):
+        split[entry] = "train" if i < n_train else "valid" if i < n_train + n_valid else "test"
+    return split
+
+
+def gather_records(
+    manifests: Sequence[str | Path],
+    skipped: Sequence[str | Path],
+    manifest_path: str | Path,
+    skipped_path: str | Path,
+    split: Mapping,
+) -> pd.DataFrame:
+    """Join shard manifests into the dataset manifest, assigning splits; join skipped reports.
+
+    Args:
+        split: ``{"seed": int, "fractions": {"train", "valid", "test"}}``; entries that already
+            carry a split (from the dataset's own split files) keep it.
+
+    Raises:
+        GeoplmError: the same record id appears in two shards.
+    """
+    frame = pd.concat([read_tsv(path) for path in manifests], ignore_index=True)
+    duplicated = frame["id"][frame["id"].duplicated()]
+    if len(duplicated):
+        raise GeoplmError(f"record ids appear twice across shards: {', '.join(duplicated[:5])}")
+    todo = frame["split"] == ""
+    if todo.any():
+        fractions = split.get("fractions", {"train": 0.8, "valid": 0.1, "test": 0.1})
+        assigned = assign_splits(list(frame.loc[todo, "id"]), fractions, int(split.get("seed", 0)))
+        frame.loc[todo, "split"] = frame.loc[todo, "id"].map(assigned)
+    write_tsv(manifest_path, frame.to_dict("records"), MANIFEST_COLUMNS)
+    skipped_rows = pd.concat([read_tsv(path) for path in skipped], ignore_index=True)
+    write_tsv(skipped_path, skipped_rows.to_dict("records"), SKIPPED_COLUMNS)
+    counts = frame["split"].value_counts().to_dict()
+    log.info("%d records (%s), %d skipped", len(frame), counts, len(skipped_rows))
+    return frame
+
+
+# --- embeddings -----------------------------------------------------------------------------------
+
+
+def build_random_esm(model_path: str | Path, random_init: Mapping) -> None:
+    """Write a randomly initialised ESM-2 in fair-esm's checkpoint format (see :mod:`geoplm.esm`)."""
+    from geoplm import esm
+
+    model, regression = esm.write_random_esm2_checkpoint(
+        model_path,
+        num_layers=random_init["num_layers"],
+        embed_dim=random_init["embed_dim"],
+        attention_heads=random_init["attention_heads"],
+        seed=random_init.get("seed", 0),
+    )
+    log.info("random ESM-2 written to %s and %s", model, regression)
+
+
+def embed_records(
+    records_path: str | Path,
+    checkpoint: str | Path,
+    index_path: str | Path,
+    store_root: str | Path,
+    plm: str,
+    settings: Mapping,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Embed every record of a shard with ESM-2 into the shared store; write the shard's index.
+
+    Only sequences the store lacks are embedded (a sequence shared by two datasets, or by two
+    chains, is embedded once). The index lists id, sequence hash, length and the store file.
+
+    Raises:
+        EmbeddingError, ChecksumError: from :mod:`geoplm.esm`.
+    """
+    from geoplm import esm, structure
+
+    records = structure.load_shard(records_path)
+    sequences = {record["id"]: record["sequence"] for record in records}
+    store = esm.EmbeddingStore(store_root, plm, settings["repr_layer"])
+    todo = sum(not store.has(seq) for seq in set(sequences.values()))
+    log.info("%d records, %d distinct sequences to embed", len(sequences), todo)
+    paths: dict = {}
+    if sequences:
+        model, alphabet = esm.load_esm2(checkpoint, settings.get("checksum"))
+        paths = esm.embed_to_store(
+            store,
+            model.to(device),
+            alphabet,
+            sequences,
+            toks_per_batch=settings.get("toks_per_batch", 4096),
+            window=settings.get("window", 1022),
+            stride=settings.get("stride", 511),
+            device=device,
+        )
+    rows = [
+        {"id": rid, "sequence_hash": esm.sequence_hash(seq), "length": len(seq), "path": str(paths[rid])}
+        for rid, seq in sequences.items()
+    ]
+    write_tsv(index_path, rows, ["id", "sequence_hash", "length", "path"])
+    return pd.DataFrame(rows)
