@@ -97,16 +97,22 @@ def file_name(url: str) -> str:
 def resolve_mirror(configured: str | os.PathLike | None) -> Path | None:
     """The mirror directory in force: ``$GEOPLM_MIRROR`` if set, else ``configured``; None if neither.
 
+    A configured mirror that does not exist (a clone without the shared data) is reported and the
+    network used instead.
+
     Raises:
-        DownloadError: the mirror named does not exist or is not a directory.
+        DownloadError: the directory named by ``$GEOPLM_MIRROR`` does not exist.
     """
-    chosen = os.environ.get(MIRROR_ENV) or configured
+    from_env = os.environ.get(MIRROR_ENV)
+    chosen = from_env or configured
     if not chosen:
         return None
     path = Path(chosen).expanduser()
     if not path.is_dir():
-        origin = f"${MIRROR_ENV}" if os.environ.get(MIRROR_ENV) else "config key 'mirror'"
-        raise DownloadError(f"mirror directory {path} (from {origin}) does not exist")
+        if from_env:
+            raise DownloadError(f"mirror directory {path} (from ${MIRROR_ENV}) does not exist")
+        log.warning("mirror directory %s (config key 'mirror') does not exist; using the network", path)
+        return None
     return path.resolve()
 
 

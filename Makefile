@@ -1,0 +1,47 @@
+# The two commands of the README:  make demo  |  make test
+# Both create .venv on first use and install everything the project needs into it.
+
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= 2
+# The CPU build of PyTorch; GPU users: make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH ?= torch==2.13.0
+MIRROR ?= $(abspath ../shared/data)
+SNAKEMAKE = $(VENV)/bin/snakemake
+
+.PHONY: install demo test lint dryrun bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet $(TORCH)
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	GEOPLM_MIRROR=$$( [ -d "$(MIRROR)" ] && echo "$(MIRROR)" ) \
+	  $(SNAKEMAKE) --cores $(CORES) --configfile config/demo.yaml table_toy_position
+	@echo
+	@cat results/tables/toy_position.md
+	@echo "Table written to results/tables/toy_position.csv and results/tables/toy_position.md"
+
+test: install
+	$(VENV)/bin/pytest -q
+	$(MAKE) lint dryrun
+
+lint: install
+	$(VENV)/bin/ruff check src tests scripts benchmarks
+	$(SNAKEMAKE) --lint
+	$(SNAKEMAKE) --lint --configfile config/demo.yaml
+
+dryrun: install
+	$(SNAKEMAKE) --dry-run --quiet rules --configfile config/config.yaml all
+
+bench: install
+	$(VENV)/bin/python benchmarks/run.py
+
+clean:
+	rm -rf .snakemake resources results logs benchmarks/download benchmarks/structures \
+	  benchmarks/embeddings benchmarks/train benchmarks/tables

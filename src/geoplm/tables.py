@@ -1,0 +1,162 @@
+"""Paper tables: the reproduced mean ± std over seeds beside the published value.
+
+A table is configured as rows (model x node features) and columns (task, metric). Each cell
+reads the ``metrics.json`` of every seed's run; the published value comes from
+``config/published_values.tsv`` (paper, task, metric, model, setting, value, source), and a cell
+the papers do not report (or that could not be found) says ``not available`` rather than a number.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from geoplm import atomic
+from geoplm.config import NO_PLM, NO_PRETRAIN
+from geoplm.errors import GeoplmError
+
+log = logging.getLogger(__name__)
+
+NOT_AVAILABLE = "not available"
+METRIC_LABELS = {"accuracy": "Accuracy", "rmse": "RMSE"}
+
+
+def summarize(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (ddof=1; NaN for one seed) and count of finite values."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan, 0
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+    return float(np.mean(finite)), std, len(finite)
+
+
+def format_cell(mean: float, std: float, n: int, digits: int = 3) -> str:
+    """``"0.512 ± 0.013"`` (n > 1), ``"0.512"`` (one seed), ``"–"`` (no finished run)."""
+    if n == 0:
+        return "–"
+    if n == 1 or math.isnan(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def published_value(
+    published: pd.DataFrame, paper: str | None, task: str | None, metric: str | None, model: str, setting: str | None
+) -> tuple[str, str]:
+    """The published value and its source for one cell, or (``not available``, reason).
+
+    Matching is exact on paper, task, metric, model and (where given) setting; rows flagged
+    ``SUSPECT`` in the table column are reported with that flag.
+    """
+    if not (paper and task and metric):
+        return NOT_AVAILABLE, "the paper's value for this cell could not be found"
+    rows = published[
+        (published["paper"] == paper)
+        & (published["task"] == task)
+        & (published["metric"] == metric)
+        & (published["model"] == model)
+    ]
+    if setting is not None:
+        rows = rows[rows["setting"] == setting]
+    if rows.empty:
+        return NOT_AVAILABLE, "the paper's value for this cell could not be found"
+    row = rows.iloc[0]
+    flag = " (SUSPECT)" if "SUSPECT" in row["table"] else ""
+    return f"{row['value']}{flag}", f"{row['source_kind']}: {row['source_url']}"
+
+
+def read_metrics(path: str | os.PathLike) -> dict:
+    """A run's metrics.json.
+
+    Raises:
+        GeoplmError: unreadable or missing ``test`` metrics.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+        data["test"]  # noqa: B018
+    except (OSError, json.JSONDecodeError, KeyError) as error:
+        raise GeoplmError(f"{path}: not a metrics file ({error})") from error
+    return data
+
+
+def build_table(
+    spec: Mapping, seeds: Sequence[int], results: str | os.PathLike, published: pd.DataFrame
+) -> pd.DataFrame:
+    """One row per (model, node features); per column the reproduced and published values.
+
+    Args:
+        spec: a ``tables`` config entry.
+        seeds: the configured seeds.
+        results: the results directory (``results``).
+        published: ``published_values.tsv`` as a DataFrame.
+    """
+    rows = []
+    for model in spec["models"]:
+        for plm in spec["plms"]:
+            row: dict = {"model": model, "node_features": "residue one-hot" if plm == NO_PLM else plm}
+            for column in spec["columns"]:
+                values = []
+                for seed in seeds:
+                    path = Path(results) / "train" / column["task"] / model / plm / NO_PRETRAIN / f"seed{seed}"
+                    values.append(read_metrics(path / "metrics.json")["test"].get(column["metric"]))
+                mean, std, n = summarize(values)
+                name = f"{column['task']} {METRIC_LABELS.get(column['metric'], column['metric'])}"
+                row[f"{name} (reproduced)"] = format_cell(mean, std, n)
+                row[f"{name} mean"] = mean
+                row[f"{name} std"] = std
+                row[f"{name} seeds"] = n
+                value, source = published_value(
+                    published,
+                    spec.get("paper"),
+                    column.get("published_task"),
+                    column.get("published_metric"),
+                    spec.get("published_names", {}).get(model, model),
+                    spec.get("published_settings", {}).get(plm),
+                )
+                row[f"{name} (published)"] = value
+                row[f"{name} published source"] = source
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def to_markdown(name: str, spec: Mapping, table: pd.DataFrame) -> str:
+    """The table as Markdown: title, reproduced/published columns, and the sources below."""
+    shown = ["model", "node_features"] + [
+        c for c in table.columns if c.endswith("(reproduced)") or c.endswith("(published)")
+    ]
+    lines = [f"# {spec.get('title', name)}", ""]
+    lines.append("| " + " | ".join(shown) + " |")
+    lines.append("|" + "|".join("---" for _ in shown) + "|")
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(str(row[c]) for c in shown) + " |")
+    lines += ["", "Reproduced: mean ± sample standard deviation over seeds on the test split.", ""]
+    sources = sorted({s for c in table.columns if c.endswith("published source") for s in table[c]})
+    if sources:
+        lines.append("Published values:")
+        lines += [f"- {source}" for source in sources]
+    return "\n".join(lines) + "\n"
+
+
+def make_table(
+    name: str,
+    spec: Mapping,
+    seeds: Sequence[int],
+    results: str | os.PathLike,
+    published_path: str | os.PathLike,
+    csv_path: str | os.PathLike,
+    markdown_path: str | os.PathLike,
+) -> pd.DataFrame:
+    """Build table ``name`` and write it as CSV and Markdown (atomically)."""
+    published = pd.read_csv(published_path, sep="\t", dtype=str, keep_default_na=False)
+    table = build_table(spec, seeds, results, published)
+    with atomic.atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
+    atomic.write_text(markdown_path, to_markdown(name, spec, table))
+    log.info("table %s: %d rows -> %s", name, len(table), csv_path)
+    return table

@@ -1,0 +1,408 @@
+"""Training loop: one (task, model, node features, seed) run, checkpointed, resumable, seeded.
+
+Implements Wu et al. (Communications Biology 2023)'s toy position-recovery tasks on a residue
+graph encoder; the loop follows the authors' ``main.py`` in GGNN_Meets_PLM (smiles724, commit
+088c1f5): Adam, ``ReduceLROnPlateau(mode="min", factor=0.6, patience=5, min_lr=5e-7)`` stepped on
+the validation loss, early stopping once the validation loss has failed to improve ``patience``
+times (the reference's counter is never reset, and neither is ours), and the test set evaluated
+with the weights of the epoch with the lowest validation loss.
+
+Tasks (GGNN_Meets_PLM ``gvp/atom3d.py``, ``TOYDataset``; labels over the residues that have a Cα):
+
+- ``absolute_position`` ("id"): classify each residue's index ``i`` in ``0..n-1`` among
+  ``num_classes`` classes (9,000 in the paper), cross-entropy; metric: accuracy over residues.
+- ``relative_position`` ("dist"): regress ``min(i, n - i)``, the residue's sequence distance to
+  the nearer chain end as the reference defines it, mean squared error; metric: RMSE (residues).
+
+Node features: residue-type one-hot (21: torchdrug's 20 residue types + unknown), or ESM-2
+per-residue embeddings (ESM-GearNet's serial fusion: ESM output is GearNet's node input).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from geoplm import atomic
+from geoplm.errors import GeoplmError
+
+log = logging.getLogger(__name__)
+
+NUM_RESIDUE_TYPES = 21
+TASK_KINDS = ("absolute_position", "relative_position")
+
+
+@dataclass
+class Example:
+    """One protein chain ready for the encoder.
+
+    Attributes:
+        id: record id.
+        position: (n, 3) Cα coordinates in Å (residues without a Cα dropped, as torchdrug's
+            ``AlphaCarbonNode`` and the reference's ``df[df.name == "CA"]`` do).
+        residue_type: (n,) long residue-type indices (0-20).
+        node_feature: (n, F) float node input (one-hot or ESM-2 embedding rows).
+        label: (n,) long class (absolute) or float target (relative).
+    """
+
+    id: str
+    position: torch.Tensor
+    residue_type: torch.Tensor
+    node_feature: torch.Tensor
+    label: torch.Tensor
+
+
+def position_labels(kind: str, n: int) -> torch.Tensor:
+    """Labels of the toy tasks for a chain of ``n`` Cα residues.
+
+    Returns:
+        ``absolute_position``: ``arange(n)`` (long); ``relative_position``: ``min(i, n - i)``
+        (float) -- GGNN_Meets_PLM ``gvp/atom3d.py`` ``TOYDataset``.
+
+    Raises:
+        GeoplmError: unknown task kind.
+    """
+    index = torch.arange(n)
+    if kind == "absolute_position":
+        return index
+    if kind == "relative_position":
+        return torch.minimum(index, n - index).float()
+    raise GeoplmError(f"unknown task kind '{kind}' (known: {', '.join(TASK_KINDS)})")
+
+
+def load_embedding_index(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """Record id -> embedding file, from the ``embed_esm`` index TSVs of a dataset."""
+    from geoplm.steps import read_tsv
+
+    index: dict[str, str] = {}
+    for path in paths:
+        frame = read_tsv(path)
+        index.update(zip(frame["id"], frame["path"], strict=True))
+    return index
+
+
+def read_embedding(path: str | os.PathLike, record_id: str, length: int) -> torch.Tensor:
+    """The (L, D) representation stored in a fair-esm extract.py-style file.
+
+    Raises:
+        GeoplmError: the file is missing (the store was cleaned: rerun ``embed_esm``) or its
+            length differs from the record's.
+    """
+    if not Path(path).exists():
+        raise GeoplmError(
+            f"embedding of {record_id} missing at {path}: rerun embed_esm (snakemake --forcerun embed_esm)"
+        )
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    (representation,) = data["representations"].values()
+    if representation.shape[0] != length:
+        raise GeoplmError(f"{path}: embedding of {record_id} has {representation.shape[0]} rows, record {length}")
+    return representation.float()
+
+
+def build_examples(
+    records: Sequence[Mapping], kind: str, embeddings: Mapping[str, str] | None = None
+) -> list[Example]:
+    """Turn residue records into :class:`Example` s (Cα residues only, labels per ``kind``).
+
+    Args:
+        records: records from :func:`geoplm.structure.load_shard`.
+        kind: task kind (see module docstring).
+        embeddings: record id -> embedding file; None for residue one-hot node features.
+
+    Raises:
+        GeoplmError: a record without an embedding when embeddings are used.
+    """
+    from geoplm.structure import residue_type_index
+
+    examples = []
+    for record in records:
+        ca = record["backbone"][:, 1]
+        keep = ~torch.isnan(ca).any(dim=-1)
+        n = int(keep.sum())
+        if n == 0:
+            log.warning("%s: no residue with a Cα; left out", record["id"])
+            continue
+        residue_type = residue_type_index(record["sequence"])[keep]
+        if embeddings is None:
+            node_feature = nn.functional.one_hot(residue_type, NUM_RESIDUE_TYPES).float()
+        else:
+            if record["id"] not in embeddings:
+                raise GeoplmError(f"record {record['id']} has no ESM embedding in the index")
+            full = read_embedding(embeddings[record["id"]], record["id"], len(record["sequence"]))
+            node_feature = full[keep]
+        examples.append(Example(record["id"], ca[keep].float(), residue_type, node_feature, position_labels(kind, n)))
+    return examples
+
+
+class ResidueTaskModel(nn.Module):
+    """Encoder plus a per-residue head, as the reference's ``TOYModel``.
+
+    Head (GGNN_Meets_PLM ``gvp/atom3d.py`` ``TOYModel``): ``Linear(D, 2D) -> ReLU -> Dropout(0.1)
+    -> Linear(2D, C)``, with a final ReLU for the (non-negative) relative-position regression.
+
+    Args:
+        encoder: a module mapping ``(graph, node_feature (N, F))`` to ``{"node_feature": (N, D)}``.
+        output_dim: D, the encoder's node feature width.
+        num_outputs: C, ``num_classes`` or 1.
+        regression: append the ReLU and squeeze to (N,).
+    """
+
+    def __init__(self, encoder: nn.Module, output_dim: int, num_outputs: int, regression: bool):
+        super().__init__()
+        self.encoder = encoder
+        layers: list[nn.Module] = [
+            nn.Linear(output_dim, 2 * output_dim),
+            nn.ReLU(),
+            nn.Dropout(p=0.1),
+            nn.Linear(2 * output_dim, num_outputs),
+        ]
+        if regression:
+            layers.append(nn.ReLU())
+        self.head = nn.Sequential(*layers)
+        self.regression = regression
+
+    def forward(self, graph, node_feature: torch.Tensor) -> torch.Tensor:
+        """(N, C) logits, or (N,) regression outputs."""
+        out = self.head(self.encoder(graph, node_feature)["node_feature"])
+        return out.squeeze(-1) if self.regression else out
+
+
+def build_encoder(spec: Mapping, input_dim: int) -> tuple[nn.Module, int]:
+    """Build the encoder named by a ``models`` config entry; return it and its node output width.
+
+    Raises:
+        GeoplmError: unknown model type.
+    """
+    if spec["type"] == "gearnet":
+        from geoplm.models.gearnet import GearNet
+
+        hidden = list(spec.get("hidden_dims", [512] * 6))
+        encoder = GearNet(
+            input_dim=input_dim,
+            hidden_dims=hidden,
+            num_relation=7,
+            short_cut=spec.get("short_cut", True),
+            batch_norm=spec.get("batch_norm", True),
+            concat_hidden=spec.get("concat_hidden", True),
+            readout=spec.get("readout", "sum"),
+            dropout=spec.get("dropout", 0.0),
+        )
+        return encoder, (sum(hidden) if spec.get("concat_hidden", True) else hidden[-1])
+    raise GeoplmError(f"unknown model type '{spec['type']}'")
+
+
+def make_graph(model_spec: Mapping, batch: Sequence[Example], device: str):
+    """Pack a batch into one residue graph (GearNet's 7 relations, built on the fly)."""
+    from geoplm.graph import build_gearnet_graph
+
+    position = torch.cat([example.position for example in batch])
+    residue_type = torch.cat([example.residue_type for example in batch])
+    node2graph = torch.cat([torch.full((len(example.label),), i, dtype=torch.long) for i, example in enumerate(batch)])
+    graph_spec = dict(model_spec.get("graph", {}))
+    graph = build_gearnet_graph(position, residue_type, node2graph, **graph_spec)
+    return graph.to(device)
+
+
+class Loop:
+    """Loss and metric of a task kind, over a batch of examples."""
+
+    def __init__(self, kind: str, num_classes: int):
+        self.kind = kind
+        self.num_classes = num_classes
+
+    def targets(self, batch: Sequence[Example], device: str) -> torch.Tensor:
+        label = torch.cat([example.label for example in batch]).to(device)
+        if self.kind == "absolute_position":
+            label = torch.where(label < self.num_classes, label, torch.full_like(label, -100))
+        return label
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.kind == "absolute_position":
+            if (target >= 0).sum() == 0:
+                return output.sum() * 0.0
+            return nn.functional.cross_entropy(output, target, ignore_index=-100)
+        return nn.functional.mse_loss(output, target)
+
+    def metrics(self, outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> dict[str, float]:
+        output, target = torch.cat(outputs), torch.cat(targets)
+        if self.kind == "absolute_position":
+            valid = target >= 0
+            correct = (output.argmax(-1)[valid] == target[valid]).float()
+            return {
+                "accuracy": float(correct.mean()) if len(correct) else float("nan"),
+                "residues": int(valid.sum()),
+                "residues_beyond_classes": int((~valid).sum()),
+            }
+        return {"rmse": float(torch.sqrt(nn.functional.mse_loss(output, target))), "residues": len(target)}
+
+
+def _batches(examples: Sequence[Example], batch_size: int, rng: random.Random | None) -> list[list[Example]]:
+    order = list(range(len(examples)))
+    if rng is not None:
+        rng.shuffle(order)
+    return [[examples[i] for i in order[start : start + batch_size]] for start in range(0, len(order), batch_size)]
+
+
+def _settings_hash(*objects) -> str:
+    return hashlib.sha256(json.dumps(objects, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run(
+    task: Mapping,
+    model: Mapping,
+    manifest: str | os.PathLike,
+    records: Sequence[str | os.PathLike],
+    embedding_indexes: Sequence[str | os.PathLike],
+    seed: int,
+    metrics_path: str | os.PathLike,
+    checkpoint_path: str | os.PathLike,
+    run_name: str = "",
+    device: str = "cpu",
+    threads: int | None = None,
+) -> dict:
+    """Train one run and write its metrics (JSON) and best weights; resume after an interruption.
+
+    The state after every epoch goes to ``<checkpoint>.resume.pt``; a rerun with the same
+    settings continues from it, a rerun with other settings starts over. It is removed once the
+    metrics are written.
+
+    Args:
+        task: a ``tasks`` config entry (kind, num_classes, epochs, patience, batch_size, lr).
+        model: a ``models`` config entry.
+        manifest: the dataset manifest (id, split, ...).
+        records: the dataset's record shards.
+        embedding_indexes: ESM-2 index TSVs (empty: residue one-hot features).
+        seed: seeds Python, NumPy and torch.
+
+    Returns:
+        The metrics dictionary written to ``metrics_path``.
+
+    Raises:
+        GeoplmError: an empty split, a missing embedding, an unknown task kind or model type.
+    """
+    from geoplm.steps import read_tsv
+    from geoplm.structure import load_shard
+
+    if threads:
+        torch.set_num_threads(threads)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    kind = task["kind"]
+    frame = read_tsv(manifest)
+    split_of = dict(zip(frame["id"], frame["split"], strict=True))
+    embeddings = load_embedding_index(embedding_indexes) if embedding_indexes else None
+    all_records = [record for path in records for record in load_shard(path) if record["id"] in split_of]
+    examples = build_examples(all_records, kind, embeddings)
+    splits = {name: [e for e in examples if split_of[e.id] == name] for name in ("train", "valid", "test")}
+    for name, members in splits.items():
+        if not members:
+            raise GeoplmError(f"{manifest}: the {name} split is empty ({len(examples)} usable chains in all)")
+    log.info("%s: %s", run_name, {name: len(members) for name, members in splits.items()})
+
+    input_dim = examples[0].node_feature.shape[1]
+    encoder, output_dim = build_encoder(model, input_dim)
+    num_classes = int(task.get("num_classes", 9000))
+    regression = kind == "relative_position"
+    net = ResidueTaskModel(encoder, output_dim, 1 if regression else num_classes, regression).to(device)
+    loop = Loop(kind, num_classes)
+    optimizer = torch.optim.Adam(net.parameters(), lr=float(task["lr"]))
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", factor=0.6, patience=5, min_lr=5e-7)
+    rng = random.Random(seed)
+
+    resume_path = Path(str(checkpoint_path) + ".resume.pt")
+    settings = _settings_hash(task, model, seed, sorted(split_of.items()), input_dim)
+    state = {"epoch": 0, "best_val": math.inf, "best_epoch": -1, "wait": 0, "best_state": None, "history": []}
+    if resume_path.exists():
+        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if saved.get("settings") == settings:
+            net.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            rng.setstate(saved["rng"])
+            torch.set_rng_state(saved["torch_rng"])
+            state = saved["state"]
+            log.info("resuming %s after epoch %d", run_name, state["epoch"])
+        else:
+            log.info("ignoring %s: written with other settings", resume_path)
+
+    def evaluate(members: Sequence[Example]) -> tuple[float, dict]:
+        net.eval()
+        outputs, targets, losses = [], [], []
+        with torch.no_grad():
+            for batch in _batches(members, int(task["batch_size"]), None):
+                target = loop.targets(batch, device)
+                output = net(make_graph(model, batch, device), torch.cat([e.node_feature for e in batch]).to(device))
+                losses.append(float(loop.loss(output, target)) * len(target))
+                outputs.append(output.cpu())
+                targets.append(target.cpu())
+        total = sum(len(t) for t in targets)
+        return sum(losses) / max(total, 1), loop.metrics(outputs, targets)
+
+    started = time.time()
+    patience = int(task.get("patience", 8))
+    while state["epoch"] < int(task["epochs"]) and state["wait"] < patience:
+        net.train()
+        train_losses = []
+        for batch in _batches(splits["train"], int(task["batch_size"]), rng):
+            optimizer.zero_grad()
+            target = loop.targets(batch, device)
+            output = net(make_graph(model, batch, device), torch.cat([e.node_feature for e in batch]).to(device))
+            loss = loop.loss(output, target)
+            loss.backward()
+            optimizer.step()
+            train_losses.append(float(loss))
+        val_loss, val_metrics = evaluate(splits["valid"])
+        epoch = state["epoch"]
+        state["history"].append({"epoch": epoch, "train_loss": float(np.mean(train_losses)), "valid_loss": val_loss})
+        log.info("epoch %d: train loss %.5f, valid loss %.5f %s", epoch, np.mean(train_losses), val_loss, val_metrics)
+        if val_loss < state["best_val"]:
+            state.update(best_val=val_loss, best_epoch=epoch,
+                         best_state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+        else:
+            state["wait"] += 1
+        scheduler.step(val_loss)
+        state["epoch"] = epoch + 1
+        atomic.torch_save(
+            {"settings": settings, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+             "state": state},
+            resume_path,
+        )
+
+    net.load_state_dict(state["best_state"])
+    _, valid_metrics = evaluate(splits["valid"])
+    _, test_metrics = evaluate(splits["test"])
+    metrics = {
+        "run": run_name,
+        "task_kind": kind,
+        "seed": seed,
+        "test": test_metrics,
+        "valid": valid_metrics,
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "history": state["history"],
+        "num_chains": {name: len(members) for name, members in splits.items()},
+        "num_parameters": sum(p.numel() for p in net.parameters()),
+        "node_input_dim": input_dim,
+        "train_seconds": round(time.time() - started, 2),
+        "device": device,
+    }
+    atomic.torch_save({"model": state["best_state"], "task": dict(task), "model_config": dict(model),
+                       "input_dim": input_dim}, checkpoint_path)
+    atomic.write_json(metrics_path, metrics)
+    resume_path.unlink(missing_ok=True)
+    log.info("%s test: %s", run_name, test_metrics)
+    return metrics
