@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 
 demo: install
 	GEOPLM_MIRROR=$$( [ -d "$(MIRROR)" ] && echo "$(MIRROR)" ) \
-	  $(SNAKEMAKE) --cores $(CORES) --configfile config/demo.yaml table_toy_position
+	  $(SNAKEMAKE) table_toy_position --cores $(CORES) --configfile config/demo.yaml
 	@echo
 	@cat results/tables/toy_position.md
 	@echo "Table written to results/tables/toy_position.csv and results/tables/toy_position.md"
@@ -37,7 +37,7 @@ lint: install
 	$(SNAKEMAKE) --lint --configfile config/demo.yaml
 
 dryrun: install
-	$(SNAKEMAKE) --dry-run --quiet rules --configfile config/config.yaml all
+	$(SNAKEMAKE) all --dry-run --quiet rules --configfile config/config.yaml
 
 bench: install
 	$(VENV)/bin/python benchmarks/run.py

@@ -66,6 +66,11 @@ def esm_checkpoint(plm):
     return {"model": f"{stem}.pt", "regression": f"{stem}-contact-regression.pt"}
 
 
+def embedding_store(index_path):
+    """Root of the shared embedding store, from an index path {root}/{plm}/index/{dataset}/{shard}.tsv."""
+    return str(Path(index_path).parents[3])
+
+
 def embed_inputs(wildcards):
     return {
         "records": f"{RECORDS}/{wildcards.dataset}/{wildcards.shard}.pt",
@@ -100,11 +105,16 @@ def train_inputs(wildcards):
 
 
 def train_dir(job):
-    return "{results}/train/{task}/{model}/{plm}/{pretrain}/seed{seed}".format(results=RESULTS, **job)
+    return "{results}/train/{task}/{model}/{plm}/{pretrain}/seed{seed}".format(
+        results=RESULTS, **job
+    )
 
 
 def table_inputs(table):
-    return [f"{train_dir(job)}/metrics.json" for job in geoplm_config.table_jobs(config, table)]
+    return [
+        f"{train_dir(job)}/metrics.json"
+        for job in geoplm_config.table_jobs(config, table)
+    ]
 
 
 def all_tables():

@@ -5,9 +5,6 @@
 rule download_structures:
     output:
         f"{RAW}/{{source}}/download_{{shard}}.tsv",
-    params:
-        files=source_files,
-        directory=lambda wildcards: f"{RAW}/{wildcards.source}/files",
     log:
         "logs/download/{source}/{shard}.log",
     benchmark:
@@ -16,6 +13,9 @@ rule download_structures:
     localrule: True
     conda:
         "../envs/download.yaml"
+    params:
+        files=source_files,
+        directory=lambda wildcards: f"{RAW}/{wildcards.source}/files",
     script:
         "../scripts/download.py"
 
@@ -24,8 +24,16 @@ rule download_esm:
     output:
         model=f"{RAW}/esm/{{checkpoint}}.pt",
         regression=f"{RAW}/esm/{{checkpoint}}-contact-regression.pt",
+    log:
+        "logs/download/esm/{checkpoint}.log",
+    benchmark:
+        "benchmarks/download/esm/{checkpoint}.tsv"
     wildcard_constraints:
         checkpoint=r"esm2_t\d+_\d+[MB]_UR50D",
+    retries: 3
+    localrule: True
+    conda:
+        "../envs/download.yaml"
     params:
         checksum=lambda wildcards: next(
             (
@@ -35,13 +43,5 @@ rule download_esm:
             ),
             None,
         ),
-    log:
-        "logs/download/esm/{checkpoint}.log",
-    benchmark:
-        "benchmarks/download/esm/{checkpoint}.tsv"
-    retries: 3
-    localrule: True
-    conda:
-        "../envs/download.yaml"
     script:
         "../scripts/download_esm.py"

@@ -5,14 +5,14 @@ rule build_random_esm:
     output:
         model="resources/esm/random_init/{plm}.pt",
         regression="resources/esm/random_init/{plm}-contact-regression.pt",
-    params:
-        random_init=lambda wildcards: config["plms"][wildcards.plm]["random_init"],
     log:
         "logs/embeddings/{plm}/build_random_esm.log",
     benchmark:
         "benchmarks/embeddings/{plm}/build_random_esm.tsv"
     conda:
         "../envs/esm.yaml"
+    params:
+        random_init=lambda wildcards: config["plms"][wildcards.plm]["random_init"],
     script:
         "../scripts/build_random_esm.py"
 
@@ -22,18 +22,18 @@ rule embed_esm:
         unpack(embed_inputs),
     output:
         index=f"{EMBEDDINGS}/{{plm}}/index/{{dataset}}/{{shard}}.tsv",
-    params:
-        settings=lambda wildcards: plm_params(wildcards.plm),
-        store=EMBEDDINGS,
     log:
         "logs/embeddings/{plm}/{dataset}/{shard}.log",
     benchmark:
         "benchmarks/embeddings/{plm}/{dataset}/{shard}.tsv"
+    conda:
+        "../envs/esm.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
-    conda:
-        "../envs/esm.yaml"
+    params:
+        settings=lambda wildcards: plm_params(wildcards.plm),
+        store=lambda wildcards, output: embedding_store(output.index),
     script:
         "../scripts/embed_esm.py"

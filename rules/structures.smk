@@ -8,19 +8,21 @@ rule parse_structures:
         records=f"{RECORDS}/{{dataset}}/{{shard}}.pt",
         manifest=f"{RECORDS}/{{dataset}}/{{shard}}.manifest.tsv",
         skipped=f"{RECORDS}/{{dataset}}/{{shard}}.skipped.tsv",
-    params:
-        reader=lambda wildcards: config["datasets"][wildcards.dataset]["reader"],
-        subset=lambda wildcards: config["datasets"][wildcards.dataset].get("subset"),
-        shards=lambda wildcards: len(geoplm_config.dataset_shards(config, wildcards.dataset)),
-        on_error=config.get("on_error", "skip"),
     log:
         "logs/structures/{dataset}/{shard}.log",
     benchmark:
         "benchmarks/structures/{dataset}/{shard}.tsv"
-    resources:
-        mem_mb=4000,
     conda:
         "../envs/structures.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        reader=lambda wildcards: config["datasets"][wildcards.dataset]["reader"],
+        subset=lambda wildcards: config["datasets"][wildcards.dataset].get("subset"),
+        shards=lambda wildcards: len(
+            geoplm_config.dataset_shards(config, wildcards.dataset)
+        ),
+        on_error=config.get("on_error", "skip"),
     script:
         "../scripts/parse_structures.py"
 
@@ -38,8 +40,6 @@ rule gather_records:
     output:
         manifest=f"{RECORDS}/{{dataset}}/manifest.tsv",
         skipped=f"{RECORDS}/{{dataset}}/skipped.tsv",
-    params:
-        split=lambda wildcards: config["datasets"][wildcards.dataset].get("split", {}),
     log:
         "logs/structures/{dataset}/gather.log",
     benchmark:
@@ -47,5 +47,7 @@ rule gather_records:
     localrule: True
     conda:
         "../envs/structures.yaml"
+    params:
+        split=lambda wildcards: config["datasets"][wildcards.dataset].get("split", {}),
     script:
         "../scripts/gather_records.py"

@@ -8,10 +8,6 @@ rule make_table:
     output:
         csv=report(f"{RESULTS}/tables/{{table}}.csv", category="Tables"),
         markdown=report(f"{RESULTS}/tables/{{table}}.md", category="Tables"),
-    params:
-        table=lambda wildcards: config["tables"][wildcards.table],
-        seeds=config["seeds"],
-        results=RESULTS,
     log:
         "logs/tables/{table}.log",
     benchmark:
@@ -19,6 +15,8 @@ rule make_table:
     localrule: True
     conda:
         "../envs/tables.yaml"
+    params:
+        table=lambda wildcards: config["tables"][wildcards.table],
     script:
         "../scripts/make_table.py"
 
@@ -28,8 +26,8 @@ for _table in config["tables"]:
     rule:
         name:
             f"table_{_table}"
+        default_target: False
         input:
             f"{RESULTS}/tables/{_table}.csv",
             f"{RESULTS}/tables/{_table}.md",
         localrule: True
-        default_target: False

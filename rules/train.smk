@@ -7,23 +7,19 @@ rule train_model:
     output:
         metrics=f"{RESULTS}/train/{{task}}/{{model}}/{{plm}}/{{pretrain}}/seed{{seed}}/metrics.json",
         checkpoint=f"{RESULTS}/train/{{task}}/{{model}}/{{plm}}/{{pretrain}}/seed{{seed}}/model.pt",
-    params:
-        task=lambda wildcards: config["tasks"][wildcards.task],
-        model=lambda wildcards: config["models"][wildcards.model],
-        embeddings=EMBEDDINGS,
-        plm_layer=lambda wildcards: (
-            config["plms"][wildcards.plm]["repr_layer"] if wildcards.plm != "none" else None
-        ),
     log:
         "logs/train/{task}/{model}/{plm}/{pretrain}/seed{seed}.log",
     benchmark:
         "benchmarks/train/{task}/{model}/{plm}/{pretrain}/seed{seed}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=24 * 60,
-    conda:
-        "../envs/train.yaml"
+    params:
+        task=lambda wildcards: config["tasks"][wildcards.task],
+        model=lambda wildcards: config["models"][wildcards.model],
     script:
         "../scripts/train_model.py"

@@ -10,5 +10,6 @@ from geoplm import steps  # noqa: E402
 sm = snakemake  # noqa: F821
 
 with steps.logged(sm.log[0]):
-    steps.download_esm(sm.wildcards.checkpoint, sm.output.model, sm.output.regression,
-                       sm.params.checksum, sm.config.get("mirror"))
+    steps.download_esm(
+        sm.wildcards.checkpoint, sm.output.model, sm.output.regression, sm.params.checksum, sm.config.get("mirror")
+    )

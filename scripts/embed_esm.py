@@ -10,5 +10,12 @@ from geoplm import steps  # noqa: E402
 sm = snakemake  # noqa: F821
 
 with steps.logged(sm.log[0]):
-    steps.embed_records(sm.input.records, sm.input.model, sm.output.index, sm.params.store,
-                        sm.wildcards.plm, sm.params.settings, device=steps.device())
+    steps.embed_records(
+        sm.input.records,
+        sm.input.model,
+        sm.output.index,
+        sm.params.store,
+        sm.wildcards.plm,
+        sm.params.settings,
+        device=steps.device(),
+    )

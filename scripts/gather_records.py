@@ -10,5 +10,4 @@ from geoplm import steps  # noqa: E402
 sm = snakemake  # noqa: F821
 
 with steps.logged(sm.log[0]):
-    steps.gather_records(sm.input.manifests, sm.input.skipped, sm.output.manifest, sm.output.skipped,
-                         sm.params.split)
+    steps.gather_records(sm.input.manifests, sm.input.skipped, sm.output.manifest, sm.output.skipped, sm.params.split)

@@ -12,5 +12,11 @@ sm = snakemake  # noqa: F821
 from geoplm import tables  # noqa: E402
 
 with steps.logged(sm.log[0]):
-    tables.make_table(sm.wildcards.table, sm.params.table, sm.params.seeds, sm.params.results,
-                      sm.input.published, sm.output.csv, sm.output.markdown)
+    tables.make_table(
+        sm.wildcards.table,
+        sm.params.table,
+        list(sm.input.metrics),
+        sm.input.published,
+        sm.output.csv,
+        sm.output.markdown,
+    )

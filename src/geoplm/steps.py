@@ -98,8 +98,9 @@ def download_files(
         name = sources.file_name(entry["url"])
         got = sources.fetch(entry["url"], Path(directory) / name, entry.get("checksum"), mirror_dir)
         log.info("%s: %s (%d bytes, sha256 %s)", name, got.origin, got.bytes, got.sha256)
-        rows.append({"file": str(got.path), "url": got.url, "sha256": got.sha256, "bytes": got.bytes,
-                     "origin": got.origin})
+        rows.append(
+            {"file": str(got.path), "url": got.url, "sha256": got.sha256, "bytes": got.bytes, "origin": got.origin}
+        )
     write_tsv(manifest, rows, DOWNLOAD_COLUMNS)
     return pd.DataFrame(rows, columns=DOWNLOAD_COLUMNS)
 
@@ -161,7 +162,6 @@ def parse_dataset_shard(
         write_tsv(skipped_path, skipped, SKIPPED_COLUMNS)
         return len(records), len(skipped)
     raise GeoplmError(f"unknown dataset reader '{reader}'")
-
 
 
 def parse_structure_files(

@@ -85,26 +85,32 @@ def read_metrics(path: str | os.PathLike) -> dict:
     return data
 
 
-def build_table(
-    spec: Mapping, seeds: Sequence[int], results: str | os.PathLike, published: pd.DataFrame
-) -> pd.DataFrame:
+def build_table(spec: Mapping, metrics_paths: Sequence[str | os.PathLike], published: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, node features); per column the reproduced and published values.
 
     Args:
         spec: a ``tables`` config entry.
-        seeds: the configured seeds.
-        results: the results directory (``results``).
+        metrics_paths: every run's ``metrics.json`` (``results/train/{task}/{model}/{plm}/
+            {pretrain}/seed{seed}/metrics.json``); the runs are identified by their path.
         published: ``published_values.tsv`` as a DataFrame.
+
+    Raises:
+        GeoplmError: a metrics file is unreadable, or its path is not a training run's.
     """
+    runs: dict[tuple[str, str, str], list[dict]] = {}
+    for path in metrics_paths:
+        parts = Path(path).parts
+        if len(parts) < 6 or not parts[-2].startswith("seed"):
+            raise GeoplmError(f"{path}: not a results/train/{{task}}/{{model}}/{{plm}}/{{pretrain}}/seed{{seed}} path")
+        task, model, plm, pretrain = parts[-6:-2]
+        if pretrain == NO_PRETRAIN:
+            runs.setdefault((task, model, plm), []).append(read_metrics(path))
     rows = []
     for model in spec["models"]:
         for plm in spec["plms"]:
             row: dict = {"model": model, "node_features": "residue one-hot" if plm == NO_PLM else plm}
             for column in spec["columns"]:
-                values = []
-                for seed in seeds:
-                    path = Path(results) / "train" / column["task"] / model / plm / NO_PRETRAIN / f"seed{seed}"
-                    values.append(read_metrics(path / "metrics.json")["test"].get(column["metric"]))
+                values = [run["test"].get(column["metric"]) for run in runs.get((column["task"], model, plm), [])]
                 mean, std, n = summarize(values)
                 name = f"{column['task']} {METRIC_LABELS.get(column['metric'], column['metric'])}"
                 row[f"{name} (reproduced)"] = format_cell(mean, std, n)
@@ -146,15 +152,14 @@ def to_markdown(name: str, spec: Mapping, table: pd.DataFrame) -> str:
 def make_table(
     name: str,
     spec: Mapping,
-    seeds: Sequence[int],
-    results: str | os.PathLike,
+    metrics_paths: Sequence[str | os.PathLike],
     published_path: str | os.PathLike,
     csv_path: str | os.PathLike,
     markdown_path: str | os.PathLike,
 ) -> pd.DataFrame:
     """Build table ``name`` and write it as CSV and Markdown (atomically)."""
     published = pd.read_csv(published_path, sep="\t", dtype=str, keep_default_na=False)
-    table = build_table(spec, seeds, results, published)
+    table = build_table(spec, metrics_paths, published)
     with atomic.atomic_path(csv_path) as tmp:
         table.to_csv(tmp, index=False)
     atomic.write_text(markdown_path, to_markdown(name, spec, table))

@@ -111,9 +111,7 @@ def read_embedding(path: str | os.PathLike, record_id: str, length: int) -> torc
     return representation.float()
 
 
-def build_examples(
-    records: Sequence[Mapping], kind: str, embeddings: Mapping[str, str] | None = None
-) -> list[Example]:
+def build_examples(records: Sequence[Mapping], kind: str, embeddings: Mapping[str, str] | None = None) -> list[Example]:
     """Turn residue records into :class:`Example` s (Cα residues only, labels per ``kind``).
 
     Args:
@@ -369,16 +367,25 @@ def run(
         state["history"].append({"epoch": epoch, "train_loss": float(np.mean(train_losses)), "valid_loss": val_loss})
         log.info("epoch %d: train loss %.5f, valid loss %.5f %s", epoch, np.mean(train_losses), val_loss, val_metrics)
         if val_loss < state["best_val"]:
-            state.update(best_val=val_loss, best_epoch=epoch,
-                         best_state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+            state.update(
+                best_val=val_loss,
+                best_epoch=epoch,
+                best_state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+            )
         else:
             state["wait"] += 1
         scheduler.step(val_loss)
         state["epoch"] = epoch + 1
         atomic.torch_save(
-            {"settings": settings, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
-             "state": state},
+            {
+                "settings": settings,
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng.getstate(),
+                "torch_rng": torch.get_rng_state(),
+                "state": state,
+            },
             resume_path,
         )
 
@@ -400,8 +407,10 @@ def run(
         "train_seconds": round(time.time() - started, 2),
         "device": device,
     }
-    atomic.torch_save({"model": state["best_state"], "task": dict(task), "model_config": dict(model),
-                       "input_dim": input_dim}, checkpoint_path)
+    atomic.torch_save(
+        {"model": state["best_state"], "task": dict(task), "model_config": dict(model), "input_dim": input_dim},
+        checkpoint_path,
+    )
     atomic.write_json(metrics_path, metrics)
     resume_path.unlink(missing_ok=True)
     log.info("%s test: %s", run_name, test_metrics)
