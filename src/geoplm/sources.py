@@ -17,6 +17,7 @@ known); a mismatching or truncated file is deleted and never taken as done
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -183,8 +184,15 @@ def _download(url: str, part: Path, timeout: float) -> None:
     with urllib.request.urlopen(request, timeout=timeout) as response:
         status = getattr(response, "status", 200)
         mode = "ab" if offset and status == 206 else "wb"  # server ignored Range: start over
+        announced = response.headers.get("Content-Length")
+        received = 0
         with open(part, mode) as handle:
-            shutil.copyfileobj(response, handle, _CHUNK)
+            for chunk in iter(lambda: response.read(_CHUNK), b""):
+                handle.write(chunk)
+                received += len(chunk)
+        if announced is not None and received < int(announced):
+            # the connection dropped: keep the bytes, the next attempt asks for the rest
+            raise ConnectionError(f"transfer interrupted after {received} of {announced} bytes")
 
 
 def fetch(
@@ -238,16 +246,12 @@ def fetch(
         _record_digest(dest, digest)
         return Fetched(dest, url, digest, dest.stat().st_size, "mirror")
 
-    if urllib.parse.urlparse(url).scheme == "file":
-        local = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
-        if not local.exists():
-            raise DownloadError(f"{url}: no such file")
     errors: list[str] = []
     for attempt in range(retries + 1):
         try:
             _download(url, part, timeout)
             break
-        except (urllib.error.URLError, OSError, TimeoutError) as error:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as error:
             errors.append(f"attempt {attempt + 1}: {error}")
             if attempt < retries:
                 time.sleep(backoff * 2**attempt)
