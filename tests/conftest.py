@@ -1,0 +1,18 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real test data folder: ``$GEOPLM_TEST_DATA``, else ``shared/data`` beside the repository."""
+    env = os.environ.get("GEOPLM_TEST_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"test data folder {path} not found: set GEOPLM_TEST_DATA")
+    return path
