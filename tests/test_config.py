@@ -1,0 +1,97 @@
+"""Configuration: schema validation and cross-references, with errors naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from geoplm import config as geoplm_config
+from geoplm.errors import ConfigError
+
+CONFIG = Path(__file__).resolve().parents[1] / "config"
+
+
+@pytest.fixture
+def demo() -> dict:
+    full = yaml.safe_load((CONFIG / "config.yaml").read_text())
+    demo = yaml.safe_load((CONFIG / "demo.yaml").read_text())
+    merged = copy.deepcopy(full)
+    for key, value in demo.items():  # Snakemake's --configfile merge, one level deep is enough here
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def test_full_config_is_valid():
+    config = geoplm_config.load_config(CONFIG / "config.yaml")
+    assert config["models"]["gearnet"]["hidden_dims"] == [512] * 6  # the paper's 6 x 512
+
+
+def test_demo_merged_is_valid(demo):
+    geoplm_config.validate_schema(demo)
+    geoplm_config.check_references(demo)
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda c: c["tasks"]["toy_absolute_position"].update(epochs=0), "tasks.toy_absolute_position.epochs"),
+        (lambda c: c["models"]["gearnet"].update(hidden_dims="512"), "models.gearnet.hidden_dims"),
+        (lambda c: c.update(on_error="ignore"), "on_error"),
+        (
+            lambda c: c["sources"]["demo_structures"]["files"][0].update(checksum="md5:xyz"),
+            "sources.demo_structures.files.0.checksum",
+        ),
+        (lambda c: c["plms"]["esm2_random_demo"].pop("repr_layer"), "plms.esm2_random_demo"),
+        (lambda c: c.update(unknown_key=1), "(top level)"),
+    ],
+)
+def test_schema_error_names_the_key(demo, edit, key):
+    edit(demo)
+    with pytest.raises(ConfigError) as error:
+        geoplm_config.validate_schema(demo)
+    assert f"'{key}'" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (
+            lambda c: c["tasks"]["toy_absolute_position"].update(dataset="missing"),
+            "tasks.toy_absolute_position.dataset",
+        ),
+        (lambda c: c["tables"]["toy_position"].update(models=["gearnet", "nope"]), "tables.toy_position.models"),
+        (lambda c: c["tables"]["toy_position"].update(plms=["none", "esm2_nope"]), "tables.toy_position.plms"),
+        (lambda c: c["datasets"]["toy_demo"].update(source="elsewhere"), "datasets.toy_demo.source"),
+        (
+            lambda c: c["plms"].update(
+                random_plm={"random_init": {"num_layers": 1, "embed_dim": 8, "attention_heads": 2}, "repr_layer": 1}
+            ),
+            "plms.random_plm",
+        ),
+    ],
+)
+def test_dangling_reference_names_the_key(demo, edit, key):
+    edit(demo)
+    with pytest.raises(ConfigError) as error:
+        geoplm_config.check_references(demo)
+    assert f"'{key}'" in str(error.value)
+
+
+def test_shards_partition_the_files(demo):
+    files = demo["sources"]["demo_structures"]["files"]
+    shards = geoplm_config.source_shards(demo, "demo_structures")
+    parts = [geoplm_config.source_shard_files(demo, "demo_structures", s) for s in shards]
+    assert [entry for part in parts for entry in part] == files
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_table_grid(demo):
+    jobs = geoplm_config.table_jobs(demo, "toy_position")
+    assert len(jobs) == 2 * 1 * 2 * len(demo["seeds"])
+    assert {job["plm"] for job in jobs} == {"none", "esm2_random_demo"}

@@ -1,0 +1,83 @@
+"""Workflow steps without Snakemake: download shard, parse shard (skip / fail), gather with splits."""
+
+from __future__ import annotations
+
+import gzip
+
+import pandas as pd
+import pytest
+
+from geoplm import steps, structure
+from geoplm.errors import StructureError
+
+
+@pytest.fixture
+def downloaded(shared_data, tmp_path):
+    """A download shard of three real files plus a truncated gzip, as download_structures writes it."""
+    files = [
+        {"url": "https://files.rcsb.org/download/11as.pdb"},
+        {"url": "https://alphafold.ebi.ac.uk/files/AF-P76011-F1-model_v4.pdb"},
+        {"url": "https://files.rcsb.org/download/1lzh.pdb.gz"},
+    ]
+    manifest = tmp_path / "raw" / "download_0000.tsv"
+    steps.download_files(files, tmp_path / "raw" / "files", manifest, str(shared_data))
+    truncated = tmp_path / "raw" / "files" / "broken.pdb.gz"
+    truncated.write_bytes(gzip.compress((shared_data / "pdb" / "1orc.pdb").read_bytes())[:700])
+    table = steps.read_tsv(manifest)
+    table.loc[len(table)] = {
+        "file": str(truncated),
+        "url": "file://broken.pdb.gz",
+        "sha256": "",
+        "bytes": "700",
+        "origin": "mirror",
+    }
+    table.to_csv(manifest, sep="\t", index=False)
+    return manifest
+
+
+def test_parse_skips_bad_file_and_keeps_the_rest(downloaded, tmp_path):
+    out = tmp_path / "records"
+    n_records, n_skipped = steps.parse_structure_files(
+        [downloaded], out / "0000.pt", out / "0000.manifest.tsv", out / "0000.skipped.tsv", "0000", "skip"
+    )
+    assert (n_records, n_skipped) == (5, 1)  # 11as A+B, P76011, 1lzh A+B
+    skipped = steps.read_tsv(out / "0000.skipped.tsv")
+    assert list(skipped["entry"]) == ["broken.pdb.gz"] and "gzip" in skipped["reason"][0]
+    records = structure.load_shard(out / "0000.pt")
+    manifest = steps.read_tsv(out / "0000.manifest.tsv")
+    assert list(manifest["id"]) == [r["id"] for r in records]
+    lzh = manifest[manifest["source_file"] == "1lzh.pdb.gz"].iloc[0]
+    assert int(lzh["num_masked"]) == int(lzh["length"])  # Cα-only model: every residue masked, none dropped
+
+
+def test_parse_fail_mode_stops_and_writes_nothing(downloaded, tmp_path):
+    out = tmp_path / "records"
+    with pytest.raises(StructureError, match="broken.pdb.gz"):
+        steps.parse_structure_files(
+            [downloaded], out / "0000.pt", out / "0000.manifest.tsv", out / "0000.skipped.tsv", "0000", "fail"
+        )
+    assert not (out / "0000.pt").exists()
+
+
+def test_gather_assigns_seeded_splits(downloaded, tmp_path):
+    out = tmp_path / "records"
+    steps.parse_structure_files(
+        [downloaded], out / "0000.pt", out / "0000.manifest.tsv", out / "0000.skipped.tsv", "0000"
+    )
+    split = {"seed": 3, "fractions": {"train": 0.5, "valid": 0.25, "test": 0.25}}
+    first = steps.gather_records(
+        [out / "0000.manifest.tsv"], [out / "0000.skipped.tsv"], out / "m.tsv", out / "s.tsv", split
+    )
+    second = steps.gather_records(
+        [out / "0000.manifest.tsv"], [out / "0000.skipped.tsv"], out / "m2.tsv", out / "s2.tsv", split
+    )
+    assert first["split"].value_counts().to_dict() == {"train": 2, "valid": 1, "test": 2}
+    assert list(first["split"]) == list(second["split"])
+    assert len(pd.read_csv(out / "s.tsv", sep="\t")) == 1
+
+
+def test_splits_do_not_depend_on_input_order():
+    ids = [f"p{i}" for i in range(50)]
+    fractions = {"train": 0.8, "valid": 0.1, "test": 0.1}
+    assert steps.assign_splits(ids, fractions, 0) == steps.assign_splits(ids[::-1], fractions, 0)
+    assert steps.assign_splits(ids, fractions, 0) != steps.assign_splits(ids, fractions, 1)
