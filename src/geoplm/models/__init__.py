@@ -1,0 +1,5 @@
+"""Protein structure encoders."""
+
+from geoplm.models.gearnet import GearNet
+
+__all__ = ["GearNet"]

@@ -1,0 +1,301 @@
+"""Tests of geoplm.models.GearNet (torchdrug 0.2.1 models.GearNet re-implementation) on real
+AlphaFold structures read with Biopython."""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geoplm.graph import build_gearnet_graph, residue_one_hot, spatial_line_graph
+from geoplm.models import GearNet
+
+_RESIDUE_IDS = {
+    name: i
+    for i, name in enumerate("GLY ALA SER PRO VAL THR CYS ILE LEU ASN ASP GLN LYS GLU MET HIS PHE ARG TYR TRP".split())
+}
+P53 = "alphafold/AF-P04637-F1-model_v4.pdb"  # 393 residues
+SMALL = "alphafold/AF-P76011-F1-model_v4.pdb"  # 84 residues
+MEDIUM = "alphafold/AF-A0A1W2PQ64-F1-model_v4.pdb"  # 194 residues
+
+
+def _data_dir() -> Path:
+    env = os.environ.get("GEOPLM_TEST_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"test data folder {path} not found: set GEOPLM_TEST_DATA")
+    return path
+
+
+@cache
+def _load(relpath: str):
+    from Bio.PDB import PDBParser
+
+    path = _data_dir() / relpath
+    if not path.exists():
+        pytest.skip(f"{path} missing")
+    model = next(iter(PDBParser(QUIET=True).get_structure("s", str(path))))
+    residues = [r for r in model.get_residues() if r.id[0] == " " and "CA" in r]
+    pos = torch.tensor(np.array([r["CA"].coord for r in residues]), dtype=torch.float32)
+    rtype = torch.tensor([_RESIDUE_IDS.get(r.get_resname(), 20) for r in residues])
+    return pos, rtype
+
+
+def _randomise_batch_norm(model: torch.nn.Module, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+
+
+def _edge_model(**kwargs) -> GearNet:
+    args = dict(
+        input_dim=21,
+        hidden_dims=[32, 32, 32],
+        num_relation=7,
+        edge_input_dim=59,
+        num_angle_bin=8,
+        batch_norm=True,
+        short_cut=True,
+        concat_hidden=True,
+    )
+    args.update(kwargs)
+    return GearNet(**args)
+
+
+def _paper_param_count(input_dim, hidden, num_relation, batch_norm, edge_input_dim=None, num_angle_bin=None):
+    dims = [input_dim] + hidden
+    total = 0
+    for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+        total += num_relation * d_in * d_out + d_out  # linear (W_1..W_R stacked) + bias
+        total += d_in * d_out + d_out  # self_loop
+        total += 4 * d_out if batch_norm else 0  # conv BN + model-level BN (weight, bias each)
+    if num_angle_bin:
+        edge_dims = [edge_input_dim] + dims[:-1]
+        for e_in, e_out in zip(edge_dims[:-1], edge_dims[1:], strict=True):
+            total += num_angle_bin * e_in * e_out + e_out + e_in * e_out + e_out
+            total += 2 * e_out if batch_norm else 0
+    return total
+
+
+def test_paper_config_parameter_count_and_names():
+    model = GearNet(21, [512] * 6, 7, batch_norm=True, short_cut=True, concat_hidden=True, readout="sum")
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == _paper_param_count(21, [512] * 6, 7, True) == 10_590_208
+    assert model.output_dim == 3072
+    plain = GearNet(21, [512] * 6, 7)
+    assert sum(p.numel() for p in plain.parameters()) == _paper_param_count(21, [512] * 6, 7, False)
+    edge = GearNet(21, [512] * 6, 7, 59, 8, batch_norm=True, short_cut=True, concat_hidden=True)
+    assert sum(p.numel() for p in edge.parameters()) == _paper_param_count(21, [512] * 6, 7, True, 59, 8)
+
+    # torchdrug 0.2.1 state_dict names and shapes
+    sd = edge.state_dict()
+    bn = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    expected = set()
+    dims, edge_dims = [21] + [512] * 6, [59, 21] + [512] * 5
+    for i in range(6):
+        for prefix, d_in, d_out, r in (
+            (f"layers.{i}", dims[i], dims[i + 1], 7),
+            (f"edge_layers.{i}", edge_dims[i], edge_dims[i + 1], 8),
+        ):
+            expected |= {f"{prefix}.{m}.{p}" for m in ("self_loop", "linear") for p in ("weight", "bias")}
+            expected |= {f"{prefix}.batch_norm.{p}" for p in bn}
+            assert sd[f"{prefix}.linear.weight"].shape == (d_out, r * d_in)
+            assert sd[f"{prefix}.self_loop.weight"].shape == (d_out, d_in)
+        expected |= {f"batch_norms.{i}.{p}" for p in bn}
+    assert set(sd) == expected
+
+
+def _dense_reference(model: GearNet, graph, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """torchdrug GearNet math with dense per-relation adjacency matrices (eval-mode batch norm)."""
+    n, rel = graph.num_nodes, model.num_relation
+    node_in, node_out, r = graph.edge_list.unbind(1)
+    adj = torch.zeros(rel, n, n, dtype=torch.float64)
+    adj.index_put_((r, node_out, node_in), torch.ones(len(r), dtype=torch.float64), accumulate=True)
+    # edge e -> (node_out, relation) incidence, for the GearNet-Edge update
+    inc = torch.zeros(rel, n, graph.num_edges, dtype=torch.float64)
+    inc[r, node_out, torch.arange(graph.num_edges)] = 1.0
+    if model.num_angle_bin:
+        lg = spatial_line_graph(graph, model.num_angle_bin)
+        a, b, k = lg.edge_list.unbind(1)
+        ladj = torch.zeros(model.num_angle_bin, graph.num_edges, graph.num_edges, dtype=torch.float64)
+        ladj.index_put_((k, b, a), torch.ones(len(k), dtype=torch.float64), accumulate=True)
+
+    def bn(module, u):
+        return (u - module.running_mean.double()) / torch.sqrt(
+            module.running_var.double() + module.eps
+        ) * module.weight.double() + module.bias.double()
+
+    def conv(layer, a, h):
+        w = layer.linear.weight.double()
+        d = h.shape[1]
+        out = sum(a[q] @ h @ w[:, q * d : (q + 1) * d].T for q in range(a.shape[0]))
+        out = out + layer.linear.bias.double() + h @ layer.self_loop.weight.double().T
+        out = out + layer.self_loop.bias.double()
+        return torch.relu(bn(layer.batch_norm, out) if layer.batch_norm is not None else out)
+
+    h = x.double()
+    m = graph.edge_feature.double()
+    hiddens = []
+    for i, layer in enumerate(model.layers):
+        u = conv(layer, adj, h)
+        if model.short_cut and u.shape == h.shape:
+            u = u + h
+        if model.num_angle_bin:
+            m = conv(model.edge_layers[i], ladj, m)
+            d = m.shape[1]
+            w = layer.linear.weight.double()
+            upd = sum(inc[q] @ m @ w[:, q * d : (q + 1) * d].T for q in range(rel)) + layer.linear.bias.double()
+            u = u + torch.relu(upd)
+        if model.batch_norm:
+            u = bn(model.batch_norms[i], u)
+        hiddens.append(u)
+        h = u
+    node = torch.cat(hiddens, 1) if model.concat_hidden else hiddens[-1]
+    graph_feature = torch.zeros(graph.batch_size, node.shape[1], dtype=torch.float64)
+    graph_feature.index_add_(0, graph.node2graph, node)
+    return {"node_feature": node, "graph_feature": graph_feature}
+
+
+@pytest.mark.parametrize("edge", [False, True])
+def test_matches_dense_reference(edge):
+    torch.manual_seed(0)
+    pos, rtype = _load(SMALL)
+    graph = build_gearnet_graph(pos, rtype)
+    model = _edge_model() if edge else _edge_model(edge_input_dim=None, num_angle_bin=None)
+    _randomise_batch_norm(model)
+    model.eval()
+    x = residue_one_hot(rtype)
+    with torch.no_grad():
+        out = model(graph, x)
+    ref = _dense_reference(model, graph, x)
+    for key in ("node_feature", "graph_feature"):
+        torch.testing.assert_close(out[key].double(), ref[key], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("concat_hidden", [False, True])
+@pytest.mark.parametrize("readout", ["sum", "mean"])
+def test_output_shapes(concat_hidden, readout):
+    pos, rtype = _load(P53)
+    graph = build_gearnet_graph(pos, rtype)
+    model = GearNet(21, [64, 48, 32], 7, concat_hidden=concat_hidden, readout=readout, batch_norm=True)
+    model.eval()
+    out = model(graph, residue_one_hot(rtype))
+    d = 144 if concat_hidden else 32
+    assert out["node_feature"].shape == (len(pos), d)
+    assert out["graph_feature"].shape == (1, d)
+    expected = out["node_feature"].sum(0) if readout == "sum" else out["node_feature"].mean(0)
+    torch.testing.assert_close(out["graph_feature"][0], expected, rtol=1e-5, atol=1e-4)
+
+
+def _random_rigid(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q, torch.randn(3, generator=gen, dtype=torch.float64) * 20
+
+
+def test_invariance_under_rigid_motion():
+    torch.manual_seed(0)
+    pos, rtype = _load(SMALL)
+    rot, shift = _random_rigid(1)
+    moved = (pos.double() @ rot.T + shift).float()
+    graph, graph_moved = build_gearnet_graph(pos, rtype), build_gearnet_graph(moved, rtype)
+    assert torch.equal(graph.edge_list, graph_moved.edge_list)
+    torch.testing.assert_close(graph.edge_feature, graph_moved.edge_feature, rtol=0, atol=1e-4)
+    assert torch.equal(spatial_line_graph(graph).edge_list, spatial_line_graph(graph_moved).edge_list)
+    model = _edge_model()
+    _randomise_batch_norm(model)
+    model.eval()
+    x = residue_one_hot(rtype)
+    with torch.no_grad():
+        a, b = model(graph, x), model(graph_moved, x)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-3)
+
+    # paper-size GearNet on p53
+    pos, rtype = _load(P53)
+    moved = (pos.double() @ rot.T + shift).float()
+    graph, graph_moved = build_gearnet_graph(pos, rtype), build_gearnet_graph(moved, rtype)
+    assert torch.equal(graph.edge_list, graph_moved.edge_list)
+    model = GearNet(21, [512] * 6, 7, batch_norm=True, short_cut=True, concat_hidden=True).eval()
+    x = residue_one_hot(rtype)
+    with torch.no_grad():
+        a, b = model(graph, x), model(graph_moved, x)
+    torch.testing.assert_close(a["graph_feature"], b["graph_feature"], rtol=1e-4, atol=1e-2)
+
+
+def test_batch_of_two_equals_each_alone():
+    torch.manual_seed(0)
+    (p1, r1), (p2, r2) = _load(SMALL), _load(MEDIUM)
+    model = _edge_model()
+    _randomise_batch_norm(model)
+    model.eval()
+    batch = build_gearnet_graph(
+        torch.cat([p1, p2]), torch.cat([r1, r2]), torch.cat([torch.zeros(len(p1)), torch.ones(len(p2))]).long()
+    )
+    with torch.no_grad():
+        out = model(batch, residue_one_hot(torch.cat([r1, r2])))
+        alone = [model(build_gearnet_graph(p, r), residue_one_hot(r)) for p, r in ((p1, r1), (p2, r2))]
+    torch.testing.assert_close(out["node_feature"], torch.cat([a["node_feature"] for a in alone]), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        out["graph_feature"], torch.cat([a["graph_feature"] for a in alone]), rtol=1e-5, atol=1e-3
+    )
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    pos, rtype = _load(SMALL)
+    graph = build_gearnet_graph(pos, rtype)
+    model = _edge_model(dropout=0.1)
+    model.train()
+    out = model(graph, residue_one_hot(rtype))
+    (out["graph_feature"].square().mean() + out["node_feature"].mean()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_dropout_and_argument_checks():
+    pos, rtype = _load(SMALL)
+    graph = build_gearnet_graph(pos, rtype)
+    x = residue_one_hot(rtype)
+    torch.manual_seed(0)
+    a = GearNet(21, [16, 16], 7, dropout=0.5)
+    torch.manual_seed(0)
+    b = GearNet(21, [16, 16], 7)
+    a.eval(), b.eval()
+    torch.testing.assert_close(a(graph, x)["node_feature"], b(graph, x)["node_feature"])
+    a.train()
+    assert not torch.allclose(a(graph, x)["node_feature"], b(graph, x)["node_feature"])
+    with pytest.raises(ValueError):
+        GearNet(21, [16], 7, num_angle_bin=8)
+    with pytest.raises(ValueError):
+        GearNet(21, [16], 5)(graph, x)
+    with pytest.raises(ValueError):
+        GearNet(21, [16], 7, readout="max")
+    assert math.isclose(GearNet(21, 16, 7).output_dim, 16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    torch.manual_seed(0)
+    pos, rtype = _load(SMALL)
+    graph = build_gearnet_graph(pos, rtype)
+    graph_cuda = build_gearnet_graph(pos.cuda(), rtype.cuda())
+    assert torch.equal(graph.edge_list, graph_cuda.edge_list.cpu())
+    model = _edge_model().eval()
+    with torch.no_grad():
+        ref = model(graph, residue_one_hot(rtype))
+        out = model.cuda()(graph.to("cuda"), residue_one_hot(rtype).cuda())
+    torch.testing.assert_close(out["graph_feature"].cpu(), ref["graph_feature"], rtol=1e-4, atol=1e-2)
