@@ -32,7 +32,7 @@ test: install
 	$(MAKE) lint dryrun
 
 lint: install
-	$(VENV)/bin/ruff check src tests scripts benchmarks
+	$(VENV)/bin/ruff check $(wildcard src tests scripts benchmarks)
 	$(SNAKEMAKE) --lint
 	$(SNAKEMAKE) --lint --configfile config/demo.yaml
 
