@@ -16,6 +16,7 @@ include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/structures.smk"
 include: "rules/embeddings.smk"
+include: "rules/graphs.smk"
 include: "rules/train.smk"
 include: "rules/tables.smk"
 

@@ -12,6 +12,7 @@ geoplm_config.check_references(config)
 RAW = "resources/raw"
 RECORDS = "resources/records"
 EMBEDDINGS = "resources/embeddings"
+GRAPHS = "resources/graphs"
 RESULTS = "results"
 
 
@@ -25,6 +26,7 @@ wildcard_constraints:
     pretrain=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     seed=r"\d+",
     table=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    graph=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 def source_files(wildcards):
@@ -96,6 +98,12 @@ def train_inputs(wildcards):
         "manifest": f"{RECORDS}/{dataset}/manifest.tsv",
         "records": record_shards(dataset),
     }
+    graph = config["models"][wildcards.model].get("graph")
+    if graph:
+        inputs["graphs"] = expand(
+            f"{GRAPHS}/{dataset}/{graph}/{{shard}}.pt",
+            shard=geoplm_config.dataset_shards(config, dataset),
+        )
     if wildcards.plm != geoplm_config.NO_PLM:
         inputs["embeddings"] = expand(
             f"{EMBEDDINGS}/{wildcards.plm}/index/{dataset}/{{shard}}.tsv",

@@ -21,5 +21,8 @@ rule train_model:
     params:
         task=lambda wildcards: config["tasks"][wildcards.task],
         model=lambda wildcards: config["models"][wildcards.model],
+        graph=lambda wildcards: geoplm_config.graph_settings(
+            config, config["models"][wildcards.model].get("graph", "gearnet")
+        ),
     script:
         "../scripts/train_model.py"

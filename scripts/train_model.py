@@ -18,6 +18,8 @@ with steps.logged(sm.log[0]):
         manifest=sm.input.manifest,
         records=list(sm.input.records),
         embedding_indexes=list(sm.input.get("embeddings", [])),
+        graphs=list(sm.input.get("graphs", [])),
+        graph_settings=sm.params.graph,
         seed=int(sm.wildcards.seed),
         metrics_path=sm.output.metrics,
         checkpoint_path=sm.output.checkpoint,

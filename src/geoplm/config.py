@@ -82,6 +82,9 @@ def check_references(config: Mapping) -> None:
                 f"config key 'plms.{name}': a random_init ESM-2 must be named 'esm2...' "
                 "(fair-esm chooses the ESM-2 loader by that prefix)"
             )
+    for name, model in config["models"].items():
+        if "graph" in model:
+            _require(config, "graphs", model["graph"], f"models.{name}.graph")
     for name, task in config["tasks"].items():
         _require(config, "datasets", task["dataset"], f"tasks.{name}.dataset")
     for name, table in config["tables"].items():
@@ -92,6 +95,18 @@ def check_references(config: Mapping) -> None:
                 _require(config, "plms", plm, f"tables.{name}.plms")
         for i, column in enumerate(table["columns"]):
             _require(config, "tasks", column["task"], f"tables.{name}.columns[{i}].task")
+
+
+def graph_settings(config: Mapping, name: str) -> dict:
+    """Keyword arguments of :func:`geoplm.graph.build_gearnet_graph` for a ``graphs`` entry."""
+    defaults = {
+        "sequential_max_distance": 2,
+        "radius": 10.0,
+        "knn_k": 10,
+        "min_distance": 5,
+        "spatial_max_num_neighbors": 32,
+    }
+    return {**defaults, **config.get("graphs", {}).get(name, {})}
 
 
 def shard_ids(count: int) -> list[str]:

@@ -603,3 +603,83 @@ def spatial_line_graph(graph: ResidueGraph, num_angle_bin: int = 8) -> LineGraph
         node_feature=graph.edge_feature,
         num_relation=num_angle_bin,
     )
+
+
+def record_graph_inputs(record: dict) -> tuple[Tensor, Tensor]:
+    """Cα positions ``(n, 3)`` (Å) and residue types ``(n,)`` of a record's residues that have a Cα.
+
+    Residues without a Cα are not nodes (torchdrug ``AlphaCarbonNode``); every graph, cached or
+    built on the fly, is over exactly these residues, in sequence order.
+    """
+    from geoplm.structure import residue_type_index
+
+    ca = record["backbone"][:, 1]
+    keep = ~torch.isnan(ca).any(dim=-1)
+    return ca[keep].float(), residue_type_index(record["sequence"])[keep]
+
+
+def build_record_graphs(records: list[dict], **settings) -> dict[str, dict]:
+    """GearNet graphs of every record, stored compactly for the ``build_graphs`` rule.
+
+    Args:
+        records: residue records (:mod:`geoplm.structure`).
+        **settings: keyword arguments of :func:`build_gearnet_graph` (edge features are not
+            stored: they are recomputed from positions when graphs are packed).
+
+    Returns:
+        record id -> ``{"num_nodes": n, "edge_list": (E, 3) int32 [node_in, node_out, relation]}``.
+    """
+    graphs = {}
+    for record in records:
+        position, residue_type = record_graph_inputs(record)
+        if len(position) == 0:
+            continue
+        graph = build_gearnet_graph(position, residue_type, edge_feature=None, **settings)
+        graphs[record["id"]] = {"num_nodes": graph.num_nodes, "edge_list": graph.edge_list.to(torch.int32)}
+    return graphs
+
+
+def pack_graphs(
+    positions: list[Tensor],
+    residue_types: list[Tensor],
+    edge_lists: list[Tensor],
+    num_relation: int,
+    edge_feature: str | None = "gearnet",
+) -> ResidueGraph:
+    """Pack per-protein graphs into one :class:`ResidueGraph`, as if built on the packed batch.
+
+    Per-protein edge lists are sorted by ``(relation, node_out, node_in)``, so concatenating them
+    with node offsets gives exactly the edge order :func:`build_gearnet_graph` produces on the
+    batch (graph first). Edge features are computed here, from the packed positions.
+
+    Args:
+        positions: per protein ``(n_i, 3)`` Cα coordinates in Å.
+        residue_types: per protein ``(n_i,)`` residue types.
+        edge_lists: per protein ``(E_i, 3)`` local ``[node_in, node_out, relation]``.
+        num_relation: number of relations of the graphs (7 for GearNet).
+
+    Raises:
+        ValueError: an edge refers to a node outside its protein.
+    """
+    sizes = [len(p) for p in positions]
+    offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
+    packed_edges = []
+    for i, (edges, size, offset) in enumerate(zip(edge_lists, sizes, offsets.tolist(), strict=True)):
+        edges = edges.long()
+        if len(edges) and int(edges[:, :2].max()) >= size:
+            raise ValueError(f"graph {i}: edge to node {int(edges[:, :2].max())} of a {size}-node protein")
+        packed_edges.append(edges + torch.tensor([offset, offset, 0]))
+    pos = torch.cat(positions).float()
+    residue_type = torch.cat(residue_types).long()
+    edge_list = torch.cat(packed_edges) if packed_edges else torch.zeros(0, 3, dtype=torch.long)
+    node2graph = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    return ResidueGraph(
+        num_nodes=int(pos.shape[0]),
+        batch_size=len(sizes),
+        node_position=pos,
+        residue_type=residue_type,
+        node2graph=node2graph,
+        edge_list=edge_list,
+        edge_feature=_edge_feature(edge_feature, edge_list, pos, residue_type, num_relation),
+        num_relation=num_relation,
+    )

@@ -272,6 +272,25 @@ def gather_records(
     return frame
 
 
+# --- graphs ---------------------------------------------------------------------------------------
+
+
+def build_graphs(records_path: str | Path, graphs_path: str | Path, settings: Mapping) -> int:
+    """Build the residue graph of every record of a shard and save them (see ``geoplm.graph``).
+
+    Returns:
+        The number of graphs written (records without any Cα have none).
+    """
+    from geoplm import graph, structure
+
+    records = structure.load_shard(records_path)
+    graphs = graph.build_record_graphs(records, **settings)
+    atomic.torch_save({"settings": dict(settings), "graphs": graphs}, graphs_path)
+    edges = sum(len(g["edge_list"]) for g in graphs.values())
+    log.info("%d graphs, %d edges (settings %s)", len(graphs), edges, dict(settings))
+    return len(graphs)
+
+
 # --- embeddings -----------------------------------------------------------------------------------
 
 

@@ -55,6 +55,8 @@ class Example:
         residue_type: (n,) long residue-type indices (0-20).
         node_feature: (n, F) float node input (one-hot or ESM-2 embedding rows).
         label: (n,) long class (absolute) or float target (relative).
+        edge_list: (E, 3) cached graph ``[node_in, node_out, relation]`` (``build_graphs``), or
+            None to build the graph on the fly.
     """
 
     id: str
@@ -62,6 +64,7 @@ class Example:
     residue_type: torch.Tensor
     node_feature: torch.Tensor
     label: torch.Tensor
+    edge_list: torch.Tensor | None = None
 
 
 def position_labels(kind: str, n: int) -> torch.Tensor:
@@ -111,28 +114,44 @@ def read_embedding(path: str | os.PathLike, record_id: str, length: int) -> torc
     return representation.float()
 
 
-def build_examples(records: Sequence[Mapping], kind: str, embeddings: Mapping[str, str] | None = None) -> list[Example]:
+def load_graphs(paths: Sequence[str | os.PathLike]) -> dict[str, torch.Tensor]:
+    """Record id -> cached ``(E, 3)`` edge list, from ``build_graphs`` shard files."""
+    graphs: dict[str, torch.Tensor] = {}
+    for path in paths:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        graphs.update({rid: graph["edge_list"] for rid, graph in data["graphs"].items()})
+    return graphs
+
+
+def build_examples(
+    records: Sequence[Mapping],
+    kind: str,
+    embeddings: Mapping[str, str] | None = None,
+    graphs: Mapping[str, torch.Tensor] | None = None,
+) -> list[Example]:
     """Turn residue records into :class:`Example` s (Cα residues only, labels per ``kind``).
 
     Args:
         records: records from :func:`geoplm.structure.load_shard`.
         kind: task kind (see module docstring).
         embeddings: record id -> embedding file; None for residue one-hot node features.
+        graphs: record id -> cached edge list (``build_graphs``); None to build graphs per batch.
 
     Raises:
-        GeoplmError: a record without an embedding when embeddings are used.
+        GeoplmError: a record without an embedding (or cached graph) when those are used.
     """
-    from geoplm.structure import residue_type_index
+    from geoplm.graph import record_graph_inputs
 
     examples = []
     for record in records:
-        ca = record["backbone"][:, 1]
-        keep = ~torch.isnan(ca).any(dim=-1)
-        n = int(keep.sum())
+        keep = ~torch.isnan(record["backbone"][:, 1]).any(dim=-1)
+        position, residue_type = record_graph_inputs(record)
+        n = len(position)
         if n == 0:
             log.warning("%s: no residue with a Cα; left out", record["id"])
             continue
-        residue_type = residue_type_index(record["sequence"])[keep]
+        if graphs is not None and record["id"] not in graphs:
+            raise GeoplmError(f"record {record['id']} has no cached graph (rerun build_graphs)")
         if embeddings is None:
             node_feature = nn.functional.one_hot(residue_type, NUM_RESIDUE_TYPES).float()
         else:
@@ -140,7 +159,10 @@ def build_examples(records: Sequence[Mapping], kind: str, embeddings: Mapping[st
                 raise GeoplmError(f"record {record['id']} has no ESM embedding in the index")
             full = read_embedding(embeddings[record["id"]], record["id"], len(record["sequence"]))
             node_feature = full[keep]
-        examples.append(Example(record["id"], ca[keep].float(), residue_type, node_feature, position_labels(kind, n)))
+        edge_list = graphs[record["id"]] if graphs is not None else None
+        examples.append(
+            Example(record["id"], position, residue_type, node_feature, position_labels(kind, n), edge_list)
+        )
     return examples
 
 
@@ -201,15 +223,21 @@ def build_encoder(spec: Mapping, input_dim: int) -> tuple[nn.Module, int]:
     raise GeoplmError(f"unknown model type '{spec['type']}'")
 
 
-def make_graph(model_spec: Mapping, batch: Sequence[Example], device: str):
-    """Pack a batch into one residue graph (GearNet's 7 relations, built on the fly)."""
-    from geoplm.graph import build_gearnet_graph
+def make_graph(batch: Sequence[Example], device: str, settings: Mapping | None = None):
+    """Pack a batch into one residue graph: cached edge lists when the examples carry them,
+    else GearNet's graph built on the packed batch with ``settings``."""
+    from geoplm.graph import build_gearnet_graph, pack_graphs
 
-    position = torch.cat([example.position for example in batch])
-    residue_type = torch.cat([example.residue_type for example in batch])
-    node2graph = torch.cat([torch.full((len(example.label),), i, dtype=torch.long) for i, example in enumerate(batch)])
-    graph_spec = dict(model_spec.get("graph", {}))
-    graph = build_gearnet_graph(position, residue_type, node2graph, **graph_spec)
+    if all(example.edge_list is not None for example in batch):
+        num_relation = 2 * int((settings or {}).get("sequential_max_distance", 2)) + 3
+        graph = pack_graphs(
+            [e.position for e in batch], [e.residue_type for e in batch], [e.edge_list for e in batch], num_relation
+        )
+    else:
+        position = torch.cat([example.position for example in batch])
+        residue_type = torch.cat([example.residue_type for example in batch])
+        node2graph = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor([len(e.label) for e in batch]))
+        graph = build_gearnet_graph(position, residue_type, node2graph, **dict(settings or {}))
     return graph.to(device)
 
 
@@ -257,18 +285,34 @@ def _settings_hash(*objects) -> str:
     return hashlib.sha256(json.dumps(objects, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run(
+def run(*args, **kwargs) -> dict:
+    """Train one run (see :func:`train_run`) with PyTorch's deterministic algorithms switched on.
+
+    Multi-threaded CPU kernels otherwise sum in a varying order, and two runs with the same seed
+    drift apart in the last digits; the previous setting is restored afterwards.
+    """
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return train_run(*args, **kwargs)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def train_run(
     task: Mapping,
     model: Mapping,
     manifest: str | os.PathLike,
     records: Sequence[str | os.PathLike],
     embedding_indexes: Sequence[str | os.PathLike],
     seed: int,
-    metrics_path: str | os.PathLike,
-    checkpoint_path: str | os.PathLike,
+    metrics_path: str | os.PathLike = "metrics.json",
+    checkpoint_path: str | os.PathLike = "model.pt",
     run_name: str = "",
     device: str = "cpu",
     threads: int | None = None,
+    graphs: Sequence[str | os.PathLike] = (),
+    graph_settings: Mapping | None = None,
 ) -> dict:
     """Train one run and write its metrics (JSON) and best weights; resume after an interruption.
 
@@ -283,6 +327,8 @@ def run(
         records: the dataset's record shards.
         embedding_indexes: ESM-2 index TSVs (empty: residue one-hot features).
         seed: seeds Python, NumPy and torch.
+        graphs: cached graph shards from ``build_graphs`` (empty: graphs built per batch).
+        graph_settings: the ``graphs`` entry the model runs on (relation count, on-the-fly build).
 
     Returns:
         The metrics dictionary written to ``metrics_path``.
@@ -303,7 +349,8 @@ def run(
     split_of = dict(zip(frame["id"], frame["split"], strict=True))
     embeddings = load_embedding_index(embedding_indexes) if embedding_indexes else None
     all_records = [record for path in records for record in load_shard(path) if record["id"] in split_of]
-    examples = build_examples(all_records, kind, embeddings)
+    cached_graphs = load_graphs(graphs) if graphs else None
+    examples = build_examples(all_records, kind, embeddings, cached_graphs)
     splits = {name: [e for e in examples if split_of[e.id] == name] for name in ("train", "valid", "test")}
     for name, members in splits.items():
         if not members:
@@ -321,7 +368,7 @@ def run(
     rng = random.Random(seed)
 
     resume_path = Path(str(checkpoint_path) + ".resume.pt")
-    settings = _settings_hash(task, model, seed, sorted(split_of.items()), input_dim)
+    settings = _settings_hash(task, model, graph_settings, seed, sorted(split_of.items()), input_dim)
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": -1, "wait": 0, "best_state": None, "history": []}
     if resume_path.exists():
         saved = torch.load(resume_path, map_location="cpu", weights_only=True)
@@ -336,13 +383,19 @@ def run(
         else:
             log.info("ignoring %s: written with other settings", resume_path)
 
+    def forward(batch: Sequence[Example]) -> torch.Tensor:
+        node_feature = torch.cat([example.node_feature for example in batch]).to(device)
+        return net(make_graph(batch, device, graph_settings), node_feature)
+
     def evaluate(members: Sequence[Example]) -> tuple[float, dict]:
         net.eval()
         outputs, targets, losses = [], [], []
         with torch.no_grad():
             for batch in _batches(members, int(task["batch_size"]), None):
                 target = loop.targets(batch, device)
-                output = net(make_graph(model, batch, device), torch.cat([e.node_feature for e in batch]).to(device))
+                output = net(
+                    make_graph(batch, device, graph_settings), torch.cat([e.node_feature for e in batch]).to(device)
+                )
                 losses.append(float(loop.loss(output, target)) * len(target))
                 outputs.append(output.cpu())
                 targets.append(target.cpu())
@@ -357,11 +410,13 @@ def run(
         for batch in _batches(splits["train"], int(task["batch_size"]), rng):
             optimizer.zero_grad()
             target = loop.targets(batch, device)
-            output = net(make_graph(model, batch, device), torch.cat([e.node_feature for e in batch]).to(device))
+            output = net(
+                make_graph(batch, device, graph_settings), torch.cat([e.node_feature for e in batch]).to(device)
+            )
             loss = loop.loss(output, target)
             loss.backward()
             optimizer.step()
-            train_losses.append(float(loss))
+            train_losses.append(float(loss.detach()))
         val_loss, val_metrics = evaluate(splits["valid"])
         epoch = state["epoch"]
         state["history"].append({"epoch": epoch, "train_loss": float(np.mean(train_losses)), "valid_loss": val_loss})
