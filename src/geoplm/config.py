@@ -22,18 +22,32 @@ NO_PRETRAIN = "none"
 SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
 
-def load_config(path: str | Path) -> dict:
-    """Read a YAML config, validate it against the schema (filling defaults), and check references.
+def merge(base: dict, override: Mapping) -> dict:
+    """Recursively update ``base`` with ``override`` (dicts merged, everything else replaced), as
+    Snakemake merges ``--configfile`` files over the Snakefile's ``configfile``."""
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_config(*paths: str | Path) -> dict:
+    """Read YAML config files, later ones merged over earlier ones; validate and check references.
 
     Raises:
         ConfigError: unreadable YAML, a schema violation (the message names the key path),
             or a dangling reference.
     """
-    try:
-        config = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read config: {error}") from error
-    validate_schema(config, source=str(path))
+    config: dict = {}
+    for path in paths:
+        try:
+            merge(config, yaml.safe_load(Path(path).read_text()) or {})
+        except (OSError, yaml.YAMLError, AttributeError) as error:
+            raise ConfigError(f"{path}: cannot read config: {error}") from error
+    source = " + ".join(str(path) for path in paths)
+    validate_schema(config, source=source)
     check_references(config)
     return config
 

@@ -1,0 +1,144 @@
+"""``geoplm``: the workflow's steps from the command line, for use without Snakemake.
+
+Each subcommand runs the same function as the corresponding Snakemake rule::
+
+    geoplm download  --url URL [--url URL ...] --out-dir DIR --manifest download.tsv [--mirror DIR]
+    geoplm parse     --downloads download.tsv --out records.pt [--on-error fail]
+    geoplm graphs    --records records.pt --out graphs.pt
+    geoplm random-esm --out esm2_tiny.pt --num-layers 2 --embed-dim 64 --attention-heads 4
+    geoplm embed     --records records.pt --checkpoint esm2_t33_650M_UR50D.pt --repr-layer 33 \
+                     --store DIR --index index.tsv
+    geoplm train     --config config/config.yaml [config/demo.yaml] --task T --model M \
+                     --records a.pt [b.pt ...] --manifest m.tsv --out DIR
+
+Errors on bad input print one line naming the file, entry or key and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from geoplm import steps
+from geoplm.errors import GeoplmError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geoplm", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("download", help="fetch files by URL (mirror first), checksummed")
+    p.add_argument("--url", action="append", required=True, help="canonical URL; repeat for several")
+    p.add_argument("--checksum", action="append", default=[], help="sha256:/md5: digest per --url, in order")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--mirror")
+
+    p = sub.add_parser("parse", help="structure files listed in download manifests -> record shard")
+    p.add_argument("--downloads", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="record shard (.pt); manifest and skipped TSVs go beside it")
+    p.add_argument("--on-error", choices=["skip", "fail"], default="skip")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the 80/10/10 random split")
+
+    p = sub.add_parser("graphs", help="GearNet residue graphs of a record shard")
+    p.add_argument("--records", required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("random-esm", help="a randomly initialised ESM-2 in fair-esm's checkpoint format")
+    p.add_argument("--out", required=True, help="checkpoint path; its stem must start with 'esm2'")
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--embed-dim", type=int, default=64)
+    p.add_argument("--attention-heads", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("embed", help="ESM-2 per-residue embeddings of a record shard into a store")
+    p.add_argument("--records", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checksum")
+    p.add_argument("--repr-layer", type=int, required=True)
+    p.add_argument("--toks-per-batch", type=int, default=4096)
+    p.add_argument("--store", required=True)
+    p.add_argument("--plm", help="store namespace (default: the checkpoint's stem)")
+    p.add_argument("--index", required=True)
+
+    p = sub.add_parser("train", help="train and evaluate one run of a configured task and model")
+    p.add_argument("--config", nargs="+", required=True, help="config files, later merged over earlier")
+    p.add_argument("--task", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--records", nargs="+", required=True)
+    p.add_argument("--graphs", nargs="*", default=[])
+    p.add_argument("--embeddings", nargs="*", default=[], help="embed index TSVs (none: residue one-hot)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="directory for metrics.json and model.pt")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; return the exit status (2 on bad input)."""
+    args = _parser().parse_args(argv)
+    try:
+        with steps.logged(None):
+            _run(args)
+    except GeoplmError as error:
+        print(f"geoplm {args.command}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "download":
+        checksums = args.checksum + [None] * (len(args.url) - len(args.checksum))
+        files = [{"url": url, "checksum": checksum} for url, checksum in zip(args.url, checksums, strict=True)]
+        steps.download_files(files, args.out_dir, args.manifest, args.mirror)
+    elif args.command == "parse":
+        out = Path(args.out)
+        stem = out.with_suffix("")
+        manifest, skipped = f"{stem}.manifest.tsv", f"{stem}.skipped.tsv"
+        steps.parse_structure_files(args.downloads, out, manifest, skipped, stem.name, args.on_error)
+        steps.gather_records([manifest], [skipped], manifest, skipped, {"seed": args.split_seed})
+    elif args.command == "graphs":
+        steps.build_graphs(args.records, args.out, {})
+    elif args.command == "random-esm":
+        steps.build_random_esm(
+            args.out,
+            {
+                "num_layers": args.num_layers,
+                "embed_dim": args.embed_dim,
+                "attention_heads": args.attention_heads,
+                "seed": args.seed,
+            },
+        )
+    elif args.command == "embed":
+        settings = {"repr_layer": args.repr_layer, "toks_per_batch": args.toks_per_batch, "checksum": args.checksum}
+        plm = args.plm or Path(args.checkpoint).stem
+        steps.embed_records(args.records, args.checkpoint, args.index, args.store, plm, settings, steps.device())
+    elif args.command == "train":
+        from geoplm import config as geoplm_config
+        from geoplm import train
+
+        config = geoplm_config.load_config(*args.config)
+        for section, name in (("tasks", args.task), ("models", args.model)):
+            if name not in config[section]:
+                raise GeoplmError(f"{args.config}: no entry '{name}' under '{section}'")
+        model = config["models"][args.model]
+        out = Path(args.out)
+        train.run(
+            config["tasks"][args.task],
+            model,
+            args.manifest,
+            args.records,
+            args.embeddings,
+            seed=args.seed,
+            metrics_path=out / "metrics.json",
+            checkpoint_path=out / "model.pt",
+            run_name=f"{args.task}/{args.model}",
+            device=steps.device(),
+            graphs=args.graphs,
+            graph_settings=geoplm_config.graph_settings(config, model.get("graph", "gearnet")),
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
