@@ -110,3 +110,34 @@ def test_absolute_position_ignores_residues_beyond_the_classes(dataset, tmp_path
     metrics = run(root, tmp_path, task)
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
     assert metrics["test"]["residues_beyond_classes"] > 0  # chains longer than 64 Cα residues
+
+
+def test_gearnet_edge_trains_through_the_same_loop(dataset, tmp_path):
+    root, _ = dataset
+    model = dict(MODEL, num_angle_bin=8)
+    metrics = train.run(
+        dict(TASK, epochs=1),
+        model,
+        root / "manifest.tsv",
+        [root / "0000.pt"],
+        [],
+        seed=0,
+        metrics_path=tmp_path / "metrics.json",
+        checkpoint_path=tmp_path / "model.pt",
+        graphs=[root / "graphs.pt"],
+        graph_settings={},
+    )
+    plain = train.run(
+        dict(TASK, epochs=1),
+        MODEL,
+        root / "manifest.tsv",
+        [root / "0000.pt"],
+        [],
+        seed=0,
+        metrics_path=tmp_path / "p.json",
+        checkpoint_path=tmp_path / "p.pt",
+        graphs=[root / "graphs.pt"],
+        graph_settings={},
+    )
+    assert metrics["num_parameters"] > plain["num_parameters"]  # the edge layers exist
+    assert metrics["test"]["rmse"] > 0

@@ -202,6 +202,9 @@ class ResidueTaskModel(nn.Module):
 def build_encoder(spec: Mapping, input_dim: int) -> tuple[nn.Module, int]:
     """Build the encoder named by a ``models`` config entry; return it and its node output width.
 
+    ``type: gearnet`` is GearNet (Zhang et al., ICLR 2023, Sec. 3.1); with ``num_angle_bin`` set
+    it is GearNet-Edge (Sec. 3.2: edge message passing on the spatial line graph).
+
     Raises:
         GeoplmError: unknown model type.
     """
@@ -218,6 +221,8 @@ def build_encoder(spec: Mapping, input_dim: int) -> tuple[nn.Module, int]:
             concat_hidden=spec.get("concat_hidden", True),
             readout=spec.get("readout", "sum"),
             dropout=spec.get("dropout", 0.0),
+            edge_input_dim=spec.get("edge_input_dim", 59) if "num_angle_bin" in spec else None,
+            num_angle_bin=spec.get("num_angle_bin"),
         )
         return encoder, (sum(hidden) if spec.get("concat_hidden", True) else hidden[-1])
     raise GeoplmError(f"unknown model type '{spec['type']}'")
