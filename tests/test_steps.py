@@ -81,3 +81,34 @@ def test_splits_do_not_depend_on_input_order():
     fractions = {"train": 0.8, "valid": 0.1, "test": 0.1}
     assert steps.assign_splits(ids, fractions, 0) == steps.assign_splits(ids[::-1], fractions, 0)
     assert steps.assign_splits(ids, fractions, 0) != steps.assign_splits(ids, fractions, 1)
+
+
+def test_atom3d_lmdb_dataset_through_the_step(shared_data, tmp_path):
+    """The full config's toy dataset reader (ATOM3D LMDB) behind parse_dataset_shard."""
+    pytest.importorskip("lmdb")
+    lmdb_dir = tmp_path / "raw" / "test"
+    import shutil
+
+    shutil.copytree(shared_data / "atom3d_lmdb", lmdb_dir, ignore=shutil.ignore_patterns("extra", "*.md", "*.txt"))
+    download = tmp_path / "download_0000.tsv"
+    steps.write_tsv(
+        download,
+        [{"file": str(lmdb_dir), "url": "", "sha256": "", "bytes": 0, "origin": "mirror"}],
+        steps.DOWNLOAD_COLUMNS,
+    )
+    out = tmp_path / "records"
+    counts = [
+        steps.parse_dataset_shard(
+            "atom3d_lmdb",
+            [download],
+            out / f"{i}.pt",
+            out / f"{i}.m.tsv",
+            out / f"{i}.s.tsv",
+            f"{i:04d}",
+            shards=2,
+            subset="test",
+        )
+        for i in range(2)
+    ]
+    ids = [record["id"] for i in range(2) for record in structure.load_shard(out / f"{i}.pt")]
+    assert sum(n for n, _ in counts) == len(ids) == len(set(ids)) > 0

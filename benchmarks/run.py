@@ -1,0 +1,32 @@
+"""Run every benchmark that can run here (``make bench``); each prints its own ratios.
+
+Benchmarks against torchdrug need its separate environment (see benchmarks/README.md) and are
+skipped, with the reason, where it is absent.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TORCHDRUG_PYTHON = HERE.parents[1] / "tdenv" / "bin" / "python"
+
+
+def main() -> int:
+    failures = 0
+    print("== parsing: throughput and peak memory, 1x vs 10x")
+    failures += subprocess.run([sys.executable, str(HERE / "bench_parse.py")]).returncode != 0
+    gearnet = HERE / "bench_gearnet.py"
+    if gearnet.exists():
+        print("== GearNet vs torchdrug 0.2.1")
+        if TORCHDRUG_PYTHON.exists():
+            failures += subprocess.run([str(TORCHDRUG_PYTHON), str(gearnet)]).returncode != 0
+        else:
+            print(f"skipped: no torchdrug environment at {TORCHDRUG_PYTHON} (benchmarks/torchdrug_env.sh builds it)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
