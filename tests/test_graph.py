@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import time
 from functools import cache
 from pathlib import Path
 
@@ -297,14 +296,11 @@ def test_small_and_empty_graphs():
         G.build_gearnet_graph(pos, torch.tensor([0, 1, 2]), torch.tensor([1, 0, 0]))
 
 
-def test_large_protein_is_fast():
+def test_large_protein():
+    """The 2,699-residue AlphaFold model (speed is measured in benchmarks/, not here)."""
     pos, rtype, _ = _load(HUGE)
     assert len(pos) == 2699
-    G.build_gearnet_graph(pos[:100], rtype[:100])  # warm-up
-    start = time.perf_counter()
     g = G.build_gearnet_graph(pos, rtype)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, elapsed
     assert g.num_edges > 15 * len(pos)
     assert torch.bincount(g.edge_list[:, 2], minlength=7)[2] == len(pos)
 
