@@ -8,11 +8,19 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The real test data folder: ``$GEOPLM_TEST_DATA``, else ``shared/data`` beside the repository."""
+def shared_data_dir() -> Path:
+    """The real test data folder: ``$GEOPLM_TEST_DATA``, else ``shared/data`` beside the repository.
+
+    Skips the calling test (with the reason) where it is absent.
+    """
     env = os.environ.get("GEOPLM_TEST_DATA")
     path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
     if not path.is_dir():
         pytest.skip(f"test data folder {path} not found: set GEOPLM_TEST_DATA")
     return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real test data folder (see :func:`shared_data_dir`)."""
+    return shared_data_dir()

@@ -4,13 +4,13 @@ AlphaFold structures read with Biopython."""
 from __future__ import annotations
 
 import math
-import os
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import shared_data_dir
 
 from geoplm.graph import build_gearnet_graph, residue_one_hot, spatial_line_graph
 from geoplm.models import GearNet
@@ -25,11 +25,7 @@ MEDIUM = "alphafold/AF-A0A1W2PQ64-F1-model_v4.pdb"  # 194 residues
 
 
 def _data_dir() -> Path:
-    env = os.environ.get("GEOPLM_TEST_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    if not path.is_dir():
-        pytest.skip(f"test data folder {path} not found: set GEOPLM_TEST_DATA")
-    return path
+    return shared_data_dir()
 
 
 @cache

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import shared_data_dir
 
 from geoplm import graph as G
 
@@ -24,11 +24,7 @@ _RESIDUE_IDS = {
 
 
 def _data_dir() -> Path:
-    env = os.environ.get("GEOPLM_TEST_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    if not path.is_dir():
-        pytest.skip(f"test data folder {path} not found: set GEOPLM_TEST_DATA")
-    return path
+    return shared_data_dir()
 
 
 @cache

@@ -59,10 +59,10 @@ TASK = {"kind": "relative_position", "epochs": 3, "batch_size": 2, "lr": 1e-3}
 MODEL = {"type": "gearnet", "hidden_dims": [16, 16], "short_cut": True, "batch_norm": True, "concat_hidden": True}
 
 
-def run(root, out, task=TASK):
+def run(root, out, task=TASK, model=MODEL):
     return train.run(
         task,
-        MODEL,
+        model,
         root / "manifest.tsv",
         [root / "0000.pt"],
         [],
@@ -115,29 +115,7 @@ def test_absolute_position_ignores_residues_beyond_the_classes(dataset, tmp_path
 def test_gearnet_edge_trains_through_the_same_loop(dataset, tmp_path):
     root, _ = dataset
     model = dict(MODEL, num_angle_bin=8)
-    metrics = train.run(
-        dict(TASK, epochs=1),
-        model,
-        root / "manifest.tsv",
-        [root / "0000.pt"],
-        [],
-        seed=0,
-        metrics_path=tmp_path / "metrics.json",
-        checkpoint_path=tmp_path / "model.pt",
-        graphs=[root / "graphs.pt"],
-        graph_settings={},
-    )
-    plain = train.run(
-        dict(TASK, epochs=1),
-        MODEL,
-        root / "manifest.tsv",
-        [root / "0000.pt"],
-        [],
-        seed=0,
-        metrics_path=tmp_path / "p.json",
-        checkpoint_path=tmp_path / "p.pt",
-        graphs=[root / "graphs.pt"],
-        graph_settings={},
-    )
+    metrics = run(root, tmp_path / "edge", dict(TASK, epochs=1), model)
+    plain = run(root, tmp_path / "plain", dict(TASK, epochs=1))
     assert metrics["num_parameters"] > plain["num_parameters"]  # the edge layers exist
     assert metrics["test"]["rmse"] > 0

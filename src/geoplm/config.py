@@ -8,7 +8,6 @@ shard lists and the (task, model, plm, seed) grid of each table. Every error is 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -171,8 +170,3 @@ def table_jobs(config: Mapping, table: str) -> list[dict[str, Any]]:
         for plm in spec["plms"]
         for seed in config["seeds"]
     ]
-
-
-def shard_count_for(n_items: int, shard_size: int) -> int:
-    """Number of shards of at most ``shard_size`` items (at least one)."""
-    return max(1, math.ceil(n_items / shard_size))

@@ -106,7 +106,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -144,6 +144,18 @@ _KNN_SPARE = 6
 _GRAPH_SEPARATION = 1e6
 
 
+def _to_device(graph, device):
+    """A copy of a graph dataclass with every tensor field moved to ``device``."""
+    return replace(
+        graph,
+        **{
+            f.name: getattr(graph, f.name).to(device)
+            for f in fields(graph)
+            if isinstance(getattr(graph, f.name), Tensor)
+        },
+    )
+
+
 @dataclass
 class ResidueGraph:
     """A packed batch of residue graphs (one node per residue with a Cα)."""
@@ -170,11 +182,7 @@ class ResidueGraph:
         return self.node2graph[self.edge_list[:, 1]]
 
     def to(self, device) -> ResidueGraph:
-        kwargs = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            kwargs[f.name] = value.to(device) if isinstance(value, Tensor) else value
-        return ResidueGraph(**kwargs)
+        return _to_device(self, device)
 
 
 @dataclass
@@ -197,11 +205,7 @@ class LineGraph:
         return int(self.edge_list.shape[0])
 
     def to(self, device) -> LineGraph:
-        kwargs = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            kwargs[f.name] = value.to(device) if isinstance(value, Tensor) else value
-        return LineGraph(**kwargs)
+        return _to_device(self, device)
 
 
 def gearnet_edge_feature_dim(num_relation: int = 7) -> int:
