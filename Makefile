@@ -37,7 +37,7 @@ lint: install
 	$(SNAKEMAKE) --lint --configfile config/demo.yaml
 
 dryrun: install
-	$(SNAKEMAKE) all --dry-run --quiet rules --configfile config/config.yaml
+	$(SNAKEMAKE) all tables --dry-run --quiet rules --configfile config/config.yaml
 
 bench: install
 	$(VENV)/bin/python benchmarks/run.py

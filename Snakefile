@@ -22,6 +22,13 @@ include: "rules/tables.smk"
 
 
 rule all:
+    """Prepare every dataset: records, manifest and skipped report (`snakemake --cores N`)."""
     default_target: True
+    input:
+        all_datasets(),
+
+
+rule tables:
+    """Every table of the config (each is also a target of its own: `snakemake table_<name>`)."""
     input:
         all_tables(),

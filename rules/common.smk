@@ -125,5 +125,13 @@ def table_inputs(table):
     ]
 
 
+def all_datasets():
+    return [
+        f"{RECORDS}/{dataset}/{name}.tsv"
+        for dataset in config["datasets"]
+        for name in ("manifest", "skipped")
+    ]
+
+
 def all_tables():
     return expand(f"{RESULTS}/tables/{{table}}.csv", table=list(config["tables"]))

@@ -16,6 +16,8 @@ rule download_structures:
     params:
         files=source_files,
         directory=lambda wildcards: f"{RAW}/{wildcards.source}/files",
+        missing_files=config.get("missing_files", "auto"),
+        manual=lambda wildcards: config["sources"][wildcards.source].get("manual"),
     script:
         "../scripts/download.py"
 

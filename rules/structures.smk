@@ -23,6 +23,7 @@ rule parse_structures:
             geoplm_config.dataset_shards(config, wildcards.dataset)
         ),
         on_error=config.get("on_error", "skip"),
+        options=lambda wildcards: config["datasets"][wildcards.dataset].get("options", {}),
     script:
         "../scripts/parse_structures.py"
 

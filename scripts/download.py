@@ -10,4 +10,11 @@ from geoplm import steps  # noqa: E402
 sm = snakemake  # noqa: F821
 
 with steps.logged(sm.log[0]):
-    steps.download_files(sm.params.files, sm.params.directory, sm.output[0], sm.config.get("mirror"))
+    steps.download_files(
+        sm.params.files,
+        sm.params.directory,
+        sm.output[0],
+        sm.config.get("mirror"),
+        missing_files=sm.params.missing_files,
+        manual=sm.params.manual,
+    )

@@ -20,4 +20,5 @@ with steps.logged(sm.log[0]):
         shards=sm.params.shards,
         subset=sm.params.subset,
         on_error=sm.params.on_error,
+        options=sm.params.options,
     )

@@ -221,3 +221,34 @@ def test_bad_inputs(tmp_path, lmdb_dir):
         atoms = reader[2]["atoms"]
     with pytest.raises(GeoplmError, match=r"lacks columns \['x'\]"):
         atom3d.atoms_to_records(atoms.drop(columns=["x"]), "2olx.pdb", "x")
+
+
+def test_read_shard_keeps_item_labels_and_groups(shared_data):
+    from geoplm.datasets import get_reader
+
+    read = get_reader("atom3d_lmdb")
+    lmdb_dir = shared_data / "atom3d_lmdb" / "extra" / "test_lmdb_with_label"
+    records, skipped = read([lmdb_dir], 0, 1, {"task": "psr"}, "skip")
+    assert not skipped and records
+    env = atom3d.open_lmdb(lmdb_dir)
+    try:
+        first = atom3d.read_entry(env, 0)
+    finally:
+        env.close()
+    first_records = [r for r in records if r["group"] == first["id"]]
+    assert first_records and all(r["labels"] == {"label": first["label"]} for r in first_records)
+    assert {r["role"] for r in records} == {"atoms"}
+    # the two shards of two partition the items
+    halves = [read([lmdb_dir], i, 2, {"task": "psr"}, "skip")[0] for i in range(2)]
+    assert sorted(r["id"] for half in halves for r in half) == sorted(r["id"] for r in records)
+
+
+def test_read_shard_rejects_unknown_options(shared_data):
+    from geoplm.datasets import get_reader
+    from geoplm.errors import ConfigError
+
+    read = get_reader("atom3d_lmdb")
+    with pytest.raises(ConfigError, match="task"):
+        read([shared_data / "atom3d_lmdb"], 0, 1, {"task": "qm9"}, "skip")
+    with pytest.raises(ConfigError, match="unknown options"):
+        read([shared_data / "atom3d_lmdb"], 0, 1, {"colour": "red"}, "skip")

@@ -145,3 +145,11 @@ def test_mirror_env_var_wins_and_must_exist(tmp_path, monkeypatch):
         sources.resolve_mirror(None)
     monkeypatch.delenv(sources.MIRROR_ENV)
     assert sources.resolve_mirror(str(tmp_path / "missing")) is None  # configured but absent: network
+
+
+def test_unresolvable_host_is_not_retried(tmp_path):
+    """Offline (the host name does not resolve), one attempt is made, not ``retries + 1``."""
+    url = "https://geoplm-no-such-host.invalid/files/AF-XXXX-F1-model_v4.pdb"
+    with pytest.raises(DownloadError) as error:
+        sources.fetch(url, tmp_path / "x.pdb", retries=3, backoff=0)
+    assert "attempt 1" in str(error.value) and "attempt 2" not in str(error.value)

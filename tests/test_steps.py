@@ -112,3 +112,50 @@ def test_atom3d_lmdb_dataset_through_the_step(shared_data, tmp_path):
     ]
     ids = [record["id"] for i in range(2) for record in structure.load_shard(out / f"{i}.pt")]
     assert sum(n for n, _ in counts) == len(ids) == len(set(ids)) > 0
+
+
+def test_files_the_mirror_lacks_are_reported_missing_not_fatal(shared_data, tmp_path):
+    """With a mirror, a file it lacks (and the network cannot give) is listed, not fatal; the
+    dataset's skipped report names it; without a mirror (or with missing_files=fail) it stops."""
+    from geoplm.errors import DownloadError
+
+    files = [
+        {"url": "https://files.rcsb.org/download/11as.pdb"},
+        {"url": (tmp_path / "nowhere" / "EnzymeCommission.zip").as_uri()},
+    ]
+    manifest = tmp_path / "raw" / "download_0000.tsv"
+    table = steps.download_files(files, tmp_path / "raw" / "files", manifest, str(shared_data), manual="register first")
+    assert list(table["origin"]) == ["mirror", "missing"]
+    assert "EnzymeCommission.zip" in table["reason"][1] and "register first" in table["reason"][1]
+    with pytest.raises(DownloadError, match="EnzymeCommission.zip"):
+        steps.download_files(files, tmp_path / "raw2", tmp_path / "m2.tsv", str(shared_data), missing_files="fail")
+    assert not (tmp_path / "m2.tsv").exists()
+
+    out = tmp_path / "records"
+    n_records, n_skipped = steps.parse_dataset_shard(
+        "structures", [manifest], out / "0.pt", out / "0.m.tsv", out / "0.s.tsv", "0000"
+    )
+    skipped = steps.read_tsv(out / "0.s.tsv")
+    assert n_records == len(structure.load_shard(out / "0.pt")) >= 1
+    assert list(skipped["entry"]) == ["EnzymeCommission.zip"] and n_skipped == 1
+
+
+def test_manifest_carries_group_role_and_labels_and_splits_by_group(shared_data, tmp_path):
+    import json
+
+    record = structure.parse_structure(shared_data / "pdb" / "4hhb.cif")
+    for i, r in enumerate(record):
+        r.update(group="complexA" if i < 2 else "complexB", role="receptor", labels={"n": i})
+    rows = [steps.manifest_row(r, "0000") for r in record]
+    assert json.loads(rows[1]["labels"]) == {"n": 1} and rows[0]["group"] == "complexA"
+    steps.write_tsv(tmp_path / "m.tsv", rows, steps.MANIFEST_COLUMNS)
+    steps.write_tsv(tmp_path / "s.tsv", [], steps.SKIPPED_COLUMNS)
+    frame = steps.gather_records(
+        [tmp_path / "m.tsv"],
+        [tmp_path / "s.tsv"],
+        tmp_path / "all.tsv",
+        tmp_path / "sk.tsv",
+        {"seed": 0, "fractions": {"train": 0.5, "valid": 0.0, "test": 0.5}},
+    )
+    for _, members in frame.groupby("group"):
+        assert members["split"].nunique() == 1  # a complex never straddles two splits

@@ -21,6 +21,7 @@ import http.client
 import logging
 import os
 import shutil
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -195,6 +196,15 @@ def _download(url: str, part: Path, timeout: float) -> None:
             raise ConnectionError(f"transfer interrupted after {received} of {announced} bytes")
 
 
+def _permanent(error: Exception) -> bool:
+    """A failure that a retry cannot mend: the host name does not resolve (offline), a local
+    ``file://`` that does not exist, or an HTTP 4xx other than 408/429."""
+    if isinstance(error, urllib.error.HTTPError):
+        return 400 <= error.code < 500 and error.code not in (408, 429)
+    reason = getattr(error, "reason", None)
+    return isinstance(reason, socket.gaierror | FileNotFoundError)
+
+
 def fetch(
     url: str,
     dest: str | os.PathLike,
@@ -203,6 +213,7 @@ def fetch(
     retries: int = 3,
     backoff: float = 2.0,
     timeout: float = 60.0,
+    name: str | None = None,
 ) -> Fetched:
     """Bring the file at ``url`` to ``dest``, verified, from cache, mirror or network.
 
@@ -215,6 +226,8 @@ def fetch(
         mirror: a directory searched by file name before the network (None: network only).
         retries: network attempts after the first, with ``backoff * 2**k`` seconds between them.
         timeout: socket timeout per attempt, in seconds.
+        name: the file's upstream name, looked up in the mirror (default: the URL's last segment;
+            set where that segment is not the file's name or not unique in a source).
 
     Returns:
         :class:`Fetched` with the path, digest, size and origin.
@@ -222,7 +235,8 @@ def fetch(
     Raises:
         ChecksumError: the mirror's or the downloaded file's digest differs from ``checksum``
             (the bad copy is removed; the message names the file and both digests).
-        DownloadError: neither the mirror nor the network could provide the file.
+        DownloadError: neither the mirror nor the network could provide the file. Permanent
+            failures (host name not resolving, HTTP 404, a missing ``file://``) are not retried.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -235,7 +249,7 @@ def fetch(
             return Fetched(dest, url, recorded, dest.stat().st_size, "cache")
 
     part = dest.with_name(dest.name + ".part")
-    name = file_name(url)
+    name = name or file_name(url)
     mirror_path = Path(mirror) if mirror else None
     source = find_in_mirror(mirror_path, name, checksum) if mirror_path else None
     if source is not None:
@@ -247,15 +261,19 @@ def fetch(
         return Fetched(dest, url, digest, dest.stat().st_size, "mirror")
 
     errors: list[str] = []
+    downloaded = False
     for attempt in range(retries + 1):
         try:
             _download(url, part, timeout)
+            downloaded = True
             break
         except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as error:
             errors.append(f"attempt {attempt + 1}: {error}")
+            if _permanent(error):
+                break  # offline, no such file, or refused: retrying cannot help
             if attempt < retries:
                 time.sleep(backoff * 2**attempt)
-    else:
+    if not downloaded:
         where = f"not in mirror {mirror_path}" if mirror_path else "no mirror set"
         raise DownloadError(
             f"{name}: {where}, and {url} could not be downloaded ({'; '.join(errors)}). "

@@ -21,8 +21,20 @@ from geoplm.errors import GeoplmError, StructureError
 
 log = logging.getLogger("geoplm")
 
-DOWNLOAD_COLUMNS = ["file", "url", "sha256", "bytes", "origin"]
-MANIFEST_COLUMNS = ["id", "split", "source_file", "chain", "length", "num_masked", "shard", "sequence"]
+DOWNLOAD_COLUMNS = ["file", "url", "sha256", "bytes", "origin", "reason"]
+MANIFEST_COLUMNS = [
+    "id",
+    "split",
+    "group",
+    "role",
+    "source_file",
+    "chain",
+    "length",
+    "num_masked",
+    "shard",
+    "labels",
+    "sequence",
+]
 SKIPPED_COLUMNS = ["entry", "source_file", "reason"]
 
 
@@ -74,35 +86,89 @@ def read_tsv(path: str | Path) -> pd.DataFrame:
 # --- download -------------------------------------------------------------------------------------
 
 
+def missing_policy(missing_files: str, mirror_dir: Path | None) -> str:
+    """``skip`` or ``fail``: what a file that neither the mirror nor the network provides does.
+
+    ``auto`` (the default) skips when a mirror is in force -- a mirror usually holds samples of a
+    dataset, and what it lacks is reported in the dataset's ``skipped.tsv`` -- and fails otherwise.
+    """
+    if missing_files == "auto":
+        return "skip" if mirror_dir is not None else "fail"
+    return missing_files
+
+
 def download_files(
-    files: Sequence[Mapping], directory: str | Path, manifest: str | Path, mirror: str | None
+    files: Sequence[Mapping],
+    directory: str | Path,
+    manifest: str | Path,
+    mirror: str | None,
+    missing_files: str = "auto",
+    manual: str | None = None,
 ) -> pd.DataFrame:
     """Fetch every file of a source shard into ``directory``; write the download manifest.
 
     Args:
-        files: entries with ``url`` and optional ``checksum`` (``sha256:`` / ``md5:``).
+        files: entries with ``url`` and optional ``checksum`` (``sha256:`` / ``md5:``) and ``name``
+            (the upstream file name, when the URL's last segment is not it).
         directory: where the files go (``resources/raw/{source}/files``).
-        manifest: the TSV written last, listing file, url, sha256, bytes and origin.
+        manifest: the TSV written last, listing file, url, sha256, bytes, origin (``cache``,
+            ``mirror``, ``network`` or ``missing``) and, for missing files, the reason.
         mirror: the configured mirror directory (``$GEOPLM_MIRROR`` overrides it).
+        missing_files: ``auto``, ``skip`` or ``fail`` (see :func:`missing_policy`).
+        manual: how to obtain a licensed file by hand (added to the reason / error).
 
     Raises:
-        ChecksumError, DownloadError: from :func:`geoplm.sources.fetch`; files already fetched
-        stay in place (with their recorded digests), so a rerun resumes.
+        ChecksumError: a mirror or downloaded copy does not match its checksum (always fatal).
+        DownloadError: a file cannot be obtained and the policy is ``fail``. Files already
+            fetched stay in place (with their recorded digests), so a rerun resumes.
     """
     from geoplm import sources
+    from geoplm.errors import DownloadError
 
     mirror_dir = sources.resolve_mirror(mirror)
-    log.info("mirror: %s", mirror_dir or "none (network only)")
+    policy = missing_policy(missing_files, mirror_dir)
+    log.info("mirror: %s; missing files: %s", mirror_dir or "none (network only)", policy)
     rows = []
     for entry in files:
-        name = sources.file_name(entry["url"])
-        got = sources.fetch(entry["url"], Path(directory) / name, entry.get("checksum"), mirror_dir)
+        name = entry.get("name") or sources.file_name(entry["url"])
+        try:
+            got = sources.fetch(entry["url"], Path(directory) / name, entry.get("checksum"), mirror_dir, name=name)
+        except DownloadError as error:
+            reason = f"{error}" + (f" Licensed file: {manual}" if manual else "")
+            if policy == "fail":
+                raise DownloadError(reason) from error
+            log.warning("missing: %s", reason)
+            rows.append(
+                {"file": str(Path(directory) / name), "url": entry["url"], "origin": "missing", "reason": reason}
+            )
+            continue
         log.info("%s: %s (%d bytes, sha256 %s)", name, got.origin, got.bytes, got.sha256)
         rows.append(
             {"file": str(got.path), "url": got.url, "sha256": got.sha256, "bytes": got.bytes, "origin": got.origin}
         )
     write_tsv(manifest, rows, DOWNLOAD_COLUMNS)
+    missing = sum(row["origin"] == "missing" for row in rows)
+    if missing:
+        log.warning("%d of %d files missing (listed in %s)", missing, len(rows), manifest)
     return pd.DataFrame(rows, columns=DOWNLOAD_COLUMNS)
+
+
+def downloaded_files(downloads: Sequence[str | Path]) -> tuple[list[Path], list[dict]]:
+    """The files a dataset's download manifests provide, and skipped rows for the missing ones.
+
+    Manifests written before the ``origin``/``reason`` columns existed are read as all present.
+    """
+    files, missing = [], []
+    for download in downloads:
+        frame = read_tsv(download)
+        for row in frame.to_dict("records"):
+            if row.get("origin") == "missing":
+                missing.append(
+                    {"entry": Path(row["file"]).name, "source_file": row["url"], "reason": row.get("reason", "missing")}
+                )
+            else:
+                files.append(Path(row["file"]))
+    return files, missing
 
 
 def download_esm(
@@ -142,26 +208,40 @@ def parse_dataset_shard(
     shards: int = 1,
     subset: str | None = None,
     on_error: str = "skip",
+    options: Mapping | None = None,
 ) -> tuple[int, int]:
-    """Dispatch one record shard to the dataset's reader (``structures`` or ``atom3d_lmdb``).
+    """Run the dataset's reader (:data:`geoplm.datasets.READERS`) on one record shard.
+
+    Writes the records (``.pt``), the shard manifest (one row per record, :data:`MANIFEST_COLUMNS`;
+    ``labels`` as JSON) and the skipped report (bad entries, and -- in shard 0 -- the files the
+    downloads reported missing). ``structures`` datasets parse per source shard: ``downloads`` is
+    that shard's manifest and the reader sees it whole.
+
+    Returns:
+        (records written, entries skipped).
 
     Raises:
         GeoplmError: an unknown reader; the reader's own errors when ``on_error == "fail"``.
     """
+    from geoplm import datasets, structure
+
+    read = datasets.get_reader(reader)
+    files, missing = downloaded_files(downloads)
+    options = dict(options or {})
+    if subset is not None:
+        options.setdefault("subset", subset)
     if reader == "structures":
-        return parse_structure_files(downloads, records_path, manifest_path, skipped_path, shard, on_error)
-    if reader == "atom3d_lmdb":
-        from geoplm.datasets import atom3d
-
-        archives = [path for download in downloads for path in read_tsv(download)["file"]]
-        records, skipped = atom3d.read_lmdb_shard(archives, subset, int(shard), shards, on_error)
-        from geoplm import structure
-
-        structure.save_shard(records, records_path)
-        write_tsv(manifest_path, [manifest_row(record, shard) for record in records], MANIFEST_COLUMNS)
-        write_tsv(skipped_path, skipped, SKIPPED_COLUMNS)
-        return len(records), len(skipped)
-    raise GeoplmError(f"unknown dataset reader '{reader}'")
+        index, count = 0, 1
+    else:
+        index, count = int(shard), int(shards)
+        if index != 0:
+            missing = []  # reported once per dataset
+    records, skipped = read(files, index, count, options, on_error)
+    structure.save_shard(records, records_path)
+    write_tsv(manifest_path, [manifest_row(record, shard) for record in records], MANIFEST_COLUMNS)
+    write_tsv(skipped_path, [*missing, *skipped], SKIPPED_COLUMNS)
+    log.info("shard %s: %d records, %d skipped, %d files missing", shard, len(records), len(skipped), len(missing))
+    return len(records), len(skipped) + len(missing)
 
 
 def parse_structure_files(
@@ -208,16 +288,21 @@ def parse_structure_files(
 
 
 def manifest_row(record: Mapping, shard: str) -> dict:
-    """The manifest row of one record (split is assigned later, by :func:`gather_records`)."""
+    """The manifest row of one record; an empty ``split`` is assigned by :func:`gather_records`."""
+    import json
+
     mask = record["residue_mask"]
     return {
         "id": record["id"],
-        "split": "",
+        "split": record.get("split") or "",
+        "group": record.get("group") or "",
+        "role": record.get("role") or "",
         "source_file": record["source"],
         "chain": record["chain"],
         "length": len(record["sequence"]),
         "num_masked": int((~mask).sum()),
         "shard": shard,
+        "labels": json.dumps(record.get("labels") or {}, sort_keys=True),
         "sequence": record["sequence"],
     }
 
@@ -250,7 +335,8 @@ def gather_records(
 
     Args:
         split: ``{"seed": int, "fractions": {"train", "valid", "test"}}``; entries that already
-            carry a split (from the dataset's own split files) keep it.
+            carry a split (from the dataset's own split files) keep it; the others are split by
+            ``group`` (all records of a complex or CASP target on the same side), else by id.
 
     Raises:
         GeoplmError: the same record id appears in two shards.
@@ -259,11 +345,16 @@ def gather_records(
     duplicated = frame["id"][frame["id"].duplicated()]
     if len(duplicated):
         raise GeoplmError(f"record ids appear twice across shards: {', '.join(duplicated[:5])}")
+    for column in MANIFEST_COLUMNS:
+        if column not in frame:
+            frame[column] = "{}" if column == "labels" else ""
     todo = frame["split"] == ""
     if todo.any():
+        # the unit of a split is the group (a complex, a CASP target) where records have one
+        unit = frame["group"].where(frame["group"] != "", frame["id"])
         fractions = split.get("fractions", {"train": 0.8, "valid": 0.1, "test": 0.1})
-        assigned = assign_splits(list(frame.loc[todo, "id"]), fractions, int(split.get("seed", 0)))
-        frame.loc[todo, "split"] = frame.loc[todo, "id"].map(assigned)
+        assigned = assign_splits(sorted(set(unit[todo])), fractions, int(split.get("seed", 0)))
+        frame.loc[todo, "split"] = unit[todo].map(assigned)
     write_tsv(manifest_path, frame.to_dict("records"), MANIFEST_COLUMNS)
     skipped_rows = pd.concat([read_tsv(path) for path in skipped], ignore_index=True)
     write_tsv(skipped_path, skipped_rows.to_dict("records"), SKIPPED_COLUMNS)

@@ -569,3 +569,107 @@ def read_lmdb_shard(
     finally:
         for reader in readers:
             reader.close()
+
+
+#: ATOM3D task -> the item keys holding atom tables (Townshend et al. 2021, Sec. 4; atom3d
+#: ``datasets/{psr,msp,ppi,lba,res}`` LMDB layouts). Each table becomes records with ``role`` = key.
+ATOM_KEYS: dict[str, tuple[str, ...]] = {
+    "res": ("atoms",),
+    "psr": ("atoms",),
+    "msp": ("original_atoms", "mutated_atoms"),
+    "ppi": ("atoms_pairs",),
+    "lba": ("atoms_pocket", "atoms_protein", "atoms_ligand"),
+}
+
+_READ_SHARD_OPTIONS = {"subset", "task", "atoms_keys"}
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-serialisable copy of an LMDB label (numpy scalars/arrays, tuples, nested dicts)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_shard(
+    files: Sequence[os.PathLike], shard: int, num_shards: int, options: dict, on_error: str = "skip"
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Reader ``atom3d_lmdb`` (see :mod:`geoplm.datasets`): records of one shard of ATOM3D LMDBs.
+
+    Options:
+        subset: the LMDB folder to read inside the archive (e.g. ``test``), or None. Splits are
+            not taken from it: a dataset reads one folder and is split by the workflow's seed.
+        task: ``res`` (default), ``psr``, ``msp``, ``ppi`` or ``lba`` -- which atom tables an item
+            holds (:data:`ATOM_KEYS`); tables absent from an item are passed over.
+        atoms_keys: explicit list of item keys holding atom tables (overrides ``task``).
+
+    Every record carries ``labels`` = the item's ``scores`` (PSR: ``gdt_ts``, ``tm``, ...; LBA:
+    ``neg_log_aff``) and/or ``label`` (MSP, RES versions with labels), ``group`` = the item id
+    (a PSR target/model, an LBA complex, an MSP mutation) and ``role`` = the atom table's key.
+
+    Raises:
+        ConfigError: an unknown option or task. Atom3dError: see :func:`read_lmdb_shard`.
+    """
+    from geoplm.errors import ConfigError
+
+    unknown = set(options) - _READ_SHARD_OPTIONS
+    if unknown:
+        raise ConfigError(f"atom3d_lmdb: unknown options {sorted(unknown)} (known: {sorted(_READ_SHARD_OPTIONS)})")
+    task = options.get("task", "res")
+    if task not in ATOM_KEYS:
+        raise ConfigError(f"atom3d_lmdb: options.task '{task}' is not one of {sorted(ATOM_KEYS)}")
+    keys = tuple(options.get("atoms_keys") or ATOM_KEYS[task])
+    subset = options.get("subset")
+    if task == "res" and keys == ("atoms",):
+        records, skipped = read_lmdb_shard(files, subset, shard, num_shards, on_error)
+        for record in records:
+            record.update(split="", group=record["id"].rsplit("_", 1)[0], role="atoms")
+        return records, skipped
+    readers = [open_lmdb(find_lmdb(archive, subset)) for archive in files]
+    try:
+        entries = [(reader, index) for reader in readers for index in range(len(reader))]
+        start, end = shard_bounds(len(entries), shard, num_shards)
+        records: list[dict[str, Any]] = []
+        skipped: list[dict[str, str]] = []
+        for reader, index in entries[start:end]:
+            source = f"{reader.path}#{index}"
+            try:
+                item = read_entry(reader, index)
+                item_id = str(_plain(item.get("id", index)))
+                labels = {k: _plain(item[k]) for k in ("scores", "label") if k in item}
+                item_records = []
+                for key in keys:
+                    table = item.get(key)
+                    if table is None:
+                        continue
+                    if not isinstance(table, pd.DataFrame):
+                        raise Atom3dError(reader.path, f"'{key}' is not an atom table", reader.entry_name(index))
+                    for record in atoms_to_records(table, f"{item_id}_{key}", source):
+                        record.update(labels=labels, group=item_id, role=key, split="")
+                        item_records.append(record)
+                if not item_records:
+                    raise Atom3dError(reader.path, f"no protein chain in tables {list(keys)}", reader.entry_name(index))
+            except Atom3dError as error:
+                if on_error == "fail":
+                    raise
+                logger.warning("skipped %s", error)
+                skipped.append(
+                    {"entry": error.entry or str(index), "source_file": str(reader.path), "reason": error.reason}
+                )
+                continue
+            except GeoplmError as error:
+                if on_error == "fail":
+                    raise
+                skipped.append({"entry": str(index), "source_file": str(reader.path), "reason": str(error)})
+                continue
+            records.extend(item_records)
+        return records, skipped
+    finally:
+        for reader in readers:
+            reader.close()
