@@ -296,6 +296,19 @@ def test_truncated_tarball_names_the_archive(tarballs, tmp_path):
         read_shard([archive], 0, 1, {}, "fail")
 
 
+def test_tarball_cut_at_a_member_boundary_is_reported(afdb, tmp_path):
+    whole = _build_tar(tmp_path / "whole.tar", afdb, TAR_MEMBERS[:3])
+    with tarfile.open(whole) as tar:
+        boundary = tar.getmembers()[2].offset  # the third member's header
+    archive = tmp_path / "cut_v2.tar"
+    archive.write_bytes(whole.read_bytes()[:boundary])
+    records, skipped = read_shard([archive], 0, 1, {}, "skip")
+    assert [r["id"] for r in records] == ["AF-P76011-F1"]
+    assert len(skipped) == 1 and skipped[0]["entry"] == "cut_v2.tar"
+    assert "no end-of-archive marker" in skipped[0]["reason"]
+    assert read_shard([whole], 0, 1, {}, "fail")[1] == []
+
+
 def test_directory_input_mixes_tarballs_and_files(tarballs, afdb, tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()

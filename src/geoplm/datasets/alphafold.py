@@ -523,3 +523,7 @@ def _stream_members(archive: Path, slot: int, slots: int, file_types: tuple[str,
             if len(data) != member.size:
                 raise tarfile.ReadError(f"unexpected end of data in member {member.name}")
             yield member.name, data
+        # ``tarfile`` ends quietly at end of file where a header should be; a complete archive ends with
+        # a zero block (read past ``tar.offset``), one cut at a member boundary does not.
+        if tar.fileobj.tell() <= tar.offset:
+            raise tarfile.ReadError(f"no end-of-archive marker: archive cut after {tar.offset} bytes")
