@@ -1,0 +1,695 @@
+"""Rigid protein-protein docking with EquiDock: examples, losses, metrics and the training loop.
+
+Follows octavian-ganea/equidock_public (commit ac2c754399bf20b50a27d86dbff4f6669788d47f):
+
+* data (``src/utils/db5_data.py``, ``protein_utils.py``): residues with N, Cα and C atoms; the
+  receptor is given in its bound pose; in training the ligand (or, with probability 0.5, the
+  receptor: ``if_swap``) is centred, rotated uniformly at random and translated by a random direction
+  of length ``U(0, translation_interval = 5 Å)`` -- the model must put it back.
+* pocket (``preprocess_unbound_bound``): every ligand-receptor Cα pair closer than 8 Å in the bound
+  complex gives the midpoint of the pair (a residue in several pairs appears several times); complexes
+  with <= 3 pairs are left out.
+* losses (``src/train.py``): ``MSE(docked ligand Cα, bound ligand Cα)`` (``nn.MSELoss``, mean over the
+  3 N coordinates) ``+ pocket_ot_loss_weight (1) * OT + intersection_loss_weight (10) * IL``. ``OT``
+  (``src/utils/ot_utils.py``): the earth mover's distance between the P pocket points and the K
+  keypoints with uniform weights and cost ``|p^l - y^l|^2 + |p^r - y^r|^2`` (ligand pocket points
+  moved with the ligand input, receptor ones in the receptor frame); the transport plan is solved
+  exactly (the reference: POT ``ot.emd``; here scipy's HiGHS linear program, same optimum) and
+  held fixed for the gradient. ``IL``: ``mean_i relu(gamma - G_r(a_i)) + mean_j relu(gamma - G_l(b_j))``
+  with ``G(x) = -sigma log(1e-3 + sum_k exp(-|x - c_k|^2 / sigma))``, sigma = 25 Å², gamma = 10.
+* metrics (``src/utils/eval.py`` ``Meter_Unbound_Bound.update_rmsd`` and
+  ``src/test_all_methods/eval_pdb_outputset.py``), all on Cα in Å: **C-RMSD**: predicted complex
+  (ligand then receptor) Kabsch-superimposed onto the ground-truth complex, then RMSD; **L-RMSD**: the
+  ligand's RMSD without superposition; **I-RMSD**: C-RMSD restricted to the interface -- the
+  ligand-receptor Cα pairs closer than 8 Å in the ground truth, each residue taken once per pair as
+  the reference does (``np.where`` over the pair matrix). Summaries: median, mean and std.
+* training (``src/train.py``, DB5.5 stage ``-toy``): Adam, lr 1e-4, weight decay 1e-3 (released DB5.5
+  checkpoint), gradient-norm clip 100, batch size 10, up to 10,000 epochs, early stopping after
+  ``patience = 500`` epochs without a new best; the best epoch is the one whose validation C-RMSD
+  median is below 0.98 times the previous best; the test set is evaluated with its weights.
+
+Evaluation inputs: the ligand is moved by a fixed random rigid transform per complex (seeded by the
+complex id, the same in every run and epoch; the reference draws a new one per epoch, to which the
+model is invariant), or is taken as given in :attr:`ComplexExample.ligand_input_pos` (EquiDock's
+``test_random_transformed`` files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from geoplm import atomic
+from geoplm.errors import ConfigError, GeoplmError
+from geoplm.models.equidock import (
+    DEFAULT_CONFIG,
+    DockingSide,
+    EquiDock,
+    build_docking_graph,
+    kabsch,
+    residue_frames,
+)
+
+log = logging.getLogger(__name__)
+
+#: Training defaults of the reference's DB5.5 stage (see the module docstring).
+TASK_DEFAULTS: dict[str, float | int | bool] = {
+    "lr": 1e-4,
+    "weight_decay": 1e-3,
+    "epochs": 10000,
+    "patience": 500,
+    "batch_size": 10,
+    "clip": 100.0,
+    "pocket_cutoff": 8.0,
+    "pocket_ot_loss_weight": 1.0,
+    "intersection_loss_weight": 10.0,
+    "intersection_sigma": 25.0,
+    "intersection_surface_ct": 10.0,
+    "translation_interval": 5.0,
+    "swap": True,
+    "graph_k": 10,
+    "graph_cutoff": 30.0,
+}
+INTERFACE_CUTOFF = 8.0  # Å, eval_pdb_outputset.py
+
+
+@dataclass
+class ComplexExample:
+    """One receptor-ligand complex (Cα level; residues with N, Cα and C).
+
+    Attributes:
+        id: complex id (e.g. ``1AVX``).
+        receptor_pos: (N_r, 3) bound receptor Cα in Å (the model's receptor input, as the reference).
+        receptor_residue_type: (N_r,) long residue types 0-20.
+        ligand_true_pos: (N_l, 3) bound (ground-truth) ligand Cα in the receptor's frame, Å.
+        ligand_residue_type: (N_l,) long residue types 0-20.
+        receptor_backbone: (N_r, 3, 3) bound N, Cα, C (local frames for the edge features) or None.
+        ligand_backbone: (N_l, 3, 3) bound N, Cα, C or None.
+        receptor_esm: (N_r, F) float per-residue features (ESM-2) or None.
+        ligand_esm: (N_l, F) or None.
+        ligand_input_pos: (N_l, 3) a given ligand input pose (a rigid motion of ``ligand_true_pos``),
+            used at evaluation; None draws a fixed random pose.
+    """
+
+    id: str
+    receptor_pos: Tensor
+    receptor_residue_type: Tensor
+    ligand_true_pos: Tensor
+    ligand_residue_type: Tensor
+    receptor_backbone: Tensor | None = None
+    ligand_backbone: Tensor | None = None
+    receptor_esm: Tensor | None = None
+    ligand_esm: Tensor | None = None
+    ligand_input_pos: Tensor | None = None
+
+
+def read_protein(path: str | os.PathLike) -> tuple[Tensor, Tensor, Tensor]:
+    """All protein chains of a PDB file, concatenated in file order, residues with N, Cα and C.
+
+    Returns:
+        backbone (L, 3, 3) float32 N, Cα, C in Å; residue types (L,) long; keep mask (L_all,) bool over
+        the concatenated records' residues (to select matching ESM-2 rows).
+
+    Raises:
+        StructureError: the file cannot be parsed (see :func:`geoplm.structure.parse_structure`).
+        GeoplmError: fewer than 2 complete residues.
+    """
+    from geoplm.structure import parse_structure, residue_type_index
+
+    records = parse_structure(path)
+    backbone = torch.cat([r["backbone"][:, :3] for r in records])
+    types = residue_type_index("".join(r["sequence"] for r in records))
+    keep = torch.cat([r["residue_mask"] for r in records]) & ~torch.isnan(backbone).flatten(1).any(1)
+    if int(keep.sum()) < 2:
+        raise GeoplmError(f"{path}: fewer than 2 residues with N, CA and C")
+    return backbone[keep], types[keep], keep
+
+
+def load_complex(
+    receptor_path: str | os.PathLike,
+    ligand_path: str | os.PathLike,
+    ligand_input_path: str | os.PathLike | None = None,
+    complex_id: str | None = None,
+    receptor_esm: Tensor | None = None,
+    ligand_esm: Tensor | None = None,
+) -> ComplexExample:
+    """A :class:`ComplexExample` from bound receptor/ligand PDB files (DB5.5 ``{ID}_r_b.pdb``, ``{ID}_l_b.pdb``).
+
+    Args:
+        ligand_input_path: optional ligand input pose (e.g. ``test_random_transformed/{ID}_l_b.pdb``);
+            its residues must match ``ligand_path``'s.
+        complex_id: defaults to the receptor file name before the first ``_``.
+        receptor_esm, ligand_esm: (L_all, F) per-residue features over *all* residues of the
+            concatenated chains (as embedded from the records' sequences); rows of incomplete residues
+            are dropped here.
+
+    Raises:
+        GeoplmError: unparsable files, mismatching residue counts or ESM rows.
+    """
+    receptor_path, ligand_path = Path(receptor_path), Path(ligand_path)
+    rec_bb, rec_types, rec_keep = read_protein(receptor_path)
+    lig_bb, lig_types, lig_keep = read_protein(ligand_path)
+    ligand_input = None
+    if ligand_input_path is not None:
+        in_bb, in_types, _ = read_protein(ligand_input_path)
+        if in_bb.shape != lig_bb.shape or not torch.equal(in_types, lig_types):
+            raise GeoplmError(f"{ligand_input_path}: residues differ from {ligand_path}")
+        ligand_input = in_bb[:, 1]
+
+    def esm_rows(esm, keep, path):
+        if esm is None:
+            return None
+        if esm.shape[0] != keep.shape[0]:
+            raise GeoplmError(f"{path}: ESM features have {esm.shape[0]} rows, the chains {keep.shape[0]} residues")
+        return esm[keep].float()
+
+    return ComplexExample(
+        id=complex_id or receptor_path.name.split("_")[0],
+        receptor_pos=rec_bb[:, 1],
+        receptor_residue_type=rec_types,
+        ligand_true_pos=lig_bb[:, 1],
+        ligand_residue_type=lig_types,
+        receptor_backbone=rec_bb,
+        ligand_backbone=lig_bb,
+        receptor_esm=esm_rows(receptor_esm, rec_keep, receptor_path),
+        ligand_esm=esm_rows(ligand_esm, lig_keep, ligand_path),
+        ligand_input_pos=ligand_input,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics
+
+
+def _rmsd(a: Tensor, b: Tensor) -> float:
+    return float(torch.sqrt((a - b).pow(2).sum(-1).mean()))
+
+
+def _as64(*tensors: Tensor) -> list[Tensor]:
+    return [torch.as_tensor(t).detach().cpu().double() for t in tensors]
+
+
+def ligand_rmsd(ligand_pred: Tensor, ligand_true: Tensor) -> float:
+    """L-RMSD (Å): ``sqrt(mean_i |x_i - x_i*|^2)`` over ligand Cα, no superposition (``eval.py``).
+
+    Raises:
+        GeoplmError: shapes differ.
+    """
+    if ligand_pred.shape != ligand_true.shape:
+        raise GeoplmError(f"ligand_rmsd: shapes differ: {tuple(ligand_pred.shape)} vs {tuple(ligand_true.shape)}")
+    return _rmsd(*_as64(ligand_pred, ligand_true))
+
+
+def complex_rmsd(ligand_pred: Tensor, receptor_pred: Tensor, ligand_true: Tensor, receptor_true: Tensor) -> float:
+    """C-RMSD (Å): Kabsch-superimpose the predicted complex (ligand Cα then receptor Cα) onto the true one.
+
+    ``Meter_Unbound_Bound.update_rmsd`` of ``src/utils/eval.py``.
+
+    Raises:
+        GeoplmError: shapes differ.
+    """
+    if ligand_pred.shape != ligand_true.shape or receptor_pred.shape != receptor_true.shape:
+        raise GeoplmError("complex_rmsd: predicted and true ligand/receptor shapes differ")
+    lp, rp, lt, rt = _as64(ligand_pred, receptor_pred, ligand_true, receptor_true)
+    pred, true = torch.cat([lp, rp]), torch.cat([lt, rt])
+    rotation, translation = kabsch(pred, true)
+    return _rmsd(pred @ rotation.t() + translation, true)
+
+
+def interface_pairs(
+    ligand_true: Tensor, receptor_true: Tensor, cutoff: float = INTERFACE_CUTOFF
+) -> tuple[Tensor, Tensor]:
+    """Indices (ligand, receptor) of the Cα pairs closer than ``cutoff`` Å, row-major (``np.where`` order)."""
+    lt, rt = _as64(ligand_true, receptor_true)
+    return torch.nonzero(torch.cdist(lt, rt) < cutoff, as_tuple=True)
+
+
+def interface_rmsd(
+    ligand_pred: Tensor,
+    receptor_pred: Tensor,
+    ligand_true: Tensor,
+    receptor_true: Tensor,
+    cutoff: float = INTERFACE_CUTOFF,
+) -> float:
+    """I-RMSD (Å): C-RMSD over the ground-truth interface pairs (``eval_pdb_outputset.py``).
+
+    Every ligand-receptor Cα pair closer than ``cutoff`` (8 Å) in the ground truth contributes its
+    ligand and its receptor residue (a residue in several pairs counts several times, as in the
+    reference); the predicted points are Kabsch-superimposed onto the true ones.
+
+    Raises:
+        GeoplmError: no pair within the cut-off.
+    """
+    il, ir = interface_pairs(ligand_true, receptor_true, cutoff)
+    if il.numel() == 0:
+        raise GeoplmError(f"interface_rmsd: no ligand-receptor Cα pair within {cutoff} Å in the ground truth")
+    lp, rp, lt, rt = _as64(ligand_pred, receptor_pred, ligand_true, receptor_true)
+    return complex_rmsd(lp[il], rp[ir], lt[il], rt[ir])
+
+
+def docking_metrics(ligand_pred: Tensor, receptor_pred: Tensor, ligand_true: Tensor, receptor_true: Tensor) -> dict:
+    """``{"complex_rmsd", "ligand_rmsd", "interface_rmsd"}`` (Å) of one predicted complex."""
+    return {
+        "complex_rmsd": complex_rmsd(ligand_pred, receptor_pred, ligand_true, receptor_true),
+        "ligand_rmsd": ligand_rmsd(ligand_pred, ligand_true),
+        "interface_rmsd": interface_rmsd(ligand_pred, receptor_pred, ligand_true, receptor_true),
+    }
+
+
+def summarize(per_complex: Mapping[str, Mapping[str, float]]) -> dict:
+    """Median, mean and (population) std of each metric over complexes, and their count."""
+    out: dict = {"complexes": len(per_complex)}
+    for name in ("complex_rmsd", "ligand_rmsd", "interface_rmsd"):
+        values = np.array([m[name] for m in per_complex.values()], dtype=float)
+        out[f"{name}_median"] = float(np.median(values)) if len(values) else float("nan")
+        out[f"{name}_mean"] = float(np.mean(values)) if len(values) else float("nan")
+        out[f"{name}_std"] = float(np.std(values)) if len(values) else float("nan")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# losses
+
+
+def pocket_points(ligand_true: Tensor, receptor_true: Tensor, cutoff: float = 8.0) -> Tensor | None:
+    """Midpoints (P, 3) of the bound ligand-receptor Cα pairs closer than ``cutoff`` Å; None if P <= 3.
+
+    ``preprocess_unbound_bound`` in ``protein_utils.py`` (``pocket_coors``).
+    """
+    il, ir = torch.nonzero(torch.cdist(ligand_true.double(), receptor_true.double()) < cutoff, as_tuple=True)
+    if il.numel() <= 3:
+        return None
+    return 0.5 * (ligand_true[il] + receptor_true[ir])
+
+
+def optimal_transport_plan(cost: Tensor) -> Tensor:
+    """Exact earth mover's plan (P, K) for uniform marginals 1/P, 1/K and a (P, K) cost (no gradient).
+
+    Solved as a linear program with scipy's HiGHS (the reference: POT ``ot.emd``).
+
+    Raises:
+        GeoplmError: the solver fails.
+    """
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix, vstack
+
+    c = cost.detach().cpu().double().numpy()
+    p, k = c.shape
+    idx = np.arange(p * k)
+    rows = coo_matrix((np.ones(p * k), (idx // k, idx)), shape=(p, p * k))
+    cols = coo_matrix((np.ones(p * k), (idx % k, idx)), shape=(k, p * k))
+    a_eq = vstack([rows, cols]).tocsr()
+    b_eq = np.concatenate([np.full(p, 1.0 / p), np.full(k, 1.0 / k)])
+    result = linprog(c.ravel(), A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
+    if result.status != 0:
+        raise GeoplmError(f"optimal transport: linprog failed ({result.message})")
+    return torch.as_tensor(result.x.reshape(p, k), dtype=cost.dtype, device=cost.device)
+
+
+def ot_keypoint_loss(
+    ligand_pocket: Tensor, receptor_pocket: Tensor, ligand_keypoints: Tensor, receptor_keypoints: Tensor
+) -> Tensor:
+    """EquiDock's keypoint OT loss (``ot_utils.py``): ``sum(T * C)``, ``C = |p^l - y^l|^2 + |p^r - y^r|^2``.
+
+    Args:
+        ligand_pocket: (P, 3) pocket points moved like the ligand input (Å).
+        receptor_pocket: (P, 3) pocket points in the receptor frame (Å).
+        ligand_keypoints, receptor_keypoints: (K, 3) model keypoints (Å).
+
+    Returns:
+        scalar (Å²); gradient through the cost only (the plan T is fixed).
+    """
+    cost = torch.cdist(ligand_pocket, ligand_keypoints).pow(2) + torch.cdist(receptor_pocket, receptor_keypoints).pow(2)
+    return (optimal_transport_plan(cost) * cost).sum()
+
+
+def _surface_fn(protein: Tensor, x: Tensor, sigma: float) -> Tensor:
+    e = torch.exp(-torch.cdist(x, protein).pow(2) / sigma)
+    return -sigma * torch.log(1e-3 + e.sum(dim=1))
+
+
+def intersection_loss(ligand: Tensor, receptor: Tensor, sigma: float = 25.0, surface_ct: float = 10.0) -> Tensor:
+    """Non-intersection loss of EquiDock (paper Sec. 4.3, ``compute_body_intersection_loss`` in ``src/train.py``).
+
+    ``mean_i relu(gamma - G_r(a_i)) + mean_j relu(gamma - G_l(b_j))``, ``G_p(x) = -sigma log(1e-3 +
+    sum_k exp(-|x - p_k|^2 / sigma))``; a (N_l, 3) docked ligand Cα, b (N_r, 3) receptor Cα (Å),
+    sigma in Å², gamma = ``surface_ct``.
+    """
+    return (
+        torch.clamp(surface_ct - _surface_fn(receptor, ligand, sigma), min=0).mean()
+        + torch.clamp(surface_ct - _surface_fn(ligand, receptor, sigma), min=0).mean()
+    )
+
+
+def random_rigid_transform(rng: np.random.Generator, translation_interval: float = 5.0) -> tuple[Tensor, Tensor]:
+    """A uniformly random rotation (3, 3) and a translation (3,) of random direction and length U(0, interval) Å.
+
+    ``UniformRotation_Translation`` of ``protein_utils.py`` with an explicit NumPy generator.
+    """
+    from scipy.spatial.transform import Rotation
+
+    rotation = Rotation.random(random_state=rng).as_matrix()
+    t = rng.standard_normal(3)
+    t = t / np.linalg.norm(t) * rng.uniform(0.0, translation_interval)
+    return torch.as_tensor(rotation, dtype=torch.float32), torch.as_tensor(t, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class _Prepared:
+    example: ComplexExample
+    rec_edges: Tensor
+    lig_edges: Tensor
+    rec_frames: Tensor | None
+    lig_frames: Tensor | None
+    pocket: Tensor | None
+
+
+def _prepare(example: ComplexExample, k: int, cutoff: float, pocket_cutoff: float) -> _Prepared:
+    e = example
+    for name, pos, types in (
+        ("receptor", e.receptor_pos, e.receptor_residue_type),
+        ("ligand", e.ligand_true_pos, e.ligand_residue_type),
+    ):
+        if pos.dim() != 2 or pos.shape[1] != 3 or pos.shape[0] < 2 or types.shape[0] != pos.shape[0]:
+            raise GeoplmError(
+                f"complex {e.id}: {name} positions {tuple(pos.shape)} / residue types {tuple(types.shape)} malformed"
+            )
+    frames = [None if bb is None else residue_frames(bb.float()) for bb in (e.receptor_backbone, e.ligand_backbone)]
+    return _Prepared(
+        e,
+        build_docking_graph(e.receptor_pos.float(), k, cutoff),
+        build_docking_graph(e.ligand_true_pos.float(), k, cutoff),
+        frames[0],
+        frames[1],
+        pocket_points(e.ligand_true_pos.float(), e.receptor_pos.float(), pocket_cutoff),
+    )
+
+
+def _side(node_input, types, pos, edges, frames) -> DockingSide:
+    return DockingSide(node_input, pos, edges, frames, types)
+
+
+def _pose(prep: _Prepared, swap: bool, transform: tuple[Tensor, Tensor] | None, use_esm: bool):
+    """(receptor side, ligand side, true docked ligand, receptor pos, ligand pocket, receptor pocket)."""
+    e = prep.example
+    rec = (
+        e.receptor_esm if use_esm else e.receptor_residue_type,
+        e.receptor_residue_type,
+        e.receptor_pos.float(),
+        prep.rec_edges,
+        prep.rec_frames,
+    )
+    lig = (
+        e.ligand_esm if use_esm else e.ligand_residue_type,
+        e.ligand_residue_type,
+        e.ligand_true_pos.float(),
+        prep.lig_edges,
+        prep.lig_frames,
+    )
+    if swap:
+        rec, lig = lig, rec
+    true_lig = lig[2]
+    if transform is None:  # given input pose (not swapped)
+        rotation, translation = kabsch(true_lig.double(), e.ligand_input_pos.double())
+        rotation, translation = rotation.float(), translation.float()
+        center = torch.zeros(1, 3)
+    else:
+        rotation, translation = transform
+        center = true_lig.mean(dim=0, keepdim=True)
+    in_pos = (true_lig - center) @ rotation.t() + translation
+    if transform is None:
+        in_pos = e.ligand_input_pos.float()
+    in_frames = None if lig[4] is None else lig[4] @ rotation.t()
+    lig_pocket = None if prep.pocket is None else (prep.pocket.float() - center) @ rotation.t() + translation
+    return (
+        _side(rec[0], rec[1], rec[2], rec[3], rec[4]),
+        _side(lig[0], lig[1], in_pos, lig[3], in_frames),
+        true_lig,
+        rec[2],
+        lig_pocket,
+        prep.pocket,
+    )
+
+
+def _settings_hash(*objects) -> str:
+    return hashlib.sha256(json.dumps(objects, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _eval_transform(complex_id: str, interval: float) -> tuple[Tensor, Tensor]:
+    return random_rigid_transform(np.random.default_rng(zlib.crc32(complex_id.encode())), interval)
+
+
+def train_docking_run(
+    task: Mapping,
+    model: Mapping,
+    examples: Mapping[str, Sequence[ComplexExample]],
+    seed: int,
+    metrics_path: str | os.PathLike = "metrics.json",
+    checkpoint_path: str | os.PathLike = "model.pt",
+    device: str = "cpu",
+    run_name: str = "",
+    threads: int | None = None,
+) -> dict:
+    """Train EquiDock on one split of complexes; write test metrics (JSON) and the best weights atomically.
+
+    Mirrors :func:`geoplm.train.train_run`: seeded, deterministic algorithms on, a resume file
+    ``<checkpoint>.resume.pt`` after every epoch (used by a rerun with the same settings, removed at
+    the end), metrics with ``test``/``valid`` summaries, ``history``, ``best_epoch``.
+
+    Args:
+        task: training options, defaults :data:`TASK_DEFAULTS` (lr, weight_decay, epochs, patience,
+            batch_size, clip, loss weights, intersection sigma/surface_ct, translation_interval, swap,
+            graph_k, graph_cutoff, pocket_cutoff); other keys (``kind``, ...) are ignored.
+        model: an EquiDock config: :data:`geoplm.models.equidock.DEFAULT_CONFIG` keys, plus ``type``
+            (must be ``equidock`` if present).
+        examples: ``{"train": [...], "valid": [...], "test": [...]}`` of :class:`ComplexExample`; ESM
+            features are used when every example carries them.
+        seed: seeds Python, NumPy and torch, and the training poses (swap and ligand rigid motion
+            drawn from ``(seed, epoch, index)``).
+
+    Returns:
+        The metrics dict written to ``metrics_path``: ``test``/``valid`` summaries
+        (``complex_rmsd_median``/``_mean``/``_std``, same for ``ligand_rmsd`` and ``interface_rmsd``,
+        ``complexes``), ``test_per_complex``, ``history`` (per epoch ``train_loss`` and its parts,
+        ``valid_complex_rmsd_median``), ``best_epoch``, ``epochs_run``, ...
+
+    Raises:
+        ConfigError: unknown model option or type.
+        GeoplmError: an empty split, malformed examples, a training complex without a pocket, mixed
+            ESM/no-ESM examples.
+    """
+    import random
+
+    cfg = {**TASK_DEFAULTS, **{k: v for k, v in task.items() if k in TASK_DEFAULTS}}
+    model_cfg = {k: v for k, v in model.items() if k not in ("type", "name")}
+    if model.get("type", "equidock") != "equidock":
+        raise ConfigError(f"models: type must be 'equidock' for docking, got {model.get('type')!r}")
+    unknown = set(model_cfg) - set(DEFAULT_CONFIG)
+    if unknown:
+        raise ConfigError(f"models: unknown EquiDock option(s) {sorted(unknown)} (known: {sorted(DEFAULT_CONFIG)})")
+    for name in ("train", "valid", "test"):
+        if not examples.get(name):
+            raise GeoplmError(f"docking run {run_name or '(unnamed)'}: the {name} split is empty")
+
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        all_examples = [e for name in ("train", "valid", "test") for e in examples[name]]
+        has_esm = [e.receptor_esm is not None and e.ligand_esm is not None for e in all_examples]
+        if any(has_esm) and not all(has_esm):
+            raise GeoplmError(
+                "docking run: some complexes have ESM features and some not: "
+                + ", ".join(e.id for e, h in zip(all_examples, has_esm, strict=True) if not h)
+            )
+        use_esm = all(has_esm)
+        input_dim = int(all_examples[0].receptor_esm.shape[1]) if use_esm else None
+        prepared = {
+            name: [
+                _prepare(e, int(cfg["graph_k"]), float(cfg["graph_cutoff"]), float(cfg["pocket_cutoff"]))
+                for e in examples[name]
+            ]
+            for name in ("train", "valid", "test")
+        }
+        for p in prepared["train"]:
+            if p.pocket is None:
+                raise GeoplmError(
+                    f"complex {p.example.id}: <= 3 Cα pairs within {cfg['pocket_cutoff']} Å; "
+                    "the reference leaves such complexes out"
+                )
+        net = EquiDock(input_dim, **model_cfg).to(device)
+        optimizer = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
+
+        def losses(prep: _Prepared, swap: bool, transform) -> dict[str, Tensor]:
+            rec, lig, true_lig, rec_pos, lig_pocket, rec_pocket = _pose(prep, swap, transform, use_esm)
+            out = net(rec.to(device), lig.to(device))
+            parts = {"ligand_mse": nn.functional.mse_loss(out["ligand_pos"], true_lig.to(device))}
+            if lig_pocket is not None:
+                parts["ot"] = ot_keypoint_loss(
+                    lig_pocket.to(device),
+                    rec_pocket.float().to(device),
+                    out["ligand_keypoints"],
+                    out["receptor_keypoints"],
+                )
+            else:
+                parts["ot"] = out["ligand_pos"].sum() * 0.0
+            parts["intersection"] = intersection_loss(
+                out["ligand_pos"],
+                rec_pos.to(device),
+                float(cfg["intersection_sigma"]),
+                float(cfg["intersection_surface_ct"]),
+            )
+            parts["loss"] = (
+                parts["ligand_mse"]
+                + float(cfg["pocket_ot_loss_weight"]) * parts["ot"]
+                + float(cfg["intersection_loss_weight"]) * parts["intersection"]
+            )
+            parts["docked"] = out["ligand_pos"]
+            return parts
+
+        def evaluate(members: Sequence[_Prepared]) -> tuple[dict, dict]:
+            net.eval()
+            per_complex, total = {}, []
+            with torch.no_grad():
+                for p in members:
+                    e = p.example
+                    transform = (
+                        None
+                        if e.ligand_input_pos is not None
+                        else _eval_transform(e.id, float(cfg["translation_interval"]))
+                    )
+                    parts = losses(p, False, transform)
+                    total.append(float(parts["loss"]))
+                    per_complex[e.id] = docking_metrics(
+                        parts["docked"].cpu(), e.receptor_pos, e.ligand_true_pos, e.receptor_pos
+                    )
+            summary = summarize(per_complex)
+            summary["loss"] = float(np.mean(total))
+            return summary, per_complex
+
+        resume_path = Path(str(checkpoint_path) + ".resume.pt")
+        settings = _settings_hash(
+            cfg, model_cfg, seed, input_dim, {n: [e.id for e in examples[n]] for n in ("train", "valid", "test")}
+        )
+        state = {"epoch": 0, "best_val": math.inf, "best_epoch": -1, "wait": 0, "best_state": None, "history": []}
+        if resume_path.exists():
+            saved = torch.load(resume_path, map_location="cpu", weights_only=True)
+            if saved.get("settings") == settings:
+                net.load_state_dict(saved["model"])
+                optimizer.load_state_dict(saved["optimizer"])
+                torch.set_rng_state(saved["torch_rng"])
+                state = saved["state"]
+                log.info("resuming %s after epoch %d", run_name, state["epoch"])
+            else:
+                log.info("ignoring %s: written with other settings", resume_path)
+
+        started = time.time()
+        batch_size = int(cfg["batch_size"])
+        train = prepared["train"]
+        while state["epoch"] < int(cfg["epochs"]) and state["wait"] < int(cfg["patience"]):
+            epoch = state["epoch"]
+            net.train()
+            rng = np.random.default_rng([seed, epoch])
+            order = rng.permutation(len(train))
+            sums = {"loss": 0.0, "ligand_mse": 0.0, "ot": 0.0, "intersection": 0.0}
+            for start in range(0, len(order), batch_size):
+                optimizer.zero_grad()
+                batch = order[start : start + batch_size]
+                batch_loss = 0.0
+                for i in batch:
+                    pose_rng = np.random.default_rng([seed, epoch, int(i)])
+                    swap = bool(cfg["swap"]) and pose_rng.uniform() > 0.5
+                    transform = random_rigid_transform(pose_rng, float(cfg["translation_interval"]))
+                    parts = losses(train[int(i)], swap, transform)
+                    batch_loss = batch_loss + parts["loss"] / len(batch)
+                    for key in sums:
+                        sums[key] += float(parts[key].detach())
+                batch_loss.backward()
+                nn.utils.clip_grad_norm_(net.parameters(), max_norm=float(cfg["clip"]), norm_type=2)
+                optimizer.step()
+            valid_summary, _ = evaluate(prepared["valid"])
+            record = {f"train_{k}": v / len(train) for k, v in sums.items()}
+            record.update(
+                epoch=epoch,
+                valid_loss=valid_summary["loss"],
+                valid_complex_rmsd_median=valid_summary["complex_rmsd_median"],
+            )
+            state["history"].append(record)
+            log.info("%s epoch %d: %s", run_name, epoch, record)
+            if valid_summary["complex_rmsd_median"] < state["best_val"] * 0.98:
+                state.update(
+                    best_val=valid_summary["complex_rmsd_median"],
+                    best_epoch=epoch,
+                    wait=0,
+                    best_state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+                )
+            else:
+                state["wait"] += 1
+            state["epoch"] = epoch + 1
+            atomic.torch_save(
+                {
+                    "settings": settings,
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "state": state,
+                },
+                resume_path,
+            )
+
+        if state["best_state"] is not None:
+            net.load_state_dict(state["best_state"])
+        valid_summary, _ = evaluate(prepared["valid"])
+        test_summary, test_per_complex = evaluate(prepared["test"])
+        metrics = {
+            "run": run_name,
+            "task_kind": "rigid_docking",
+            "seed": seed,
+            "test": test_summary,
+            "valid": valid_summary,
+            "test_per_complex": test_per_complex,
+            "best_epoch": state["best_epoch"],
+            "epochs_run": state["epoch"],
+            "history": state["history"],
+            "num_complexes": {name: len(prepared[name]) for name in ("train", "valid", "test")},
+            "num_parameters": sum(p.numel() for p in net.parameters()),
+            "node_input": "esm" if use_esm else "residue_type",
+            "node_input_dim": input_dim if use_esm else 21,
+            "train_seconds": round(time.time() - started, 2),
+            "device": device,
+        }
+        atomic.torch_save(
+            {
+                "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                "task": dict(cfg),
+                "model_config": dict(model_cfg),
+                "input_dim": input_dim,
+            },
+            checkpoint_path,
+        )
+        atomic.write_json(metrics_path, metrics)
+        resume_path.unlink(missing_ok=True)
+        log.info("%s test: %s", run_name, test_summary)
+        return metrics
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
