@@ -78,6 +78,7 @@ always lands in the same shard whatever other files are present, with all its re
 
 from __future__ import annotations
 
+import _compat_pickle
 import hashlib
 import io
 import logging
@@ -313,13 +314,17 @@ def _handle(error: GeoplmError, entry: str, source, on_error: str, skipped: list
 
 def _db5_table(path: Path) -> dict[str, dict[str, Any]]:
     """Per complex code: category, I-RMSD (Å), ΔASA (Å²), BM version and chain sets from Table_BM5.5.xlsx."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # openpyxl: "Unknown extension is not supported"
+        return _read_db5_table(path)
+
+
+def _read_db5_table(path: Path) -> dict[str, dict[str, Any]]:
     import openpyxl
 
     table: dict[str, dict[str, Any]] = {}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "Unknown extension is not supported"
-            workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except Exception as exc:  # openpyxl raises zipfile.BadZipFile, KeyError, InvalidFileException, ...
         logger.warning("%s: cannot read the benchmark table (%s: %s); labels without it", path, type(exc).__name__, exc)
         return table
@@ -604,6 +609,10 @@ class _PairUnpickler(pickle.Unpickler):
     """Unpickler restricted to pandas/numpy/builtin containers, with atom3/dill names mapped to stand-ins."""
 
     def find_class(self, module: str, name: str):
+        # Python 2 names (``__builtin__``, ``copy_reg``) of protocols 0-2, as pickle's own find_class maps them
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if module in _DILL_MODULES:
             if name == "_create_namedtuple":
                 return _create_namedtuple
