@@ -499,3 +499,18 @@ def test_dips_atom3d_layout_table(atom3_frames, dips):
     reference = _by_group(dips[0])[DIPS_PAIR]["ligand_complex"]
     assert record["sequence"] == reference["sequence"] and record["chains"] == ["B"]
     assert torch.allclose(record["backbone"], reference["backbone"], atol=1e-3, equal_nan=True)
+
+
+def test_min_contacts_filter_and_shard_round_trip(tmp_path, db5_dir, dips):
+    from geoplm.structure import load_shard, save_shard
+
+    files = [db5_dir / f"1AY7_{s}_b.pdb" for s in "rl"]
+    records, skipped = docking.read_db5_shard(files, 0, 1, {"min_contacts": 1000}, "skip")
+    assert records == [] and skipped[0]["entry"] == "1AY7"
+    assert "22 Cα–Cα contacts < 8 Å" in skipped[0]["reason"] and "at least 1000" in skipped[0]["reason"]
+    # records (with chains, chain_index, interface, labels) survive torch.load(weights_only=True)
+    save_shard(dips[0][:4], tmp_path / "shard.pt")
+    loaded = load_shard(tmp_path / "shard.pt")
+    assert [r["id"] for r in loaded] == [r["id"] for r in dips[0][:4]]
+    assert torch.equal(loaded[0]["interface"], dips[0][0]["interface"])
+    assert loaded[0]["chains"] == dips[0][0]["chains"] and loaded[0]["labels"] == dips[0][0]["labels"]
