@@ -98,7 +98,7 @@ def train_inputs(wildcards):
         "manifest": f"{RECORDS}/{dataset}/manifest.tsv",
         "records": record_shards(dataset),
     }
-    graph = config["models"][wildcards.model].get("graph")
+    graph = geoplm_config.cached_graph(config, wildcards.model)
     if graph:
         inputs["graphs"] = expand(
             f"{GRAPHS}/{dataset}/{graph}/{{shard}}.pt",

@@ -252,3 +252,14 @@ def test_read_shard_rejects_unknown_options(shared_data):
         read([shared_data / "atom3d_lmdb"], 0, 1, {"task": "qm9"}, "skip")
     with pytest.raises(ConfigError, match="unknown options"):
         read([shared_data / "atom3d_lmdb"], 0, 1, {"colour": "red"}, "skip")
+
+
+def test_read_shard_takes_an_lmdb_downloaded_as_its_mdb_files(shared_data, tmp_path):
+    from geoplm.datasets import get_reader
+
+    for name in ("data.mdb", "lock.mdb"):
+        shutil.copy(shared_data / "atom3d_lmdb" / name, tmp_path / name)
+    read = get_reader("atom3d_lmdb")
+    records, skipped = read([tmp_path / "data.mdb", tmp_path / "lock.mdb"], 0, 1, {}, "skip")
+    direct, _ = read([shared_data / "atom3d_lmdb"], 0, 1, {}, "skip")
+    assert [r["id"] for r in records] == [r["id"] for r in direct] and not skipped

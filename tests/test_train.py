@@ -119,3 +119,51 @@ def test_gearnet_edge_trains_through_the_same_loop(dataset, tmp_path):
     plain = run(root, tmp_path / "plain", dict(TASK, epochs=1))
     assert metrics["num_parameters"] > plain["num_parameters"]  # the edge layers exist
     assert metrics["test"]["rmse"] > 0
+
+
+@pytest.fixture(scope="module")
+def esm_index(dataset, tmp_path_factory):
+    """ESM-2 embeddings of the dataset through the real path: a tiny random fair-esm checkpoint."""
+    root, _ = dataset
+    work = tmp_path_factory.mktemp("esm")
+    checkpoint = work / "esm2_t2_tiny.pt"
+    steps.build_random_esm(checkpoint, {"num_layers": 2, "embed_dim": 32, "attention_heads": 4, "seed": 0})
+    index = work / "index" / "0000.tsv"
+    steps.embed_records(root / "0000.pt", checkpoint, index, work / "store", "tiny", {"repr_layer": 2})
+    return index
+
+
+WU_MODELS = {
+    "gvp": ({"type": "gvp", "node_dims": [8, 4], "edge_dims": [8, 1], "num_layers": 2}, {"kind": "radius"}),
+    "egnn": ({"type": "egnn", "hidden_dim": 8, "num_layers": 2}, {"kind": "knn", "k": 10}),
+    "molformer": ({"type": "molformer", "num_layers": 1, "embed_dim": 8, "num_heads": 2}, {"kind": "radius"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WU_MODELS))
+@pytest.mark.parametrize("with_esm", [False, True], ids=["one-hot", "esm"])
+def test_wu_models_train_with_and_without_esm(dataset, esm_index, tmp_path, name, with_esm):
+    """GVP-GNN, EGNN and Molformer train through the same loop on Cα graphs (Wu et al.); with ESM-2 the
+    embedding replaces the residue-type input (no embedding module, the first layer is ESM-wide)."""
+    root, _ = dataset
+    model, graph_settings = WU_MODELS[name]
+    metrics = train.run(
+        dict(TASK, epochs=2),
+        model,
+        root / "manifest.tsv",
+        [root / "0000.pt"],
+        [esm_index] if with_esm else [],
+        seed=0,
+        metrics_path=tmp_path / "metrics.json",
+        checkpoint_path=tmp_path / "model.pt",
+        graph_settings=graph_settings,
+    )
+    assert metrics["node_input_dim"] == (32 if with_esm else 21)
+    assert metrics["test"]["rmse"] > 0 and len(metrics["history"]) == 2
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)["model"]
+    embedding = [k for k in weights if "embed" in k and k.endswith("weight") and weights[k].ndim == 2]
+    if name == "egnn":  # one-hot (21) or the ESM-2 vector (32 here) is EGNN's node input
+        assert weights["encoder.net.embedding_in.weight"].shape[1] == (32 if with_esm else 21)
+    if name in ("gvp", "molformer"):
+        # the residue-type embedding exists only without ESM: the PLM vector replaces it
+        assert bool([k for k in embedding if "net.embed" in k]) != with_esm

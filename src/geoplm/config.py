@@ -111,7 +111,22 @@ def check_references(config: Mapping) -> None:
 
 
 def graph_settings(config: Mapping, name: str) -> dict:
-    """Keyword arguments of :func:`geoplm.graph.build_gearnet_graph` for a ``graphs`` entry."""
+    """The settings of a ``graphs`` entry.
+
+    ``kind: gearnet`` (default): the keyword arguments of :func:`geoplm.graph.build_gearnet_graph`
+    (no ``kind`` key, GearNet Sec. 3.1 defaults filled in). ``kind: radius`` / ``knn``: Wu et al.'s
+    Cα graphs, ``{"kind", "radius"}`` (8 Å) or ``{"kind", "k"}`` (10).
+    """
+    entry = dict(config.get("graphs", {}).get(name, {}))
+    kind = entry.pop("kind", "gearnet")
+    if kind == "radius":
+        return {
+            "kind": "radius",
+            "radius": entry.get("radius", 8.0),
+            "max_num_neighbors": entry.get("max_num_neighbors"),
+        }
+    if kind == "knn":
+        return {"kind": "knn", "k": entry.get("k", entry.get("knn_k", 10))}
     defaults = {
         "sequential_max_distance": 2,
         "radius": 10.0,
@@ -119,7 +134,16 @@ def graph_settings(config: Mapping, name: str) -> dict:
         "min_distance": 5,
         "spatial_max_num_neighbors": 32,
     }
-    return {**defaults, **config.get("graphs", {}).get(name, {})}
+    return {**defaults, **entry}
+
+
+def cached_graph(config: Mapping, model: str) -> str | None:
+    """The ``graphs`` entry whose edge lists are cached for ``model`` (GearNet graphs only; Wu et al.'s
+    Cα graphs are built per batch), or None."""
+    name = config["models"][model].get("graph")
+    if not name or "kind" in graph_settings(config, name):
+        return None
+    return name
 
 
 def shard_ids(count: int) -> list[str]:

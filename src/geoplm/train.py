@@ -199,50 +199,64 @@ class ResidueTaskModel(nn.Module):
         return out.squeeze(-1) if self.regression else out
 
 
-def build_encoder(spec: Mapping, input_dim: int) -> tuple[nn.Module, int]:
-    """Build the encoder named by a ``models`` config entry; return it and its node output width.
+def build_encoder(spec: Mapping, input_dim: int, plm: bool = False) -> tuple[nn.Module, int]:
+    """The encoder of a ``models`` entry and its node output width (see :mod:`geoplm.models.zoo`)."""
+    from geoplm.models.zoo import build_encoder as build
 
-    ``type: gearnet`` is GearNet (Zhang et al., ICLR 2023, Sec. 3.1); with ``num_angle_bin`` set
-    it is GearNet-Edge (Sec. 3.2: edge message passing on the spatial line graph).
+    return build(spec, input_dim, plm)
 
-    Raises:
-        GeoplmError: unknown model type.
+
+def ca_graph(position: torch.Tensor, residue_type: torch.Tensor, node2graph: torch.Tensor, settings: Mapping):
+    """Wu et al.'s residue graph on Cα: r-ball (``kind: radius``, ``radius`` Å, 8 by default) or
+    kNN (``kind: knn``, ``k``, 10 by default), as GGNN_Meets_PLM builds it with torch_cluster.
+
+    Returns a :class:`geoplm.graph.ResidueGraph` with one relation and no edge features.
     """
-    if spec["type"] == "gearnet":
-        from geoplm.models.gearnet import GearNet
+    from geoplm.graph import ResidueGraph, knn_graph, radius_graph
 
-        hidden = list(spec.get("hidden_dims", [512] * 6))
-        encoder = GearNet(
-            input_dim=input_dim,
-            hidden_dims=hidden,
-            num_relation=7,
-            short_cut=spec.get("short_cut", True),
-            batch_norm=spec.get("batch_norm", True),
-            concat_hidden=spec.get("concat_hidden", True),
-            readout=spec.get("readout", "sum"),
-            dropout=spec.get("dropout", 0.0),
-            edge_input_dim=spec.get("edge_input_dim", 59) if "num_angle_bin" in spec else None,
-            num_angle_bin=spec.get("num_angle_bin"),
+    if settings["kind"] == "knn":
+        edge_index = knn_graph(position, int(settings.get("k", 10)), node2graph)
+    else:
+        edge_index = radius_graph(
+            position,
+            float(settings.get("radius", 8.0)),
+            node2graph,
+            max_num_neighbors=settings.get("max_num_neighbors"),
         )
-        return encoder, (sum(hidden) if spec.get("concat_hidden", True) else hidden[-1])
-    raise GeoplmError(f"unknown model type '{spec['type']}'")
+    edge_list = torch.cat([edge_index.t(), torch.zeros(edge_index.shape[1], 1, dtype=torch.long)], dim=1)
+    return ResidueGraph(
+        num_nodes=int(position.shape[0]),
+        batch_size=int(node2graph.max()) + 1 if len(node2graph) else 0,
+        node_position=position,
+        residue_type=residue_type,
+        node2graph=node2graph,
+        edge_list=edge_list,
+        edge_feature=torch.zeros(edge_list.shape[0], 0),
+        num_relation=1,
+    )
 
 
 def make_graph(batch: Sequence[Example], device: str, settings: Mapping | None = None):
     """Pack a batch into one residue graph: cached edge lists when the examples carry them,
-    else GearNet's graph built on the packed batch with ``settings``."""
+    else the graph of ``settings`` built on the packed batch (GearNet's, or a Cα r-ball / kNN
+    graph when ``settings["kind"]`` is ``radius`` / ``knn``)."""
     from geoplm.graph import build_gearnet_graph, pack_graphs
 
-    if all(example.edge_list is not None for example in batch):
-        num_relation = 2 * int((settings or {}).get("sequential_max_distance", 2)) + 3
+    settings = dict(settings or {})
+    kind = settings.pop("kind", "gearnet")
+    if kind == "gearnet" and all(example.edge_list is not None for example in batch):
+        num_relation = 2 * int(settings.get("sequential_max_distance", 2)) + 3
         graph = pack_graphs(
             [e.position for e in batch], [e.residue_type for e in batch], [e.edge_list for e in batch], num_relation
         )
+        return graph.to(device)
+    position = torch.cat([example.position for example in batch])
+    residue_type = torch.cat([example.residue_type for example in batch])
+    node2graph = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor([len(e.label) for e in batch]))
+    if kind in ("radius", "knn"):
+        graph = ca_graph(position, residue_type, node2graph, {"kind": kind, **settings})
     else:
-        position = torch.cat([example.position for example in batch])
-        residue_type = torch.cat([example.residue_type for example in batch])
-        node2graph = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor([len(e.label) for e in batch]))
-        graph = build_gearnet_graph(position, residue_type, node2graph, **dict(settings or {}))
+        graph = build_gearnet_graph(position, residue_type, node2graph, **settings)
     return graph.to(device)
 
 
@@ -363,7 +377,7 @@ def train_run(
     log.info("%s: %s", run_name, {name: len(members) for name, members in splits.items()})
 
     input_dim = examples[0].node_feature.shape[1]
-    encoder, output_dim = build_encoder(model, input_dim)
+    encoder, output_dim = build_encoder(model, input_dim, plm=embeddings is not None)
     num_classes = int(task.get("num_classes", 9000))
     regression = kind == "relative_position"
     net = ResidueTaskModel(encoder, output_dim, 1 if regression else num_classes, regression).to(device)

@@ -597,6 +597,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _lmdb_inputs(files: Sequence[os.PathLike]) -> list[Path]:
+    """Downloads as LMDB inputs: an LMDB downloaded as its ``data.mdb`` (+ ``lock.mdb``) files is
+    its folder (once); archives and folders pass through."""
+    inputs: list[Path] = []
+    for file in map(Path, files):
+        path = file.parent if file.name in ("data.mdb", "lock.mdb") else file
+        if path not in inputs:
+            inputs.append(path)
+    return inputs
+
+
 def read_shard(
     files: Sequence[os.PathLike], shard: int, num_shards: int, options: dict, on_error: str = "skip"
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -627,10 +638,11 @@ def read_shard(
     keys = tuple(options.get("atoms_keys") or ATOM_KEYS[task])
     subset = options.get("subset")
     if task == "res" and keys == ("atoms",):
-        records, skipped = read_lmdb_shard(files, subset, shard, num_shards, on_error)
+        records, skipped = read_lmdb_shard(_lmdb_inputs(files), subset, shard, num_shards, on_error)
         for record in records:
             record.update(split="", group=record["id"].rsplit("_", 1)[0], role="atoms")
         return records, skipped
+    files = _lmdb_inputs(files)
     readers = [open_lmdb(find_lmdb(archive, subset)) for archive in files]
     try:
         entries = [(reader, index) for reader in readers for index in range(len(reader))]

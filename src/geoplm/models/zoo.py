@@ -1,0 +1,169 @@
+"""The model zoo: every encoder of the three papers, built by name from a ``models`` config entry.
+
+Every encoder built here has one interface, what the training loop calls::
+
+    encoder(graph: ResidueGraph, node_feature: (N, F) float) -> {"node_feature": (N, D), ...}
+
+``graph`` is a packed batch (:class:`geoplm.graph.ResidueGraph`: Cα ``node_position`` in Å,
+``residue_type`` (N,), ``node2graph`` (N,), ``edge_list`` (E, 3)); ``node_feature`` is the residue
+one-hot (21) or the ESM-2 per-residue embedding. ``D`` is returned by :func:`build_encoder`.
+
+========== =============================================================== ======================
+type       model                                                           graph
+========== =============================================================== ======================
+gearnet    GearNet / GearNet-Edge (Zhang et al., ICLR 2023, Sec. 3.1-3.2;  7 relations (GearNet)
+           torchdrug 0.2.1 ``models.GearNet``); ESM-2 input = ESM-GearNet
+           serial fusion (Zhang et al. 2023)
+esm_gearnet ESM-GearNet parallel / cross fusion (Zhang et al. 2023, Sec. 3) 7 relations (GearNet)
+gvp        GVP-GNN (Jing et al., ICLR 2021) as Wu et al. (2023) use it      Cα r-ball 8 Å / kNN 10
+egnn       EGNN (Satorras et al., ICML 2021) as Wu et al. use it            Cα r-ball 8 Å / kNN 10
+molformer  Molformer (Wu et al., AAAI 2023) as Wu et al. (2023) use it      Cα, full attention
+========== =============================================================== ======================
+
+For ``gvp``, ``egnn`` and ``molformer`` (Wu et al.), with ESM-2 features the 1280-d vector
+*replaces* the residue-type input (it is not concatenated); without, the residue type is embedded
+(GVP-GNN, Molformer) or one-hot encoded (EGNN's ``in_node_nf``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from geoplm.errors import ConfigError
+
+#: residue one-hot width: torchdrug's 20 residue types + unknown
+NUM_RESIDUE_TYPES = 21
+
+ENCODER_TYPES = ("gearnet", "esm_gearnet", "gvp", "egnn", "molformer")
+#: graph kinds of Wu et al.'s models (GGNN_Meets_PLM: torch_cluster radius_graph r=8 / knn_graph k=10)
+CA_GRAPH_KINDS = ("radius", "knn")
+
+
+class CaGraphEncoder(nn.Module):
+    """Wu et al.'s Cα-graph encoders (GVP-GNN, EGNN, Molformer) behind the zoo's interface.
+
+    Args:
+        net: the encoder; called as ``net(node_input, pos, edge_index)`` (GVP-GNN, Molformer) or
+            ``net(h, x, edge_index, edge_attr)`` (EGNN, ``kind="egnn"``).
+        kind: ``gvp``, ``egnn`` or ``molformer``.
+        plm: True when ``node_feature`` is a PLM embedding that replaces the residue-type input.
+        num_rbf, d_max: EGNN's edge attributes, the RBFs of the Cα distance (16 over 0-8 Å, as the
+            GVP edge scalars in GGNN_Meets_PLM).
+
+    ``forward(graph, node_feature)`` returns ``{"node_feature": (N, D), "graph_feature": (B, D)}``
+    (graph feature: mean over each protein's residues) and, for EGNN, ``"position"`` (N, 3).
+    """
+
+    def __init__(self, net: nn.Module, kind: str, plm: bool, num_rbf: int = 16, d_max: float = 8.0):
+        super().__init__()
+        self.net = net
+        self.kind = kind
+        self.plm = plm
+        self.num_rbf = num_rbf
+        self.d_max = d_max
+
+    def forward(self, graph, node_feature: torch.Tensor) -> dict[str, torch.Tensor]:
+        edge_index = graph.edge_list[:, :2].t().long()
+        pos = graph.node_position
+        out: dict[str, torch.Tensor] = {}
+        if self.kind == "egnn":
+            from geoplm.models.gvp import rbf
+
+            h = node_feature if self.plm else nn.functional.one_hot(graph.residue_type, NUM_RESIDUE_TYPES).to(pos)
+            distance = (pos[edge_index[0]] - pos[edge_index[1]]).norm(dim=-1)
+            edge_attr = rbf(distance, 0.0, self.d_max, self.num_rbf)
+            node, out["position"] = self.net(h, pos, edge_index, edge_attr)
+        elif self.kind == "molformer":
+            node = self.net(node_feature if self.plm else graph.residue_type, pos, edge_index, graph.node2graph)
+        else:
+            node = self.net(node_feature if self.plm else graph.residue_type, pos, edge_index)
+        count = torch.bincount(graph.node2graph, minlength=graph.batch_size).clamp(min=1).to(node)
+        pooled = node.new_zeros(graph.batch_size, node.shape[-1]).index_add_(0, graph.node2graph, node)
+        out.update(node_feature=node, graph_feature=pooled / count.unsqueeze(-1))
+        return out
+
+
+def _check_keys(spec: Mapping, name: str, allowed: set[str]) -> None:
+    unknown = set(spec) - allowed - {"type", "graph"}
+    if unknown:
+        raise ConfigError(f"models.{name}: keys {sorted(unknown)} do not apply to type '{spec['type']}'")
+
+
+def build_encoder(spec: Mapping, input_dim: int, plm: bool = False, name: str = "model") -> tuple[nn.Module, int]:
+    """Build the encoder of a ``models`` config entry; return it and its node output width D.
+
+    Args:
+        spec: the config entry (``type`` and the model's hyperparameters; see ``config/schema.yaml``).
+        input_dim: F, the width of ``node_feature`` (21 for one-hot, the ESM-2 width with a plm).
+        plm: whether ``node_feature`` is an ESM-2 embedding (Wu et al.'s models then take it in
+            place of the residue-type input; ``esm_gearnet`` requires it).
+        name: the entry's name, for error messages.
+
+    Raises:
+        ConfigError: an unknown type, keys that do not apply to it, or ``esm_gearnet`` without ESM.
+    """
+    kind = spec["type"]
+    if kind == "gearnet":
+        from geoplm.models.gearnet import GearNet
+
+        hidden = list(spec.get("hidden_dims", [512] * 6))
+        encoder = GearNet(
+            input_dim=input_dim,
+            hidden_dims=hidden,
+            num_relation=7,
+            short_cut=spec.get("short_cut", True),
+            batch_norm=spec.get("batch_norm", True),
+            concat_hidden=spec.get("concat_hidden", True),
+            readout=spec.get("readout", "sum"),
+            dropout=spec.get("dropout", 0.0),
+            edge_input_dim=spec.get("edge_input_dim", 59) if "num_angle_bin" in spec else None,
+            num_angle_bin=spec.get("num_angle_bin"),
+        )
+        return encoder, (sum(hidden) if spec.get("concat_hidden", True) else hidden[-1])
+    if kind == "gvp":
+        from geoplm.models.gvp import GVPGNN
+
+        _check_keys(spec, name, {"embed_dim", "node_dims", "edge_dims", "num_rbf", "d_max", "num_layers", "dropout"})
+        net = GVPGNN(
+            embed_dim=spec.get("embed_dim", 32),
+            plm_dim=input_dim if plm else None,
+            node_dims=tuple(spec.get("node_dims", (100, 16))),
+            edge_dims=tuple(spec.get("edge_dims", (32, 1))),
+            num_rbf=spec.get("num_rbf", 16),
+            d_max=spec.get("d_max", 8.0),
+            num_layers=spec.get("num_layers", 5),
+            drop_rate=spec.get("dropout", 0.1),
+        )
+        return CaGraphEncoder(net, "gvp", plm), net.output_dim
+    if kind == "egnn":
+        from geoplm.models.egnn import EGNN
+
+        _check_keys(spec, name, {"hidden_dim", "output_dim", "num_layers", "num_rbf", "d_max", "attention"})
+        hidden = spec.get("hidden_dim", 32)
+        output_dim = spec.get("output_dim", hidden)
+        num_rbf = spec.get("num_rbf", 16)
+        net = EGNN(
+            in_node_nf=input_dim if plm else NUM_RESIDUE_TYPES,
+            hidden_nf=hidden,
+            out_node_nf=output_dim,
+            in_edge_nf=num_rbf,
+            n_layers=spec.get("num_layers", 4),
+            attention=spec.get("attention", False),
+        )
+        return CaGraphEncoder(net, "egnn", plm, num_rbf=num_rbf, d_max=spec.get("d_max", 8.0)), output_dim
+    if kind == "molformer":
+        from geoplm.models import molformer
+
+        options = {k: v for k, v in spec.items() if k not in ("type", "graph")}
+        net = molformer.Molformer(plm_dim=input_dim if plm else None, **options)
+        return CaGraphEncoder(net, "molformer", plm), net.output_dim
+    if kind == "esm_gearnet":
+        from geoplm.models import fusion
+
+        if not plm:
+            raise ConfigError(f"models.{name}: esm_gearnet fuses ESM-2 with GearNet; use it with a plm, not 'none'")
+        return fusion.build_from_config(spec, input_dim)
+    raise ConfigError(f"models.{name}: unknown model type '{kind}' (known: {', '.join(ENCODER_TYPES)})")
