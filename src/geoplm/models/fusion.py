@@ -47,7 +47,11 @@ state_dict mapping to a torchdrug ``FusionNetwork`` (inside a task, strip the ``
 ``sequence_model.model.*`` (fair-esm ``ESM2``), ``structure_model.*`` (:class:`~geoplm.models.GearNet`),
 ``seq_linear.*``, ``struct_linear.*``, ``attn.{query,key,value}.*``, ``attn.attn.{in_proj_weight,
 in_proj_bias,out_proj.weight,out_proj.bias}`` are identical; torchdrug's ``sequence_model.mapping`` buffer
-(residue id -> ESM token) has no counterpart here: drop it before loading.
+(residue id -> ESM token) has no counterpart here: drop it before loading. Checked once (not part of the
+tests, which need no torchdrug): the reference ``FusionNetwork`` with torchdrug 0.2.1's ``models.ESM`` (tiny
+random ESM-2) and ``models.GearNet`` on two AlphaFold models, its state dict loaded here with
+``strict=True``, gives the same node and graph features for all three fusions in eval mode (float32 rounding:
+differences below 1e-6 of the largest value).
 """
 
 from __future__ import annotations
