@@ -159,6 +159,7 @@ def test_fold(shared_data, chain_map, table, tmp_path):
         assert (by_id[domain]["split"], by_id[domain]["labels"]["fold"]) == (split, fold)
     a8o = by_id["d1a8oa_"]
     assert a8o["split"] == "test_fold" and a8o["group"] == "1A8O" and a8o["chain"] == "A"
+    assert a8o["labels"]["fold"] == "a.28"  # test_fold.txt: d1a8oa_ 66 a.28 a.28
     class_map = dict(
         line.split("\t") for line in (shared_data / "labels/fold_HomologyTAPE/class_map.txt").read_text().splitlines()
     )
@@ -297,3 +298,24 @@ def test_unsafe_zip(tmp_path, shared_data):
     with pytest.raises(GeoplmError, match="unsafe member path '../1dix.pdb'"):
         read_shard([archive, *label_files(shared_data, "ec")], 0, 1, {"task": "ec"}, "skip")
     assert not (tmp_path / "1dix.pdb").exists() and not (tmp_path / "evil.zip.extracted").exists()
+
+
+def test_fold3d_zip(shared_data, tmp_path):
+    """The .pdb variant of GearNet's fold3d.zip: label lists named by split, {split}_pdb.zip of domain files."""
+    labels = shared_data / "labels/fold_HomologyTAPE"
+    names = {"class_map": "class_map", "training": "train", "validation": "valid"}
+    names.update({s: s for s in ("test_fold", "test_superfamily", "test_family")})
+    inner = tmp_path / "test_fold_pdb.zip"
+    with zipfile.ZipFile(inner, "w") as nested:
+        nested.write(shared_data / "pdb/1A8O.pdb", "test_fold/d1a8oa_.pdb")
+    archive = tmp_path / "fold3d.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for upstream, name in names.items():
+            handle.write(labels / f"{upstream}.txt", f"fold3d/{name}.txt")
+        handle.write(inner, "fold3d/test_fold_pdb.zip")
+    records, skipped = read_shard([archive], 0, 1, {"task": "fold"}, "skip")
+    assert skipped == [] and [(r["id"], r["split"], r["labels"]["coverage"]) for r in records] == [
+        ("d1a8oa_", "test_fold", "domain")
+    ]
+    class_map = dict(line.split("\t") for line in (labels / "class_map.txt").read_text().splitlines())
+    assert records[0]["labels"]["fold"] == "a.28" and records[0]["labels"]["target"] == int(class_map["a.28"])

@@ -368,7 +368,10 @@ def extract_zip(archive: str | os.PathLike) -> Path:
     target = archive.with_name(archive.name + _EXTRACTED_SUFFIX)
     if (target / _COMPLETE_MARKER).is_file():
         return target
-    tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".part", dir=archive.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".part", dir=archive.parent))
+    except OSError as exc:
+        raise GeoplmError(f"{archive}: cannot create the extraction folder beside it: {exc}") from exc
     try:
         _extract_into(archive, tmp)
         (tmp / _COMPLETE_MARKER).write_text("complete\n", encoding="utf-8")
