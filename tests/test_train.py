@@ -167,3 +167,68 @@ def test_wu_models_train_with_and_without_esm(dataset, esm_index, tmp_path, name
     if name in ("gvp", "molformer"):
         # the residue-type embedding exists only without ESM: the PLM vector replaces it
         assert bool([k for k in embedding if "net.embed" in k]) != with_esm
+
+
+@pytest.mark.parametrize("fusion", ["parallel", "cross"])
+def test_esm_gearnet_fusions_train_on_stored_embeddings(dataset, esm_index, tmp_path, fusion):
+    """ESM-GearNet parallel / cross fusion (Zhang et al. 2023) trains through the loop: the GearNet view
+    reads the residue one-hot (21), the ESM view the stored ESM-2 rows; the encoder outputs both."""
+    root, _ = dataset
+    model = {"type": "esm_gearnet", "fusion": fusion, "hidden_dims": [16, 16], "cross_dim": 16}
+    metrics = train.run(
+        dict(TASK, epochs=2),
+        model,
+        root / "manifest.tsv",
+        [root / "0000.pt"],
+        [esm_index],
+        seed=0,
+        metrics_path=tmp_path / "metrics.json",
+        checkpoint_path=tmp_path / "model.pt",
+        graphs=[root / "graphs.pt"],
+        graph_settings={},
+    )
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)["model"]
+    first = [
+        k for k in weights if k.startswith("encoder.net.structure_model.layers.0.") and k.endswith("linear.weight")
+    ]
+    assert first and weights[first[0]].shape[1] == 21 * 7  # one-hot input, 7 relations
+    assert metrics["test"]["rmse"] > 0
+    with pytest.raises(Exception, match="esm_gearnet"):
+        train.run(TASK, model, root / "manifest.tsv", [root / "0000.pt"], [], seed=0, metrics_path=tmp_path / "m.json")
+
+
+def test_equidock_trains_through_train_model_with_and_without_esm(shared_data, tmp_path):
+    """Docking (EquiDock) from the DB5.5 reader's records through train.run, with ESM-2 features
+    from the store (random tiny ESM-2) and without."""
+    from geoplm.datasets import get_reader
+
+    files = sorted((shared_data / "db5").glob("[137]*_[rl]_b.pdb"))
+    records, _ = get_reader("db5")(files, 0, 1, {"unbound": False}, "skip")
+    groups = sorted({r["group"] for r in records})[:4]
+    records = [r for r in records if r["group"] in groups]
+    structure.save_shard(records, tmp_path / "0000.pt")
+    split = dict(zip(groups, ["train", "train", "valid", "test"], strict=False))
+    rows = [dict(steps.manifest_row(r, "0000"), split=split[r["group"]]) for r in records]
+    steps.write_tsv(tmp_path / "manifest.tsv", rows, steps.MANIFEST_COLUMNS)
+    checkpoint = tmp_path / "esm2_t2_tiny.pt"
+    steps.build_random_esm(checkpoint, {"num_layers": 2, "embed_dim": 16, "attention_heads": 4, "seed": 0})
+    steps.embed_records(
+        tmp_path / "0000.pt", checkpoint, tmp_path / "index.tsv", tmp_path / "store", "t", {"repr_layer": 2}
+    )
+    task = {"kind": "docking", "epochs": 2, "batch_size": 2, "lr": 1e-3}
+    model = {"type": "equidock", "hidden_dim": 8, "residue_emb_dim": 8, "n_layers": 2, "num_att_heads": 4}
+    results = {}
+    for name, indexes in (("none", []), ("esm", [tmp_path / "index.tsv"])):
+        results[name] = train.run(
+            task,
+            model,
+            tmp_path / "manifest.tsv",
+            [tmp_path / "0000.pt"],
+            indexes,
+            seed=0,
+            metrics_path=tmp_path / name / "metrics.json",
+            checkpoint_path=tmp_path / name / "model.pt",
+        )
+        assert results[name]["test"]["complexes"] == 1
+        assert results[name]["test"]["complex_rmsd_median"] > 0
+    assert results["none"]["test"] != results["esm"]["test"]  # the ESM-2 input changes the model

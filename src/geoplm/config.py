@@ -183,8 +183,40 @@ def dataset_shards(config: Mapping, dataset: str) -> list[str]:
     return shard_ids(spec.get("shards", 1))
 
 
+def available_datasets(config: Mapping, raw_dir: str | Path = "resources/raw") -> list[str]:
+    """The datasets the default target prepares.
+
+    Without a mirror (``mirror`` key or ``$GEOPLM_MIRROR``): all of them. With one: those whose
+    source has at least one file in the mirror (looked up by name, as downloads do) or already
+    downloaded under ``raw_dir/<source>/files/`` -- the mirror "holds samples" of them.
+    """
+    from geoplm import sources
+
+    mirror = sources.resolve_mirror(config.get("mirror"))
+    if mirror is None:
+        return list(config["datasets"])
+    available = {}
+    for name, spec in config["datasets"].items():
+        source = spec["source"]
+        if source not in available:
+            files = config["sources"][source]["files"]
+            available[source] = any(
+                sources.find_in_mirror(mirror, entry.get("name") or sources.file_name(entry["url"])) is not None
+                or (Path(raw_dir) / source / "files" / (entry.get("name") or sources.file_name(entry["url"]))).exists()
+                for entry in files
+            )
+    return [name for name, spec in config["datasets"].items() if available[spec["source"]]]
+
+
+#: model types that need ESM-2 features (ESM-GearNet's fusions): no run with ``plm: none``
+NEEDS_PLM = ("esm_gearnet",)
+
+
 def table_jobs(config: Mapping, table: str) -> list[dict[str, Any]]:
-    """Every training run a table needs: dicts with task, model, plm, pretrain and seed."""
+    """Every training run a table needs: dicts with task, model, plm, pretrain and seed.
+
+    Combinations that do not exist are left out: a fusion model (:data:`NEEDS_PLM`) without a plm.
+    """
     spec = config["tables"][table]
     tasks = list(dict.fromkeys(column["task"] for column in spec["columns"]))
     return [
@@ -193,4 +225,5 @@ def table_jobs(config: Mapping, table: str) -> list[dict[str, Any]]:
         for model in spec["models"]
         for plm in spec["plms"]
         for seed in config["seeds"]
+        if not (plm == NO_PLM and config["models"][model]["type"] in NEEDS_PLM)
     ]

@@ -189,6 +189,60 @@ def load_complex(
     )
 
 
+def complex_from_records(
+    receptor: Mapping,
+    ligand: Mapping,
+    ligand_input: Mapping | None = None,
+    receptor_esm: Tensor | None = None,
+    ligand_esm: Tensor | None = None,
+    complex_id: str | None = None,
+) -> ComplexExample:
+    """A :class:`ComplexExample` from the workflow's records (one record per partner, chains merged,
+    as :mod:`geoplm.datasets.docking` writes them): the same residues as :func:`load_complex` reads
+    from the files (N, Cα and C present).
+
+    Args:
+        receptor, ligand: ground-truth (bound) partner records.
+        ligand_input: optional record of the ligand's input pose (DIPS test pairs); same residues.
+        receptor_esm, ligand_esm: (L, F) ESM-2 rows over each record's whole sequence.
+
+    Raises:
+        GeoplmError: fewer than 2 complete residues, or mismatching input/ESM rows.
+    """
+    from geoplm.structure import residue_type_index
+
+    def side(record: Mapping, esm: Tensor | None):
+        backbone = record["backbone"][:, :3].float()
+        keep = record["residue_mask"] & ~torch.isnan(backbone).flatten(1).any(1)
+        if int(keep.sum()) < 2:
+            raise GeoplmError(f"{record['id']}: fewer than 2 residues with N, CA and C")
+        if esm is not None and esm.shape[0] != keep.shape[0]:
+            raise GeoplmError(f"{record['id']}: ESM features have {esm.shape[0]} rows, the record {keep.shape[0]}")
+        types = residue_type_index(record["sequence"])
+        return backbone[keep], types[keep], None if esm is None else esm[keep].float()
+
+    rec_bb, rec_types, rec_esm = side(receptor, receptor_esm)
+    lig_bb, lig_types, lig_esm = side(ligand, ligand_esm)
+    ligand_input_pos = None
+    if ligand_input is not None:
+        in_bb, in_types, _ = side(ligand_input, None)
+        if in_bb.shape != lig_bb.shape or not torch.equal(in_types, lig_types):
+            raise GeoplmError(f"{ligand_input['id']}: residues differ from {ligand['id']}")
+        ligand_input_pos = in_bb[:, 1]
+    return ComplexExample(
+        id=complex_id or str(receptor.get("group") or receptor["id"]),
+        receptor_pos=rec_bb[:, 1],
+        receptor_residue_type=rec_types,
+        ligand_true_pos=lig_bb[:, 1],
+        ligand_residue_type=lig_types,
+        receptor_backbone=rec_bb,
+        ligand_backbone=lig_bb,
+        receptor_esm=rec_esm,
+        ligand_esm=lig_esm,
+        ligand_input_pos=ligand_input_pos,
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # metrics
 

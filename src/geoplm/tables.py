@@ -108,6 +108,8 @@ def build_table(spec: Mapping, metrics_paths: Sequence[str | os.PathLike], publi
     rows = []
     for model in spec["models"]:
         for plm in spec["plms"]:
+            if not any((column["task"], model, plm) in runs for column in spec["columns"]):
+                continue  # a combination the workflow does not run (a fusion model without ESM-2)
             row: dict = {"model": model, "node_features": "residue one-hot" if plm == NO_PLM else plm}
             for column in spec["columns"]:
                 values = [run["test"].get(column["metric"]) for run in runs.get((column["task"], model, plm), [])]

@@ -41,7 +41,10 @@ from geoplm.errors import GeoplmError
 log = logging.getLogger(__name__)
 
 NUM_RESIDUE_TYPES = 21
-TASK_KINDS = ("absolute_position", "relative_position")
+TASK_KINDS = ("absolute_position", "relative_position", "docking")
+#: docking roles of the ground-truth partners and of a given ligand input pose (geoplm.datasets.docking)
+RECEPTOR_ROLES = ("receptor_bound", "receptor_complex")
+LIGAND_ROLES = ("ligand_bound", "ligand_complex")
 
 
 @dataclass
@@ -358,6 +361,10 @@ def train_run(
     from geoplm.steps import read_tsv
     from geoplm.structure import load_shard
 
+    if task["kind"] == "docking":
+        return train_docking(
+            task, model, manifest, records, embedding_indexes, seed, metrics_path, checkpoint_path, run_name, device
+        )
     if threads:
         torch.set_num_threads(threads)
     random.seed(seed)
@@ -382,7 +389,10 @@ def train_run(
     regression = kind == "relative_position"
     net = ResidueTaskModel(encoder, output_dim, 1 if regression else num_classes, regression).to(device)
     loop = Loop(kind, num_classes)
-    optimizer = torch.optim.Adam(net.parameters(), lr=float(task["lr"]))
+    from geoplm.models.fusion import param_groups
+
+    # ESM-GearNet fine-tuning: ESM-2 parameters at lr x esm_lr_ratio (0.1); everything else at lr
+    optimizer = torch.optim.Adam(param_groups(net, float(task["lr"]), float(model.get("esm_lr_ratio", 0.1))))
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", factor=0.6, patience=5, min_lr=5e-7)
     rng = random.Random(seed)
 
@@ -489,3 +499,79 @@ def train_run(
     resume_path.unlink(missing_ok=True)
     log.info("%s test: %s", run_name, test_metrics)
     return metrics
+
+
+def docking_examples(
+    records: Sequence[Mapping], split_of: Mapping[str, str], embeddings: Mapping[str, str] | None = None
+) -> dict[str, list]:
+    """EquiDock examples per split from docking records (DB5.5 / DIPS readers), one per complex.
+
+    The receptor and ligand are the ground-truth partners (roles :data:`RECEPTOR_ROLES`,
+    :data:`LIGAND_ROLES`); a DIPS ``ligand`` record is the given input pose. A complex's split is its
+    receptor's.
+
+    Raises:
+        GeoplmError: a complex without both partners, or a record without an ESM embedding when
+            ``embeddings`` is given.
+    """
+    from geoplm.docking import complex_from_records
+
+    groups: dict[str, dict[str, Mapping]] = {}
+    for record in records:
+        groups.setdefault(record.get("group") or record["id"], {})[record.get("role", "")] = record
+    out: dict[str, list] = {"train": [], "valid": [], "test": []}
+    for group, members in sorted(groups.items()):
+        receptor = next((members[r] for r in RECEPTOR_ROLES if r in members), None)
+        ligand = next((members[r] for r in LIGAND_ROLES if r in members), None)
+        if receptor is None or ligand is None:
+            raise GeoplmError(f"complex {group}: needs a receptor and a ligand record, has roles {sorted(members)}")
+        split = split_of.get(receptor["id"], "")
+        if split not in out:
+            continue
+
+        def esm(record):
+            if embeddings is None:
+                return None
+            if record["id"] not in embeddings:
+                raise GeoplmError(f"record {record['id']} has no ESM embedding in the index")
+            return read_embedding(embeddings[record["id"]], record["id"], len(record["sequence"]))
+
+        out[split].append(
+            complex_from_records(receptor, ligand, members.get("ligand"), esm(receptor), esm(ligand), group)
+        )
+    return out
+
+
+def train_docking(
+    task: Mapping,
+    model: Mapping,
+    manifest: str | os.PathLike,
+    records: Sequence[str | os.PathLike],
+    embedding_indexes: Sequence[str | os.PathLike],
+    seed: int,
+    metrics_path: str | os.PathLike,
+    checkpoint_path: str | os.PathLike,
+    run_name: str = "",
+    device: str = "cpu",
+) -> dict:
+    """Rigid docking with EquiDock (Ganea et al., ICLR 2022) on a docking dataset, with or without
+    ESM-2 input features (Wu et al. 2023); see :func:`geoplm.docking.train_docking_run`.
+
+    Raises:
+        GeoplmError: an empty split, a complex lacking a partner, a missing embedding.
+    """
+    from geoplm.docking import train_docking_run
+    from geoplm.steps import read_tsv
+    from geoplm.structure import load_shard
+
+    frame = read_tsv(manifest)
+    split_of = dict(zip(frame["id"], frame["split"], strict=True))
+    embeddings = load_embedding_index(embedding_indexes) if embedding_indexes else None
+    all_records = [record for path in records for record in load_shard(path) if record["id"] in split_of]
+    examples = docking_examples(all_records, split_of, embeddings)
+    for name, members in examples.items():
+        if not members:
+            raise GeoplmError(f"{manifest}: the {name} split has no complex")
+    return train_docking_run(
+        task, model, examples, seed, metrics_path, checkpoint_path, device=device, run_name=run_name
+    )

@@ -92,6 +92,52 @@ def _check_keys(spec: Mapping, name: str, allowed: set[str]) -> None:
         raise ConfigError(f"models.{name}: keys {sorted(unknown)} do not apply to type '{spec['type']}'")
 
 
+class _FusionEncoder(nn.Module):
+    """ESM-GearNet on stored (frozen) ESM-2 features: ``node_feature`` is the ESM-2 embedding, the
+    GearNet view reads the residue one-hot from the graph (parallel / cross) or the ESM features (serial)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, graph, node_feature: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.net(graph, esm_feature=node_feature)
+
+
+def build_esm_gearnet(spec: Mapping, esm_dim: int, name: str = "model") -> tuple[nn.Module, int]:
+    """ESM-GearNet (Zhang et al. 2023, Sec. 3; DeepGraphLearning/ESM-GearNet ``FusionNetwork``) on the
+    workflow's stored ESM-2 embeddings (ESM frozen): ``fusion`` serial / parallel / cross, GearNet
+    hyperparameters as for ``type: gearnet``, ``cross_dim`` (512) for cross fusion.
+
+    Fine-tuning ESM-2 inside the model (learning rate x ``esm_lr_ratio``, 0.1) is
+    :class:`geoplm.models.fusion.ESMGearNet` with ``esm_model`` and :func:`geoplm.models.fusion.param_groups`.
+
+    Raises:
+        ConfigError: unknown fusion, or ``cross_dim`` not a multiple of the 8 heads.
+    """
+    from geoplm.models.fusion import ESMGearNet
+    from geoplm.models.gearnet import GearNet
+
+    fusion = spec.get("fusion", "serial")
+    if fusion not in ("serial", "series", "parallel", "cross"):
+        raise ConfigError(f"models.{name}.fusion: '{fusion}' is not serial, parallel or cross")
+    hidden = list(spec.get("hidden_dims", [512] * 6))
+    gearnet = GearNet(
+        input_dim=esm_dim if fusion in ("serial", "series") else NUM_RESIDUE_TYPES,
+        hidden_dims=hidden,
+        num_relation=7,
+        short_cut=spec.get("short_cut", True),
+        batch_norm=spec.get("batch_norm", True),
+        concat_hidden=spec.get("concat_hidden", True),
+        readout=spec.get("readout", "sum"),
+        dropout=spec.get("dropout", 0.0),
+        edge_input_dim=spec.get("edge_input_dim", 59) if "num_angle_bin" in spec else None,
+        num_angle_bin=spec.get("num_angle_bin"),
+    )
+    net = ESMGearNet(gearnet, esm_dim=esm_dim, fusion=fusion, cross_dim=spec.get("cross_dim", 512))
+    return _FusionEncoder(net), net.output_dim
+
+
 def build_encoder(spec: Mapping, input_dim: int, plm: bool = False, name: str = "model") -> tuple[nn.Module, int]:
     """Build the encoder of a ``models`` config entry; return it and its node output width D.
 
@@ -165,5 +211,5 @@ def build_encoder(spec: Mapping, input_dim: int, plm: bool = False, name: str = 
 
         if not plm:
             raise ConfigError(f"models.{name}: esm_gearnet fuses ESM-2 with GearNet; use it with a plm, not 'none'")
-        return fusion.build_from_config(spec, input_dim)
+        return build_esm_gearnet(spec, input_dim, name)
     raise ConfigError(f"models.{name}: unknown model type '{kind}' (known: {', '.join(ENCODER_TYPES)})")
