@@ -16,6 +16,7 @@ Paper hyper-parameters (DeepGraphLearning/GearNet @ 28bf75f5dfb6cd7b9bf4394d153a
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -24,7 +25,7 @@ from torch.nn import functional as F
 
 from geoplm.graph import LineGraph, ResidueGraph, spatial_line_graph
 
-__all__ = ["GearNet", "GeometricRelationalGraphConv", "relational_aggregate"]
+__all__ = ["GearNet", "GeometricRelationalGraphConv", "RelationalAdjacency", "relational_aggregate"]
 
 
 def relational_aggregate(edge_list: Tensor, num_nodes: int, num_relation: int, message: Tensor) -> Tensor:
@@ -32,12 +33,120 @@ def relational_aggregate(edge_list: Tensor, num_nodes: int, num_relation: int, m
 
     ``out[i, r * d:(r + 1) * d] = sum_{e = (j -> i, r)} message[e]``: the target index is flattened
     to ``node_out * num_relation + relation`` and scattered with ``index_add_`` (torchdrug multiplies
-    by a sparse ``(N, N * R)`` adjacency instead, same result). Returns ``(num_nodes, R * d)``.
+    by a sparse ``(N, N * R)`` adjacency instead, same result). ``message``: ``(E, d)``; returns
+    ``(num_nodes, R * d)``. The layers use :class:`RelationalAdjacency`, which avoids the ``(E, d)``
+    message tensor when messages are plain node features.
     """
     index = edge_list[:, 1] * num_relation + edge_list[:, 2]
     out = message.new_zeros(num_nodes * num_relation, message.shape[-1])
     out.index_add_(0, index, message)
     return out.view(num_nodes, num_relation * message.shape[-1])
+
+
+def _csr(row: Tensor, col: Tensor, num_rows: int, num_cols: int, dtype: torch.dtype) -> Tensor:
+    """``(num_rows, num_cols)`` CSR matrix with ``A[r, c]`` = number of ``(row, col)`` pairs equal to ``(r, c)``."""
+    key, _ = torch.sort(row * num_cols + col)
+    key, count = torch.unique_consecutive(key, return_counts=True)
+    row = torch.div(key, num_cols, rounding_mode="floor")
+    crow = torch.zeros(num_rows + 1, dtype=torch.long, device=key.device)
+    torch.cumsum(torch.bincount(row, minlength=num_rows), 0, out=crow[1:])
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            crow, key - row * num_cols, count.to(dtype), (num_rows, num_cols), check_invariants=False
+        )
+
+
+class _SparseMatmul(torch.autograd.Function):
+    """``adjacency @ input`` with the gradient ``adjacency.T @ grad`` from a prebuilt CSR transpose."""
+
+    @staticmethod
+    def forward(ctx, adjacency: Tensor, transpose: Tensor, input: Tensor) -> Tensor:
+        ctx.transpose = transpose
+        return torch.sparse.mm(adjacency, input)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad_input = torch.sparse.mm(ctx.transpose, grad.contiguous()) if ctx.needs_input_grad[2] else None
+        return None, None, grad_input
+
+
+class RelationalAdjacency:
+    """Sparse relational adjacency ``A`` of shape ``(num_target * R, num_source)``, built once per graph.
+
+    Row ``target * R + relation`` (torchdrug's ``node_out * num_relation + relation`` flattening) counts
+    the edges ``(source -> target, relation)``, so ``A @ h`` for ``h`` ``(num_source, d)`` is
+    ``[sum_{j in N_r(i)} h_j]_r`` viewed as ``(num_target, R * d)`` -- torchdrug 0.2.1's
+    ``GeometricRelationalGraphConv.message_and_aggregate`` (``torch.sparse.mm(adjacency.t(), input)``,
+    DeepGraphLearning/torchdrug @ 6066fbd82360abb5f270cba1eca560af01b8cc90, ``torchdrug/layers/conv.py``),
+    without materialising an ``(E, d)`` message tensor. ``A`` and ``A^T`` are kept as CSR matrices (one per
+    dtype, built on first use) and reused by every layer on the same graph and by the backward pass
+    (``grad_h = A^T @ grad_out``); both products are deterministic on CPU.
+
+    Args:
+        target: ``(E,)`` long target node of every edge (``node_out``).
+        relation: ``(E,)`` long relation of every edge, in ``[0, num_relation)``.
+        source: ``(E,)`` long source row of ``h`` (``node_in``, or ``arange(E)`` to sum per-edge values).
+        num_target, num_relation, num_source: matrix dimensions.
+
+    Raises:
+        ValueError: if the three index tensors differ in length.
+    """
+
+    def __init__(
+        self, target: Tensor, relation: Tensor, source: Tensor, num_target: int, num_relation: int, num_source: int
+    ):
+        if not (target.shape == relation.shape == source.shape) or target.dim() != 1:
+            raise ValueError(
+                f"target, relation and source must be 1-d of equal length, got {tuple(target.shape)}, "
+                f"{tuple(relation.shape)}, {tuple(source.shape)}"
+            )
+        self.row = target.long() * num_relation + relation.long()
+        self.col = source.long()
+        self.num_target = num_target
+        self.num_relation = num_relation
+        self.num_source = num_source
+        self._matrices: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
+
+    @classmethod
+    def from_graph(cls, graph: ResidueGraph | LineGraph) -> RelationalAdjacency:
+        """Node-to-node adjacency of a graph with ``edge_list`` ``(E, 3)`` ``[node_in, node_out, relation]``:
+        shape ``(num_nodes * num_relation, num_nodes)``."""
+        node_in, node_out, relation = graph.edge_list.unbind(1)
+        return cls(node_out, relation, node_in, graph.num_nodes, graph.num_relation, graph.num_nodes)
+
+    @classmethod
+    def edge_to_node(cls, graph: ResidueGraph) -> RelationalAdjacency:
+        """Edge-to-node incidence of ``graph``: ``(num_nodes * num_relation, num_edges)``, one entry per
+        column; ``A @ m`` is :func:`relational_aggregate` of per-edge values ``m`` ``(E, d)``."""
+        node_out, relation = graph.edge_list[:, 1], graph.edge_list[:, 2]
+        source = torch.arange(node_out.shape[0], device=node_out.device)
+        return cls(node_out, relation, source, graph.num_nodes, graph.num_relation, node_out.shape[0])
+
+    def matrices(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``(A, A^T)`` as CSR tensors of ``dtype``."""
+        if dtype not in self._matrices:
+            num_rows = self.num_target * self.num_relation
+            self._matrices[dtype] = (
+                _csr(self.row, self.col, num_rows, self.num_source, dtype),
+                _csr(self.col, self.row, self.num_source, num_rows, dtype),
+            )
+        return self._matrices[dtype]
+
+    def __call__(self, input: Tensor) -> Tensor:
+        """``input`` ``(num_source, d)`` -> ``(num_target, num_relation * d)`` per-relation sums.
+
+        Raises:
+            ValueError: if ``input`` does not have ``num_source`` rows.
+        """
+        if input.dim() != 2 or input.shape[0] != self.num_source:
+            raise ValueError(f"expected input of shape ({self.num_source}, d), got {tuple(input.shape)}")
+        adjacency, transpose = self.matrices(input.dtype)
+        if input.requires_grad:
+            out = _SparseMatmul.apply(adjacency, transpose, input)
+        else:
+            out = torch.sparse.mm(adjacency, input)
+        return out.view(self.num_target, self.num_relation * input.shape[1])
 
 
 class GeometricRelationalGraphConv(nn.Module):
@@ -74,14 +183,25 @@ class GeometricRelationalGraphConv(nn.Module):
         self.linear = nn.Linear(num_relation * input_dim, output_dim)
         self.edge_linear = nn.Linear(edge_input_dim, input_dim) if edge_input_dim else None
 
-    def message_and_aggregate(self, graph: ResidueGraph | LineGraph, input: Tensor) -> Tensor:
+    def message_and_aggregate(
+        self, graph: ResidueGraph | LineGraph, input: Tensor, adjacency: RelationalAdjacency | None = None
+    ) -> Tensor:
+        """``input`` ``(N, input_dim)`` -> ``(N, num_relation * input_dim)`` per-relation sums of the
+        neighbours' features (plus ``edge_linear`` of the edge features, summed the same way).
+        ``adjacency``: :meth:`RelationalAdjacency.from_graph` of ``graph``, to reuse across layers.
+
+        Raises:
+            ValueError: if ``graph.num_relation`` differs from the layer's ``num_relation``.
+        """
         if graph.num_relation != self.num_relation:
             raise ValueError(f"graph has {graph.num_relation} relations, layer expects {self.num_relation}")
-        edge_list = graph.edge_list
-        message = input[edge_list[:, 0]]
-        if self.edge_linear is not None:
-            message = message + self.edge_linear(graph.edge_feature.float())
-        return relational_aggregate(edge_list, graph.num_nodes, self.num_relation, message)
+        if adjacency is None:
+            adjacency = RelationalAdjacency.from_graph(graph)
+        update = adjacency(input)
+        if self.edge_linear is not None:  # torchdrug: scatter_add of edge_linear(edge_feature), added after
+            edge_update = self.edge_linear(graph.edge_feature.float())
+            update = update + relational_aggregate(graph.edge_list, graph.num_nodes, self.num_relation, edge_update)
+        return update
 
     def combine(self, input: Tensor, update: Tensor) -> Tensor:
         output = self.linear(update) + self.self_loop(input)
@@ -91,8 +211,11 @@ class GeometricRelationalGraphConv(nn.Module):
             output = self.activation(output)
         return output
 
-    def forward(self, graph: ResidueGraph | LineGraph, input: Tensor) -> Tensor:
-        return self.combine(input, self.message_and_aggregate(graph, input))
+    def forward(
+        self, graph: ResidueGraph | LineGraph, input: Tensor, adjacency: RelationalAdjacency | None = None
+    ) -> Tensor:
+        """``input`` ``(N, input_dim)`` -> ``(N, output_dim)``; ``adjacency`` as in :meth:`message_and_aggregate`."""
+        return self.combine(input, self.message_and_aggregate(graph, input, adjacency))
 
 
 class GearNet(nn.Module):
@@ -212,19 +335,22 @@ class GearNet(nn.Module):
             raise ValueError(f"graph has {graph.num_relation} relations, model expects {self.num_relation}")
         hiddens = []
         layer_input = input
+        # sparse adjacencies built once per call and shared by all layers (and their backward passes)
+        adjacency = RelationalAdjacency.from_graph(graph)
         if self.num_angle_bin:
             if line_graph is None:
                 line_graph = spatial_line_graph(graph, self.num_angle_bin)
             edge_input = line_graph.node_feature.float()
+            line_adjacency = RelationalAdjacency.from_graph(line_graph)
+            edge_to_node = RelationalAdjacency.edge_to_node(graph)
 
         for i, layer in enumerate(self.layers):
-            hidden = self.dropout(layer(graph, layer_input))
+            hidden = self.dropout(layer(graph, layer_input, adjacency))
             if self.short_cut and hidden.shape == layer_input.shape:
                 hidden = hidden + layer_input
             if self.num_angle_bin:
-                edge_hidden = self.edge_layers[i](line_graph, edge_input)
-                update = relational_aggregate(graph.edge_list, graph.num_nodes, self.num_relation, edge_hidden)
-                update = layer.linear(update)
+                edge_hidden = self.edge_layers[i](line_graph, edge_input, line_adjacency)
+                update = layer.linear(edge_to_node(edge_hidden))
                 if layer.activation is not None:
                     update = layer.activation(update)
                 hidden = hidden + update
