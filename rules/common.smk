@@ -126,11 +126,17 @@ def table_inputs(table):
 
 
 def all_datasets():
-    return [
-        f"{RECORDS}/{dataset}/{name}.tsv"
-        for dataset in config["datasets"]
-        for name in ("manifest", "skipped")
-    ]
+    """Manifest and skipped report of every dataset; with a mirror set, of every dataset the
+    mirror (or an earlier download) holds at least one file of (the others are named on stderr)."""
+    datasets = geoplm_config.available_datasets(config, RAW)
+    left_out = sorted(set(config["datasets"]) - set(datasets))
+    if left_out:
+        print(
+            f"geoplm: the mirror holds no file of {len(left_out)} datasets, left out of 'all' "
+            f"(request resources/records/<dataset>/manifest.tsv to download them): {', '.join(left_out)}",
+            file=sys.stderr,
+        )
+    return [f"{RECORDS}/{dataset}/{name}.tsv" for dataset in datasets for name in ("manifest", "skipped")]
 
 
 def all_tables():

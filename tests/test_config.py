@@ -95,3 +95,14 @@ def test_table_grid(demo):
     jobs = geoplm_config.table_jobs(demo, "toy_position")
     assert len(jobs) == 2 * 1 * 2 * len(demo["seeds"])
     assert {job["plm"] for job in jobs} == {"none", "esm2_random_demo"}
+
+
+def test_default_target_takes_the_datasets_the_mirror_holds(shared_data, monkeypatch, tmp_path):
+    """`snakemake --config mirror=...` prepares the datasets the mirror holds files of; without a
+    mirror every dataset is a target."""
+    monkeypatch.delenv("GEOPLM_MIRROR", raising=False)
+    full = geoplm_config.load_config(CONFIG / "config.yaml")
+    assert geoplm_config.available_datasets(full, tmp_path) == list(full["datasets"])
+    chosen = geoplm_config.available_datasets(dict(full, mirror=str(shared_data)), tmp_path)
+    assert {"db5_sample", "pdbbind_sample", "casp_sample", "ec_sample"} <= set(chosen)
+    assert "afdb_v2" not in chosen and "ec" not in chosen  # proteome tarballs, EnzymeCommission.zip

@@ -196,7 +196,7 @@ def available_datasets(config: Mapping, raw_dir: str | Path = "resources/raw") -
     if mirror is None:
         return list(config["datasets"])
     available = {}
-    for name, spec in config["datasets"].items():
+    for spec in config["datasets"].values():
         source = spec["source"]
         if source not in available:
             files = config["sources"][source]["files"]

@@ -207,8 +207,6 @@ def build_encoder(spec: Mapping, input_dim: int, plm: bool = False, name: str = 
         net = molformer.Molformer(plm_dim=input_dim if plm else None, **options)
         return CaGraphEncoder(net, "molformer", plm), net.output_dim
     if kind == "esm_gearnet":
-        from geoplm.models import fusion
-
         if not plm:
             raise ConfigError(f"models.{name}: esm_gearnet fuses ESM-2 with GearNet; use it with a plm, not 'none'")
         return build_esm_gearnet(spec, input_dim, name)
