@@ -1,6 +1,6 @@
 """AlphaFold DB models (reader ``alphafold``): proteome/Swiss-Prot tarballs and single entries.
 
-GearNet's pretraining set (Zhang et al., ICLR 2023, Sec. 5.1 and Appendix; DeepGraphLearning/GearNet
+GearNet's pretraining set (Zhang et al., ICLR 2023, pretraining on AlphaFold DB v2; DeepGraphLearning/GearNet
 ``config/pretrain/mc_gearnet_edge.yaml``, commit 28bf75f5dfb6cd7b9bf4394d153a87f69bddf1a6:
 ``AlphaFoldDB`` with ``species_start: 0``, ``species_end: 22``) is every model of the AFDB v2
 tarballs of 21 model-organism proteomes plus Swiss-Prot, as torchdrug's ``datasets.AlphaFoldDB``
