@@ -20,12 +20,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+DEMO_TABLES = table_toy_position table_docking_db5
+
 demo: install
 	GEOPLM_MIRROR=$$( [ -d "$(MIRROR)" ] && echo "$(MIRROR)" ) \
-	  $(SNAKEMAKE) table_toy_position --cores $(CORES) --configfile config/demo.yaml
-	@echo
-	@cat results/tables/toy_position.md
-	@echo "Table written to results/tables/toy_position.csv and results/tables/toy_position.md"
+	  $(SNAKEMAKE) $(DEMO_TABLES) --cores $(CORES) --configfile config/demo.yaml
+	@for table in $(DEMO_TABLES:table_%=%); do echo; cat results/tables/$$table.md; done
+	@echo "Tables written to results/tables/ (CSV and Markdown)"
 
 test: install
 	$(VENV)/bin/pytest -q

@@ -201,7 +201,10 @@ def available_datasets(config: Mapping, raw_dir: str | Path = "resources/raw") -
         if source not in available:
             files = config["sources"][source]["files"]
             available[source] = any(
-                sources.find_in_mirror(mirror, entry.get("name") or sources.file_name(entry["url"])) is not None
+                sources.find_in_mirror(
+                    mirror, entry.get("name") or sources.file_name(entry["url"]), entry.get("checksum")
+                )
+                is not None
                 or (Path(raw_dir) / source / "files" / (entry.get("name") or sources.file_name(entry["url"]))).exists()
                 for entry in files
             )
