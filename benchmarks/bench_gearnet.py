@@ -23,8 +23,10 @@ torchdrug ``data.Protein.from_pdb`` (all atoms, RDKit) packed into a ``PackedPro
   rebuild every call) + ``graph_feature.sum().backward()``, both on torchdrug's residue graph (its edges and
   edge features copied into a :class:`geoplm.graph.ResidueGraph`); the graph-feature difference is printed.
 
-Times are medians over ``--repeat`` runs after one warm-up; the printed ratio is torchdrug time / geoplm time
-(> 1: geoplm is faster).
+Times are medians over ``--repeat`` rounds after one warm-up each; every round times one torchdrug and one
+geoplm call back to back (alternating which goes first), and the printed ratio is the median over the rounds of
+torchdrug time / geoplm time (> 1: geoplm is faster), so that load from other processes on a shared machine
+affects both sides of a ratio alike.
 """
 
 from __future__ import annotations
@@ -47,14 +49,27 @@ PROTEINS = (
 )
 
 
-def timed(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed_pair(reference, ours, repeat: int) -> tuple[float, float, float]:
+    """Median seconds of ``reference()`` and ``ours()`` and the median of the per-round ratios.
+
+    The two are interleaved (one call of each per round, alternating which goes first) so that a change in
+    the machine's load during the benchmark hits both sides alike; one warm-up call each is not timed.
+    """
+    reference()
+    ours()
+    times_ref, times_ours, ratios = [], [], []
+    for i in range(repeat):
+        pair = []
+        for fn in (reference, ours) if i % 2 == 0 else (ours, reference):
+            start = time.perf_counter()
+            fn()
+            pair.append((fn, time.perf_counter() - start))
+        t_ref = next(t for fn, t in pair if fn is reference)
+        t_ours = next(t for fn, t in pair if fn is ours)
+        times_ref.append(t_ref)
+        times_ours.append(t_ours)
+        ratios.append(t_ref / t_ours)
+    return statistics.median(times_ref), statistics.median(times_ours), statistics.median(ratios)
 
 
 def main(argv=None) -> int:
@@ -127,10 +142,11 @@ def main(argv=None) -> int:
         num_relation=int(td_graph.num_relation),
     )
 
-    t_td = timed(lambda: construction(td_batch), args.repeat)
-    t_ours = timed(lambda: build_gearnet_graph(pos, rtype, node2graph), args.repeat)
+    t_td, t_ours, ratio = timed_pair(
+        lambda: construction(td_batch), lambda: build_gearnet_graph(pos, rtype, node2graph), args.repeat
+    )
     print(f"graph construction: torchdrug {t_td * 1e3:.1f} ms, geoplm {t_ours * 1e3:.1f} ms, "
-          f"ratio {t_td / t_ours:.2f}x")  # fmt: skip
+          f"ratio {ratio:.2f}x")  # fmt: skip
 
     config = dict(
         input_dim=21,
@@ -161,10 +177,11 @@ def main(argv=None) -> int:
         model.zero_grad(set_to_none=True)
         model(g, x)["graph_feature"].sum().backward()
 
-    t_td = timed(lambda: step(td_model, td_graph, td_input), args.repeat)
-    t_ours = timed(lambda: step(ours, td_as_ours, input), args.repeat)
+    t_td, t_ours, ratio = timed_pair(
+        lambda: step(td_model, td_graph, td_input), lambda: step(ours, td_as_ours, input), args.repeat
+    )
     print(f"GearNet-Edge forward+backward: torchdrug {t_td * 1e3:.0f} ms, geoplm {t_ours * 1e3:.0f} ms, "
-          f"ratio {t_td / t_ours:.2f}x")  # fmt: skip
+          f"ratio {ratio:.2f}x")  # fmt: skip
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -45,7 +46,11 @@ def relational_aggregate(edge_list: Tensor, num_nodes: int, num_relation: int, m
 
 def _csr(row: Tensor, col: Tensor, num_rows: int, num_cols: int, dtype: torch.dtype) -> Tensor:
     """``(num_rows, num_cols)`` CSR matrix with ``A[r, c]`` = number of ``(row, col)`` pairs equal to ``(r, c)``."""
-    key, _ = torch.sort(row * num_cols + col)
+    key = row * num_cols + col
+    if key.device.type == "cpu":  # numpy's (SIMD) sort is ~10x faster than torch.sort on CPU here
+        key = torch.from_numpy(np.sort(key.numpy()))
+    else:
+        key = torch.sort(key).values
     key, count = torch.unique_consecutive(key, return_counts=True)
     row = torch.div(key, num_cols, rounding_mode="floor")
     crow = torch.zeros(num_rows + 1, dtype=torch.long, device=key.device)
@@ -57,17 +62,23 @@ def _csr(row: Tensor, col: Tensor, num_rows: int, num_cols: int, dtype: torch.dt
         )
 
 
+def _spmm(adjacency: Tensor, input: Tensor) -> Tensor:
+    """``adjacency @ input`` for a CSR ``adjacency``; ``addmm`` onto a broadcast zero row with ``beta=0`` skips the
+    zero-filled full-size buffer (and its copy) that ``torch.sparse.mm`` allocates first; same values."""
+    return torch.addmm(input.new_zeros(1, input.shape[1]), adjacency, input, beta=0)
+
+
 class _SparseMatmul(torch.autograd.Function):
     """``adjacency @ input`` with the gradient ``adjacency.T @ grad`` from a prebuilt CSR transpose."""
 
     @staticmethod
     def forward(ctx, adjacency: Tensor, transpose: Tensor, input: Tensor) -> Tensor:
         ctx.transpose = transpose
-        return torch.sparse.mm(adjacency, input)
+        return _spmm(adjacency, input)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        grad_input = torch.sparse.mm(ctx.transpose, grad.contiguous()) if ctx.needs_input_grad[2] else None
+        grad_input = _spmm(ctx.transpose, grad.contiguous()) if ctx.needs_input_grad[2] else None
         return None, None, grad_input
 
 
@@ -145,7 +156,7 @@ class RelationalAdjacency:
         if input.requires_grad:
             out = _SparseMatmul.apply(adjacency, transpose, input)
         else:
-            out = torch.sparse.mm(adjacency, input)
+            out = _spmm(adjacency, input)
         return out.view(self.num_target, self.num_relation * input.shape[1])
 
 
