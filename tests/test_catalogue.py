@@ -157,5 +157,5 @@ def test_config_yaml_is_plain_yaml():
     # the anchors used for the shared chain_map resolve to one mapping
     raw = yaml.safe_load(CONFIG.read_text())
     assert (
-        raw["datasets"]["go_cc_sample"]["options"]["chain_map"] is raw["datasets"]["ec_sample"]["options"]["chain_map"]
+        raw["datasets"]["fold_sample"]["options"]["chain_map"] is raw["datasets"]["ec_sample"]["options"]["chain_map"]
     )

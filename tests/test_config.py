@@ -93,8 +93,12 @@ def test_shards_partition_the_files(demo):
 
 def test_table_grid(demo):
     jobs = geoplm_config.table_jobs(demo, "toy_position")
-    assert len(jobs) == 2 * 1 * 2 * len(demo["seeds"])
+    models = demo["tables"]["toy_position"]["models"]
+    fusions = [m for m in models if demo["models"][m]["type"] == "esm_gearnet"]
+    # 2 tasks x (models x 2 node features, less the fusions without ESM-2) x seeds
+    assert fusions and len(jobs) == 2 * (2 * len(models) - len(fusions)) * len(demo["seeds"])
     assert {job["plm"] for job in jobs} == {"none", "esm2_random_demo"}
+    assert not [job for job in jobs if job["model"] in fusions and job["plm"] == "none"]
 
 
 def test_default_target_takes_the_datasets_the_mirror_holds(shared_data, monkeypatch, tmp_path):

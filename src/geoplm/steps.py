@@ -118,12 +118,13 @@ def download_files(
         manual: how to obtain a licensed file by hand (added to the reason / error).
 
     Raises:
-        ChecksumError: a mirror or downloaded copy does not match its checksum (always fatal).
+        ChecksumError: a mirror or downloaded copy does not match its checksum and the policy is
+            ``fail`` (with ``skip`` the file is reported missing, the mismatch as the reason).
         DownloadError: a file cannot be obtained and the policy is ``fail``. Files already
             fetched stay in place (with their recorded digests), so a rerun resumes.
     """
     from geoplm import sources
-    from geoplm.errors import DownloadError
+    from geoplm.errors import ChecksumError, DownloadError
 
     mirror_dir = sources.resolve_mirror(mirror)
     policy = missing_policy(missing_files, mirror_dir)
@@ -133,7 +134,9 @@ def download_files(
         name = entry.get("name") or sources.file_name(entry["url"])
         try:
             got = sources.fetch(entry["url"], Path(directory) / name, entry.get("checksum"), mirror_dir, name=name)
-        except DownloadError as error:
+        except (DownloadError, ChecksumError) as error:
+            # a mirror file of that name with another checksum is corrupt -- or another file of
+            # the same name (mirrors are searched by name): with a partial mirror, report it
             reason = f"{error}" + (f" Licensed file: {manual}" if manual else "")
             if policy == "fail":
                 raise DownloadError(reason) from error
