@@ -159,3 +159,16 @@ def test_manifest_carries_group_role_and_labels_and_splits_by_group(shared_data,
     )
     for _, members in frame.groupby("group"):
         assert members["split"].nunique() == 1  # a complex never straddles two splits
+
+
+def test_same_named_mirror_file_of_another_checksum(shared_data, tmp_path):
+    """Mirrors are searched by name: with a partial mirror, a file of that name whose checksum differs
+    (corrupt, or another file) is reported with the mismatch, never taken; with ``fail`` it stops."""
+    from geoplm.errors import ChecksumError
+
+    files = [{"url": "https://files.rcsb.org/download/11as.pdb", "checksum": "sha256:" + "0" * 64}]
+    table = steps.download_files(files, tmp_path / "files", tmp_path / "m.tsv", str(shared_data))
+    assert list(table["origin"]) == ["missing"] and "does not match" in table["reason"][0]
+    assert not (tmp_path / "files" / "11as.pdb").exists()
+    with pytest.raises(ChecksumError, match="11as.pdb"):
+        steps.download_files(files, tmp_path / "f2", tmp_path / "m2.tsv", str(shared_data), missing_files="fail")
