@@ -139,7 +139,7 @@ def download_files(
             # the same name (mirrors are searched by name): with a partial mirror, report it
             reason = f"{error}" + (f" Licensed file: {manual}" if manual else "")
             if policy == "fail":
-                raise DownloadError(reason) from error
+                raise type(error)(reason) from error
             log.warning("missing: %s", reason)
             rows.append(
                 {"file": str(Path(directory) / name), "url": entry["url"], "origin": "missing", "reason": reason}
