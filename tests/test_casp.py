@@ -166,3 +166,20 @@ def test_options_validated(casp):
         reader([casp / "T0980s1"], 0, 1, {"require_labels": "yes"}, "skip")
     with pytest.raises(ConfigError, match="options.labels: no file named 'T0980s1-D1.txt'"):
         reader([casp / "T0980s1"], 0, 1, {"labels": ["T0980s1-D1.txt"]}, "skip")
+
+
+def test_model_without_target_is_skipped_not_fatal(shared_data, tmp_path):
+    """A TS model moved out of its target folder and without a TARGET record cannot be assigned: it is
+    skipped with the reason (raised with on_error='fail'); the others are read."""
+    import shutil
+
+    loose = tmp_path / "AWSEM-Suite_TS1"
+    shutil.copy(shared_data / "casp" / "T0953s1_CASP13" / "AWSEM-Suite_TS1", loose)
+    if "TARGET" in loose.read_text()[:2000]:
+        pytest.skip("this model names its target")
+    files = [loose, *sorted((shared_data / "casp" / "T0980s1").rglob("*"))]
+    records, skipped = read_shard([f for f in files if f.is_file()], 0, 1, {}, "skip")
+    assert [row["entry"] for row in skipped] == ["/AWSEM-Suite_TS1"]
+    assert "cannot tell the CASP target" in skipped[0]["reason"] and len(records) == 16
+    with pytest.raises(CaspError, match="cannot tell"):
+        read_shard([loose], 0, 1, {}, "fail")

@@ -397,3 +397,14 @@ def test_record_survives_weights_only_load(shared_records):
     loaded = torch.load(buffer, weights_only=True)[0]
     assert loaded["ligand"]["smiles"] == record["ligand"]["smiles"]
     assert torch.equal(loaded["ligand"]["bonds"], record["ligand"]["bonds"])
+
+
+def test_gign_csv_split_tables_skip_their_header(shared_data):
+    """GIGN's split tables start with a 'pdbid,-logKd/Ki' header, which is no PDB code."""
+    from geoplm.datasets import pdbbind
+
+    splits = pdbbind.read_split_lists(
+        {"train": [shared_data / "pdbbind" / "GIGN_train.csv"], "valid": [shared_data / "pdbbind" / "GIGN_valid.csv"]}
+    )
+    assert "pdbid" not in splits and len(splits) > 1000
+    assert set(splits.values()) == {"train", "valid"}

@@ -404,7 +404,8 @@ def find_entries(paths: Sequence[Path], natives: bool = True) -> list[tuple[str,
     ``{target}.pdb`` / ``{target}-D{n}.pdb``. Sorted by target, then natives before models, then name.
 
     Raises:
-        CaspError: a model whose target cannot be told, or two files giving one (target, name).
+        CaspError: two files giving one (target, name). A model whose target cannot be told gets
+            target ``""`` (:func:`read_shard` skips it with the reason).
     """
     entries: dict[tuple[str, str], tuple[str, str, str, Path]] = {}
     for path in sorted(paths, key=lambda p: (p.name, str(p))):
@@ -416,7 +417,7 @@ def find_entries(paths: Sequence[Path], natives: bool = True) -> list[tuple[str,
             role, name = "model", path.name
             target = _header_target(path) or _target_from_path(path)
             if target is None:
-                raise CaspError(path, "cannot tell the CASP target (no TARGET record, no target id in the path)")
+                target = ""  # read_shard reports it (skipped, or raised with on_error="fail")
         else:
             continue
         key = (target, name)
@@ -520,6 +521,8 @@ def read_shard(
     skipped: list[dict[str, str]] = []
     for target, role, name, path in deal(entries, shard, num_shards):
         try:
+            if not target:
+                raise CaspError(path, "cannot tell the CASP target (no TARGET record, no target id in the path)")
             row = labels.get((target, name))
             if role == "model" and row is None and opts["require_labels"]:
                 raise CaspError(path, "no label row for this model in the label tables", f"{target}/{name}")

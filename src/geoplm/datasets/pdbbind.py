@@ -608,7 +608,8 @@ def find_complexes(paths: Sequence[Path]) -> dict[str, dict[str, Path]]:
 
 def read_split_lists(splits: Mapping[str, Sequence[Path]]) -> dict[str, str]:
     """``{pdb code: split name}`` from split list files (one id per line, e.g. DiffDock's
-    ``timesplit_test``; the first token of a line, split at whitespace or ``,``, lower-cased).
+    ``timesplit_test``; the first token of a line, split at whitespace or ``,``, lower-cased; a
+    first line that is no PDB code is a header, as in GIGN's csv tables).
 
     Raises:
         PDBbindError: a list cannot be read, or an id is in two splits' lists.
@@ -625,6 +626,8 @@ def read_split_lists(splits: Mapping[str, Sequence[Path]]) -> dict[str, str]:
                 token = re.split(r"[\s,]+", line.strip(), maxsplit=1)[0].lower()
                 if not token or token.startswith("#"):
                     continue
+                if number == 1 and not re.fullmatch(r"[0-9][0-9a-z]{3}", token):
+                    continue  # a header line (GIGN's csv tables: "pdbid,-logKd/Ki"), not a PDB code
                 previous = assignment.get(token)
                 if previous is not None and previous != split:
                     raise PDBbindError(
