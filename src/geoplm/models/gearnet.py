@@ -44,14 +44,20 @@ def relational_aggregate(edge_list: Tensor, num_nodes: int, num_relation: int, m
     return out.view(num_nodes, num_relation * message.shape[-1])
 
 
-def _csr(row: Tensor, col: Tensor, num_rows: int, num_cols: int, dtype: torch.dtype) -> Tensor:
-    """``(num_rows, num_cols)`` CSR matrix with ``A[r, c]`` = number of ``(row, col)`` pairs equal to ``(r, c)``."""
+def _csr(
+    row: Tensor, col: Tensor, num_rows: int, num_cols: int, dtype: torch.dtype, value: Tensor | None = None
+) -> Tensor:
+    """``(num_rows, num_cols)`` CSR matrix with ``A[r, c]`` = number of ``(row, col)`` pairs equal to ``(r, c)``
+    (or, with ``value`` given for pairs that are all distinct, ``A[row, col] = value``)."""
     key = row * num_cols + col
-    if key.device.type == "cpu":  # numpy's (SIMD) sort is ~10x faster than torch.sort on CPU here
+    if value is not None:
+        order = torch.from_numpy(np.argsort(key.numpy())) if key.device.type == "cpu" else torch.argsort(key)
+        key, count = key[order], value[order]
+    elif key.device.type == "cpu":  # numpy's (SIMD) sort is ~10x faster than torch.sort on CPU here
         key = torch.from_numpy(np.sort(key.numpy()))
+        key, count = torch.unique_consecutive(key, return_counts=True)
     else:
-        key = torch.sort(key).values
-    key, count = torch.unique_consecutive(key, return_counts=True)
+        key, count = torch.unique_consecutive(torch.sort(key).values, return_counts=True)
     row = torch.div(key, num_cols, rounding_mode="floor")
     crow = torch.zeros(num_rows + 1, dtype=torch.long, device=key.device)
     torch.cumsum(torch.bincount(row, minlength=num_rows), 0, out=crow[1:])
@@ -80,6 +86,48 @@ class _SparseMatmul(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         grad_input = _spmm(ctx.transpose, grad.contiguous()) if ctx.needs_input_grad[2] else None
         return None, None, grad_input
+
+
+#: Target nodes per chunk of the fused aggregate + linear: about this many floats of ``(chunk * R, d)`` aggregate.
+_CHUNK_ELEMENTS = 1 << 19
+
+
+class _AggregateLinear(torch.autograd.Function):
+    """``F.linear((A @ input).view(T, R * d), weight, bias)`` computed chunk by chunk of target nodes.
+
+    Each chunk's ``(t, R * d)`` aggregate lives only in a small buffer, so the ``(T, R * d)`` tensor (on
+    GearNet-Edge's line graph about 30 times the size of the input) is never allocated, neither in the forward
+    pass nor in the backward pass, which recomputes the chunk aggregates for the weight gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, chunks, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.chunks = chunks
+        ctx.save_for_backward(input, weight)
+        ctx.has_bias = bias is not None
+        outputs = []
+        for rows, adjacency, _ in chunks:
+            update = _spmm(adjacency, input).view(rows, -1)
+            outputs.append(F.linear(update, weight, bias))
+        return torch.cat(outputs) if len(outputs) != 1 else outputs[0]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        input, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        need_input, need_weight = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        grad_input = torch.zeros_like(input) if need_input else None
+        grad_weight = torch.zeros_like(weight) if need_weight else None
+        start = 0
+        for rows, adjacency, transpose in ctx.chunks:
+            grad_chunk = grad[start : start + rows]
+            start += rows
+            if need_weight:
+                grad_weight.addmm_(grad_chunk.t(), _spmm(adjacency, input).view(rows, -1))
+            if need_input:
+                grad_input.addmm_(transpose, (grad_chunk @ weight).view(-1, input.shape[1]))
+        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return None, grad_input, grad_weight, grad_bias
 
 
 class RelationalAdjacency:
@@ -118,6 +166,7 @@ class RelationalAdjacency:
         self.num_relation = num_relation
         self.num_source = num_source
         self._matrices: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
+        self._chunks: dict[tuple[torch.dtype, int], list[tuple[int, Tensor, Tensor]]] = {}
 
     @classmethod
     def from_graph(cls, graph: ResidueGraph | LineGraph) -> RelationalAdjacency:
@@ -143,6 +192,55 @@ class RelationalAdjacency:
                 _csr(self.col, self.row, self.num_source, num_rows, dtype),
             )
         return self._matrices[dtype]
+
+    def chunks(self, dtype: torch.dtype, chunk_targets: int) -> list[tuple[int, Tensor, Tensor]]:
+        """Row blocks of ``A`` of ``chunk_targets`` target nodes: ``[(targets, A_c, A_c^T)]`` (CSR, ``dtype``)."""
+        cache_key = (dtype, chunk_targets)
+        if cache_key not in self._chunks:
+            adjacency, _ = self.matrices(dtype)
+            crow, col, value = adjacency.crow_indices(), adjacency.col_indices(), adjacency.values()
+            blocks = []
+            for first in range(0, self.num_target, chunk_targets):
+                targets = min(chunk_targets, self.num_target - first)
+                begin, end = first * self.num_relation, (first + targets) * self.num_relation
+                local_crow = crow[begin : end + 1] - crow[begin]
+                lo, hi = int(crow[begin]), int(crow[end])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    block = torch.sparse_csr_tensor(
+                        local_crow, col[lo:hi], value[lo:hi], (end - begin, self.num_source), check_invariants=False
+                    )
+                local_row = torch.repeat_interleave(
+                    torch.arange(end - begin, device=crow.device), local_crow.diff(), output_size=hi - lo
+                )
+                # A_c^T from the (row, col) pairs, each counted once: values are the multiplicities
+                transpose = _csr(col[lo:hi], local_row, self.num_source, end - begin, dtype, value[lo:hi])
+                blocks.append((targets, block, transpose))
+            self._chunks[cache_key] = blocks
+        return self._chunks[cache_key]
+
+    def linear(self, input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``F.linear(self(input), weight, bias)`` without materialising ``self(input)``.
+
+        ``input`` ``(num_source, d)``, ``weight`` ``(d_out, num_relation * d)``, ``bias`` ``(d_out,)`` ->
+        ``(num_target, d_out)``; the aggregate is formed and multiplied in blocks of target nodes (same
+        per-row arithmetic as the unfused form up to float32 summation order).
+
+        Raises:
+            ValueError: if ``input`` does not have ``num_source`` rows or ``weight`` has not ``num_relation * d``
+                columns.
+        """
+        if input.dim() != 2 or input.shape[0] != self.num_source:
+            raise ValueError(f"expected input of shape ({self.num_source}, d), got {tuple(input.shape)}")
+        if weight.dim() != 2 or weight.shape[1] != self.num_relation * input.shape[1]:
+            raise ValueError(
+                f"weight of shape {tuple(weight.shape)} does not take {self.num_relation} x {input.shape[1]} inputs"
+            )
+        chunk_targets = max(64, _CHUNK_ELEMENTS // (self.num_relation * max(input.shape[1], weight.shape[0])))
+        chunks = self.chunks(input.dtype, chunk_targets)
+        if not chunks:
+            return F.linear(input.new_zeros(0, weight.shape[1]), weight, bias)
+        return _AggregateLinear.apply(chunks, input, weight, bias)
 
     def __call__(self, input: Tensor) -> Tensor:
         """``input`` ``(num_source, d)`` -> ``(num_target, num_relation * d)`` per-relation sums.
@@ -215,7 +313,9 @@ class GeometricRelationalGraphConv(nn.Module):
         return update
 
     def combine(self, input: Tensor, update: Tensor) -> Tensor:
-        output = self.linear(update) + self.self_loop(input)
+        return self._post(self.linear(update) + self.self_loop(input))
+
+    def _post(self, output: Tensor) -> Tensor:
         if self.batch_norm is not None:
             output = self.batch_norm(output)
         if self.activation is not None:
@@ -225,8 +325,16 @@ class GeometricRelationalGraphConv(nn.Module):
     def forward(
         self, graph: ResidueGraph | LineGraph, input: Tensor, adjacency: RelationalAdjacency | None = None
     ) -> Tensor:
-        """``input`` ``(N, input_dim)`` -> ``(N, output_dim)``; ``adjacency`` as in :meth:`message_and_aggregate`."""
-        return self.combine(input, self.message_and_aggregate(graph, input, adjacency))
+        """``input`` ``(N, input_dim)`` -> ``(N, output_dim)``; ``adjacency`` as in :meth:`message_and_aggregate`.
+        Without ``edge_linear`` the aggregate and ``linear`` are fused (:meth:`RelationalAdjacency.linear`)."""
+        if self.edge_linear is not None:
+            return self.combine(input, self.message_and_aggregate(graph, input, adjacency))
+        if graph.num_relation != self.num_relation:
+            raise ValueError(f"graph has {graph.num_relation} relations, layer expects {self.num_relation}")
+        if adjacency is None:
+            adjacency = RelationalAdjacency.from_graph(graph)
+        output = adjacency.linear(input, self.linear.weight, self.linear.bias) + self.self_loop(input)
+        return self._post(output)
 
 
 class GearNet(nn.Module):
@@ -361,7 +469,7 @@ class GearNet(nn.Module):
                 hidden = hidden + layer_input
             if self.num_angle_bin:
                 edge_hidden = self.edge_layers[i](line_graph, edge_input, line_adjacency)
-                update = layer.linear(edge_to_node(edge_hidden))
+                update = edge_to_node.linear(edge_hidden, layer.linear.weight, layer.linear.bias)
                 if layer.activation is not None:
                     update = layer.activation(update)
                 hidden = hidden + update
