@@ -547,9 +547,7 @@ def datasets() -> str:
     gign = {
         "train": "GIGN_train.csv",
         "valid": "GIGN_valid.csv",
-        "test2013": "GIGN_test2013.csv",
-        "test2016": "GIGN_test2016.csv",
-        "test2019": "GIGN_test2019.csv",
+        "test": "GIGN_test2016.csv",  # one split per complex: test2013 (CASF-2013) overlaps CASF-2016
     }
     w(dataset("pdbbind", "pdbbind", "pdbbind", 16, {"protein": "pocket", "splits": gign}))
     mapping = chain_map()
