@@ -571,11 +571,12 @@ def datasets() -> str:
             "pdbbind_sample",
             "pdbbind",
             1,
-            {"protein": "pocket", "splits": {"all": "GIGN_toy_examples.csv"}},
+            {"protein": "pocket", "labels": ["GIGN_toy_examples.csv"]},  # splits drawn by seed
         )
     )
     w(dataset("pdbbind_index_sample", "pdbbind_index_sample", "pdbbind", 1, {"protein": "pocket"}))
-    w(dataset("casp_sample", "casp_sample", "casp", 1, {"require_labels": True}))
+    # the labelled target's models carry no TARGET record and download into one folder
+    w(dataset("casp_sample", "casp_sample", "casp", 1, {"require_labels": True, "target": "T0980s1"}))
     for sub in ("", "_label", "_old"):
         w(dataset(f"atom3d_lmdb{sub}_sample", f"atom3d_lmdb{sub}_sample", "atom3d_lmdb", 1, {"task": "res"}))
     text = "\n".join(out)

@@ -68,7 +68,7 @@ _COLUMN_ALIASES = {
     "rmsd": ("rmsd", "rmsca"),
 }
 _GDT_KEYS = ("gdt_ts", "gdt_ha")
-_OPTIONS = ("require_labels", "labels", "natives", "subset")
+_OPTIONS = ("require_labels", "labels", "natives", "subset", "target")
 _MISSING = ("N/A", "NA", "-", "", "nan", "NaN")
 
 
@@ -361,7 +361,10 @@ def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         labels = [labels]
     if not isinstance(labels, list | tuple) or not all(isinstance(p, str) for p in labels):
         raise ConfigError(f"options.labels: a list of file names or patterns, got {labels!r}")
-    return {"require_labels": require, "natives": natives, "labels": list(labels)}
+    target = options.get("target")
+    if target is not None and not (isinstance(target, str) and _NATIVE.fullmatch(target) and "-" not in target):
+        raise ConfigError(f"options.target: a CASP target id such as T0980s1, got {target!r}")
+    return {"require_labels": require, "natives": natives, "labels": list(labels), "target": target}
 
 
 def _label_files(paths: Sequence[Path], patterns: Sequence[str]) -> list[Path]:
@@ -396,11 +399,14 @@ def read_labels(paths: Sequence[Path]) -> dict[tuple[str, str], dict[str, Any]]:
     return labels
 
 
-def find_entries(paths: Sequence[Path], natives: bool = True) -> list[tuple[str, str, str, Path]]:
+def find_entries(
+    paths: Sequence[Path], natives: bool = True, default_target: str | None = None
+) -> list[tuple[str, str, str, Path]]:
     """The models and natives among ``paths`` as sorted ``(target, role, name, path)`` tuples.
 
     Models are files without extension; their target is the TS header's TARGET, else the file name or
-    nearest folder that starts with a target id (``T0980s1/models/QUARK_TS1`` -> T0980s1). Natives are
+    nearest folder that starts with a target id (``T0980s1/models/QUARK_TS1`` -> T0980s1), else
+    ``default_target`` (reader option ``target``: a folder of one target's models). Natives are
     ``{target}.pdb`` / ``{target}-D{n}.pdb``. Sorted by target, then natives before models, then name.
 
     Raises:
@@ -415,7 +421,7 @@ def find_entries(paths: Sequence[Path], natives: bool = True) -> list[tuple[str,
             role, target, name = "native", _NATIVE.match(path.stem)["target"], path.stem
         elif _is_model_file(path):
             role, name = "model", path.name
-            target = _header_target(path) or _target_from_path(path)
+            target = _header_target(path) or _target_from_path(path) or default_target
             if target is None:
                 target = ""  # read_shard reports it (skipped, or raised with on_error="fail")
         else:
@@ -516,7 +522,7 @@ def read_shard(
     opts = _options(options)
     paths = expand_files(files)
     labels = read_labels(_label_files(paths, opts["labels"]))
-    entries = find_entries(paths, opts["natives"])
+    entries = find_entries(paths, opts["natives"], opts["target"])
     records: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     for target, role, name, path in deal(entries, shard, num_shards):
