@@ -89,7 +89,7 @@ class _SparseMatmul(torch.autograd.Function):
 
 
 #: Target nodes per chunk of the fused aggregate + linear: about this many floats of ``(chunk * R, d)`` aggregate.
-_CHUNK_ELEMENTS = 1 << 19
+_CHUNK_ELEMENTS = 1 << 21
 
 
 class _AggregateLinear(torch.autograd.Function):
@@ -105,27 +105,39 @@ class _AggregateLinear(torch.autograd.Function):
         ctx.chunks = chunks
         ctx.save_for_backward(input, weight)
         ctx.has_bias = bias is not None
-        outputs = []
+        output = input.new_empty(sum(rows for rows, _, _ in chunks), weight.shape[0])
+        start = 0
         for rows, adjacency, _ in chunks:
             update = _spmm(adjacency, input).view(rows, -1)
-            outputs.append(F.linear(update, weight, bias))
-        return torch.cat(outputs) if len(outputs) != 1 else outputs[0]
+            if bias is None:
+                torch.mm(update, weight.t(), out=output[start : start + rows])
+            else:
+                torch.addmm(bias, update, weight.t(), out=output[start : start + rows])
+            start += rows
+        return output
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         input, weight = ctx.saved_tensors
         grad = grad.contiguous()
         need_input, need_weight = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        grad_input = torch.zeros_like(input) if need_input else None
-        grad_weight = torch.zeros_like(weight) if need_weight else None
+        grad_input = grad_weight = None
         start = 0
         for rows, adjacency, transpose in ctx.chunks:
             grad_chunk = grad[start : start + rows]
             start += rows
             if need_weight:
-                grad_weight.addmm_(grad_chunk.t(), _spmm(adjacency, input).view(rows, -1))
+                update = _spmm(adjacency, input).view(rows, -1)
+                if grad_weight is None:
+                    grad_weight = grad_chunk.t() @ update
+                else:
+                    grad_weight.addmm_(grad_chunk.t(), update)
             if need_input:
-                grad_input.addmm_(transpose, (grad_chunk @ weight).view(-1, input.shape[1]))
+                grad_update = (grad_chunk @ weight).view(-1, input.shape[1])
+                if grad_input is None:
+                    grad_input = _spmm(transpose, grad_update)
+                else:
+                    grad_input.addmm_(transpose, grad_update)
         grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
         return None, grad_input, grad_weight, grad_bias
 
