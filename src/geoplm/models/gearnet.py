@@ -88,8 +88,9 @@ class _SparseMatmul(torch.autograd.Function):
         return None, None, grad_input
 
 
-#: Target nodes per chunk of the fused aggregate + linear: about this many floats of ``(chunk * R, d)`` aggregate.
-_CHUNK_ELEMENTS = 1 << 21
+#: Target nodes per chunk of the fused aggregate + linear: about this many floats (64 MB) of ``(chunk * R, d)``
+#: aggregate. Few large chunks: on a shared CPU every extra op costs a thread synchronisation.
+_CHUNK_ELEMENTS = 1 << 24
 
 
 class _AggregateLinear(torch.autograd.Function):
