@@ -8,8 +8,8 @@ residue types torchdrug used, load torchdrug's state dicts into :class:`geoplm.m
 Tolerances: edge sets, relations and the one-hot parts of the edge features must be identical; Cα-Cα edge
 lengths agree to 1e-5 Å (both float32 ``norm``); node and graph features agree to ``atol = rtol = 1e-5``
 (``torch.testing.assert_close``: ``|a - b| <= 1e-5 + 1e-5 * |b|``): torchdrug aggregates with
-``torch.sparse.mm`` / ``scatter_add`` and we with a CSR sparse matmul (``RelationalAdjacency``), so float32 sums differ in the last bits,
-and sum-readout graph features reach a few hundred in magnitude.
+``torch.sparse.mm`` / ``scatter_add`` and we with a CSR sparse matmul (``RelationalAdjacency``), so
+float32 sums differ in the last bits, and sum-readout graph features reach a few hundred in magnitude.
 """
 
 from __future__ import annotations
