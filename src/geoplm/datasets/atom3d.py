@@ -38,7 +38,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -533,6 +533,27 @@ def read_lmdb_shard(
         Atom3dError: an archive without the LMDB; with ``on_error == "fail"`` the first bad entry
             (the message names the LMDB and the entry).
     """
+
+    def atoms(item: dict[str, Any], reader: LMDBReader, index: int, source: str) -> list[dict[str, Any]]:
+        table = item.get("atoms")
+        if not isinstance(table, pd.DataFrame):
+            raise Atom3dError(reader.path, "no 'atoms' table", reader.entry_name(index))
+        return atoms_to_records(table, str(item["id"]), source)
+
+    return _read_items(archives, subset, shard_index, num_shards, on_error, atoms)
+
+
+def _read_items(
+    archives: Sequence[str | os.PathLike],
+    subset: str | None,
+    shard_index: int,
+    num_shards: int,
+    on_error: str,
+    to_records: Callable[[dict[str, Any], LMDBReader, int, str], list[dict[str, Any]]],
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The shard loop of the ATOM3D readers: open the LMDBs, take this shard's contiguous chunk of
+    their entries, turn each item into records with ``to_records(item, reader, index, source)``;
+    a bad entry is a skipped row (or raises with ``on_error == "fail"``), named by LMDB and entry."""
     readers = [open_lmdb(find_lmdb(archive, subset)) for archive in archives]
     try:
         entries = [(reader, index) for reader in readers for index in range(len(reader))]
@@ -543,11 +564,8 @@ def read_lmdb_shard(
             source = f"{reader.path}#{index}"
             try:
                 item = read_entry(reader, index)
-                atoms = item.get("atoms")
-                if not isinstance(atoms, pd.DataFrame):
-                    raise Atom3dError(reader.path, "no 'atoms' table", reader.entry_name(index))
                 try:
-                    parsed = atoms_to_records(atoms, str(item["id"]), source)
+                    parsed = to_records(item, reader, index, source)
                 except Atom3dError:
                     raise
                 except GeoplmError as exc:
@@ -642,46 +660,22 @@ def read_shard(
         for record in records:
             record.update(split="", group=record["id"].rsplit("_", 1)[0], role="atoms")
         return records, skipped
-    files = _lmdb_inputs(files)
-    readers = [open_lmdb(find_lmdb(archive, subset)) for archive in files]
-    try:
-        entries = [(reader, index) for reader in readers for index in range(len(reader))]
-        start, end = shard_bounds(len(entries), shard, num_shards)
-        records: list[dict[str, Any]] = []
-        skipped: list[dict[str, str]] = []
-        for reader, index in entries[start:end]:
-            source = f"{reader.path}#{index}"
-            try:
-                item = read_entry(reader, index)
-                item_id = str(_plain(item.get("id", index)))
-                labels = {k: _plain(item[k]) for k in ("scores", "label") if k in item}
-                item_records = []
-                for key in keys:
-                    table = item.get(key)
-                    if table is None:
-                        continue
-                    if not isinstance(table, pd.DataFrame):
-                        raise Atom3dError(reader.path, f"'{key}' is not an atom table", reader.entry_name(index))
-                    for record in atoms_to_records(table, f"{item_id}_{key}", source):
-                        record.update(labels=labels, group=item_id, role=key, split="")
-                        item_records.append(record)
-                if not item_records:
-                    raise Atom3dError(reader.path, f"no protein chain in tables {list(keys)}", reader.entry_name(index))
-            except Atom3dError as error:
-                if on_error == "fail":
-                    raise
-                logger.warning("skipped %s", error)
-                skipped.append(
-                    {"entry": error.entry or str(index), "source_file": str(reader.path), "reason": error.reason}
-                )
+
+    def tables(item: dict[str, Any], reader: LMDBReader, index: int, source: str) -> list[dict[str, Any]]:
+        item_id = str(_plain(item.get("id", index)))
+        labels = {k: _plain(item[k]) for k in ("scores", "label") if k in item}
+        item_records = []
+        for key in keys:
+            table = item.get(key)
+            if table is None:
                 continue
-            except GeoplmError as error:
-                if on_error == "fail":
-                    raise
-                skipped.append({"entry": str(index), "source_file": str(reader.path), "reason": str(error)})
-                continue
-            records.extend(item_records)
-        return records, skipped
-    finally:
-        for reader in readers:
-            reader.close()
+            if not isinstance(table, pd.DataFrame):
+                raise Atom3dError(reader.path, f"'{key}' is not an atom table", reader.entry_name(index))
+            for record in atoms_to_records(table, f"{item_id}_{key}", source):
+                record.update(labels=labels, group=item_id, role=key, split="")
+                item_records.append(record)
+        if not item_records:
+            raise Atom3dError(reader.path, f"no protein chain in tables {list(keys)}", reader.entry_name(index))
+        return item_records
+
+    return _read_items(_lmdb_inputs(files), subset, shard, num_shards, on_error, tables)
