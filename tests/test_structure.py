@@ -15,6 +15,7 @@ from geoplm.errors import StructureError
 from geoplm.structure import (
     RECORD_KEYS,
     RESIDUE_VOCAB,
+    concatenate_chains,
     load_shard,
     parse_structure,
     residue_type_index,
@@ -500,3 +501,15 @@ def superposition_max_deviation(p: torch.Tensor, q: torch.Tensor) -> float:
     deviation = (p @ rotation - q).norm(dim=1).max().item()
     assert math.isfinite(deviation)
     return deviation
+
+
+def test_concatenate_chains_keeps_every_record_key_in_order(shared_data):
+    """Several chains as one protein (docking partners, pockets): every key, residues in chain order."""
+    chains = parse_structure(shared_data / "pdb" / "4hhb.cif")
+    merged = concatenate_chains(chains, "4hhb", "4hhb.cif")
+    assert set(RECORD_KEYS) <= set(merged)
+    assert merged["sequence"] == "".join(c["sequence"] for c in chains)
+    assert merged["backbone"].shape == (len(merged["sequence"]), 4, 3)
+    assert torch.bincount(merged["chain_index"]).tolist() == [len(c["sequence"]) for c in chains]
+    with pytest.raises(StructureError, match="no chain records"):
+        concatenate_chains([], "none", "x.pdb")

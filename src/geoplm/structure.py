@@ -185,6 +185,38 @@ def parse_structure(
     return records
 
 
+def concatenate_chains(records: list[dict[str, Any]], record_id: str, source: str) -> dict[str, Any]:
+    """One record of several chain records, concatenated in the given order.
+
+    Used for a protein made of several chains: a docking partner (``geoplm.datasets.docking``), a
+    PDBbind pocket (``geoplm.datasets.pdbbind``), a CASP model. The residue-level keys of
+    :data:`RECORD_KEYS` are concatenated; ``plddt`` is True only if every input is; ``chain`` is
+    left to the caller (each dataset writes chain sets its own way); ``chain_index`` (LongTensor
+    (L,)) gives each residue's position in ``records``.
+
+    Raises:
+        StructureError: ``records`` is empty.
+    """
+    if not records:
+        raise StructureError(source, f"no chain records to merge for {record_id}")
+    lengths = [len(record["sequence"]) for record in records]
+    return {
+        "id": record_id,
+        "source": source,
+        "chain": "",
+        "sequence": "".join(record["sequence"] for record in records),
+        "residue_name": [name for record in records for name in record["residue_name"]],
+        "residue_number": torch.cat([record["residue_number"] for record in records]),
+        "insertion_code": [code for record in records for code in record["insertion_code"]],
+        "backbone": torch.cat([record["backbone"] for record in records]),
+        "backbone_mask": torch.cat([record["backbone_mask"] for record in records]),
+        "b_factor": torch.cat([record["b_factor"] for record in records]),
+        "residue_mask": torch.cat([record["residue_mask"] for record in records]),
+        "plddt": all(bool(record["plddt"]) for record in records),
+        "chain_index": torch.repeat_interleave(torch.arange(len(records)), torch.tensor(lengths)),
+    }
+
+
 def save_shard(records: list[dict[str, Any]], path: str | os.PathLike) -> None:
     """Write records to ``path`` atomically with ``torch.save`` (via :func:`geoplm.atomic.torch_save`).
 

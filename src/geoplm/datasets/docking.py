@@ -95,7 +95,7 @@ import pandas as pd
 import torch
 
 from geoplm.errors import ChecksumError, ConfigError, GeoplmError, StructureError
-from geoplm.structure import RECORD_KEYS, parse_structure
+from geoplm.structure import concatenate_chains, parse_structure
 
 logger = logging.getLogger(__name__)
 
@@ -165,25 +165,8 @@ def merge_chains(records: Sequence[dict[str, Any]], record_id: str, source: str 
     if not records:
         raise GeoplmError(f"{record_id}: no chain records to merge")
     chains = [record["chain"] for record in records]
-    merged: dict[str, Any] = {
-        "id": record_id,
-        "source": records[0]["source"] if source is None else source,
-        "chain": chains[0] if len(chains) == 1 else "".join(chain or "_" for chain in chains),
-        "sequence": "".join(record["sequence"] for record in records),
-        "residue_name": [name for record in records for name in record["residue_name"]],
-        "residue_number": torch.cat([record["residue_number"] for record in records]),
-        "insertion_code": [code for record in records for code in record["insertion_code"]],
-        "backbone": torch.cat([record["backbone"] for record in records]),
-        "backbone_mask": torch.cat([record["backbone_mask"] for record in records]),
-        "b_factor": torch.cat([record["b_factor"] for record in records]),
-        "residue_mask": torch.cat([record["residue_mask"] for record in records]),
-        "plddt": all(bool(record["plddt"]) for record in records),
-        "chains": chains,
-        "chain_index": torch.cat(
-            [torch.full((len(record["sequence"]),), i, dtype=torch.long) for i, record in enumerate(records)]
-        ),
-    }
-    assert set(RECORD_KEYS) <= set(merged)
+    merged = concatenate_chains(list(records), record_id, records[0]["source"] if source is None else source)
+    merged.update(chain=chains[0] if len(chains) == 1 else "".join(chain or "_" for chain in chains), chains=chains)
     return merged
 
 

@@ -34,7 +34,7 @@ import torch
 
 from geoplm.datasets.generic import check_on_error, check_shard, deal, expand_files
 from geoplm.errors import ConfigError, GeoplmError, StructureError
-from geoplm.structure import parse_structure
+from geoplm.structure import concatenate_chains, parse_structure
 
 logger = logging.getLogger(__name__)
 
@@ -530,23 +530,8 @@ def merge_chain_records(records: Sequence[dict[str, Any]], record_id: str, sourc
     if not records:
         raise GeoplmError(f"{source}: no chain records to merge for {record_id}")
     chain_ids = [record["chain"] for record in records]
-    lengths = [len(record["sequence"]) for record in records]
-    merged = {
-        "id": record_id,
-        "source": source,
-        "chain": ",".join(chain_ids),
-        "sequence": "".join(record["sequence"] for record in records),
-        "residue_name": [name for record in records for name in record["residue_name"]],
-        "residue_number": torch.cat([record["residue_number"] for record in records]),
-        "insertion_code": [code for record in records for code in record["insertion_code"]],
-        "backbone": torch.cat([record["backbone"] for record in records]),
-        "backbone_mask": torch.cat([record["backbone_mask"] for record in records]),
-        "b_factor": torch.cat([record["b_factor"] for record in records]),
-        "residue_mask": torch.cat([record["residue_mask"] for record in records]),
-        "plddt": all(bool(record["plddt"]) for record in records),
-        "chain_ids": chain_ids,
-        "chain_index": torch.repeat_interleave(torch.arange(len(records)), torch.tensor(lengths)),
-    }
+    merged = concatenate_chains(list(records), record_id, source)
+    merged.update(chain=",".join(chain_ids), chain_ids=chain_ids)
     return merged
 
 
