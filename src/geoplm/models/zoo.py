@@ -92,6 +92,27 @@ def _check_keys(spec: Mapping, name: str, allowed: set[str]) -> None:
         raise ConfigError(f"models.{name}: keys {sorted(unknown)} do not apply to type '{spec['type']}'")
 
 
+def _gearnet(spec: Mapping, input_dim: int) -> tuple[nn.Module, int]:
+    """GearNet / GearNet-Edge (with ``num_angle_bin``) of a ``gearnet`` or ``esm_gearnet`` entry, on
+    7 relations; its node output width (all layers with ``concat_hidden``, else the last)."""
+    from geoplm.models.gearnet import GearNet
+
+    hidden = list(spec.get("hidden_dims", [512] * 6))
+    encoder = GearNet(
+        input_dim=input_dim,
+        hidden_dims=hidden,
+        num_relation=7,
+        short_cut=spec.get("short_cut", True),
+        batch_norm=spec.get("batch_norm", True),
+        concat_hidden=spec.get("concat_hidden", True),
+        readout=spec.get("readout", "sum"),
+        dropout=spec.get("dropout", 0.0),
+        edge_input_dim=spec.get("edge_input_dim", 59) if "num_angle_bin" in spec else None,
+        num_angle_bin=spec.get("num_angle_bin"),
+    )
+    return encoder, (sum(hidden) if spec.get("concat_hidden", True) else hidden[-1])
+
+
 class _FusionEncoder(nn.Module):
     """ESM-GearNet on stored (frozen) ESM-2 features: ``node_feature`` is the ESM-2 embedding, the
     GearNet view reads the residue one-hot from the graph (parallel / cross) or the ESM features (serial)."""
@@ -116,24 +137,11 @@ def build_esm_gearnet(spec: Mapping, esm_dim: int, name: str = "model") -> tuple
         ConfigError: unknown fusion, or ``cross_dim`` not a multiple of the 8 heads.
     """
     from geoplm.models.fusion import ESMGearNet
-    from geoplm.models.gearnet import GearNet
 
     fusion = spec.get("fusion", "serial")
     if fusion not in ("serial", "series", "parallel", "cross"):
         raise ConfigError(f"models.{name}.fusion: '{fusion}' is not serial, parallel or cross")
-    hidden = list(spec.get("hidden_dims", [512] * 6))
-    gearnet = GearNet(
-        input_dim=esm_dim if fusion in ("serial", "series") else NUM_RESIDUE_TYPES,
-        hidden_dims=hidden,
-        num_relation=7,
-        short_cut=spec.get("short_cut", True),
-        batch_norm=spec.get("batch_norm", True),
-        concat_hidden=spec.get("concat_hidden", True),
-        readout=spec.get("readout", "sum"),
-        dropout=spec.get("dropout", 0.0),
-        edge_input_dim=spec.get("edge_input_dim", 59) if "num_angle_bin" in spec else None,
-        num_angle_bin=spec.get("num_angle_bin"),
-    )
+    gearnet, _ = _gearnet(spec, esm_dim if fusion in ("serial", "series") else NUM_RESIDUE_TYPES)
     net = ESMGearNet(gearnet, esm_dim=esm_dim, fusion=fusion, cross_dim=spec.get("cross_dim", 512))
     return _FusionEncoder(net), net.output_dim
 
@@ -153,22 +161,7 @@ def build_encoder(spec: Mapping, input_dim: int, plm: bool = False, name: str = 
     """
     kind = spec["type"]
     if kind == "gearnet":
-        from geoplm.models.gearnet import GearNet
-
-        hidden = list(spec.get("hidden_dims", [512] * 6))
-        encoder = GearNet(
-            input_dim=input_dim,
-            hidden_dims=hidden,
-            num_relation=7,
-            short_cut=spec.get("short_cut", True),
-            batch_norm=spec.get("batch_norm", True),
-            concat_hidden=spec.get("concat_hidden", True),
-            readout=spec.get("readout", "sum"),
-            dropout=spec.get("dropout", 0.0),
-            edge_input_dim=spec.get("edge_input_dim", 59) if "num_angle_bin" in spec else None,
-            num_angle_bin=spec.get("num_angle_bin"),
-        )
-        return encoder, (sum(hidden) if spec.get("concat_hidden", True) else hidden[-1])
+        return _gearnet(spec, input_dim)
     if kind == "gvp":
         from geoplm.models.gvp import GVPGNN
 
