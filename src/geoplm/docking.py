@@ -36,8 +36,6 @@ model is invariant), or is taken as given in :attr:`ComplexExample.ligand_input_
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -501,10 +499,6 @@ def _pose(prep: _Prepared, swap: bool, transform: tuple[Tensor, Tensor] | None, 
     )
 
 
-def _settings_hash(*objects) -> str:
-    return hashlib.sha256(json.dumps(objects, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _eval_transform(complex_id: str, interval: float) -> tuple[Tensor, Tensor]:
     return random_rigid_transform(np.random.default_rng(zlib.crc32(complex_id.encode())), interval)
 
@@ -561,9 +555,9 @@ def train_docking_run(
         if not examples.get(name):
             raise GeoplmError(f"docking run {run_name or '(unnamed)'}: the {name} split is empty")
 
-    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
+    from geoplm.train import deterministic, load_resume, settings_hash
+
+    with deterministic():
         if threads:
             torch.set_num_threads(threads)
         random.seed(seed)
@@ -642,20 +636,17 @@ def train_docking_run(
             return summary, per_complex
 
         resume_path = Path(str(checkpoint_path) + ".resume.pt")
-        settings = _settings_hash(
+        settings = settings_hash(
             cfg, model_cfg, seed, input_dim, {n: [e.id for e in examples[n]] for n in ("train", "valid", "test")}
         )
-        state = {"epoch": 0, "best_val": math.inf, "best_epoch": -1, "wait": 0, "best_state": None, "history": []}
-        if resume_path.exists():
-            saved = torch.load(resume_path, map_location="cpu", weights_only=True)
-            if saved.get("settings") == settings:
-                net.load_state_dict(saved["model"])
-                optimizer.load_state_dict(saved["optimizer"])
-                torch.set_rng_state(saved["torch_rng"])
-                state = saved["state"]
-                log.info("resuming %s after epoch %d", run_name, state["epoch"])
-            else:
-                log.info("ignoring %s: written with other settings", resume_path)
+        state = load_resume(resume_path, settings, net, optimizer, run_name) or {
+            "epoch": 0,
+            "best_val": math.inf,
+            "best_epoch": -1,
+            "wait": 0,
+            "best_state": None,
+            "history": [],
+        }
 
         started = time.time()
         batch_size = int(cfg["batch_size"])
@@ -745,5 +736,3 @@ def train_docking_run(
         resume_path.unlink(missing_ok=True)
         log.info("%s test: %s", run_name, test_summary)
         return metrics
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])

@@ -20,6 +20,7 @@ per-residue embeddings (ESM-GearNet's serial fusion: ESM output is GearNet's nod
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,22 +304,58 @@ def _batches(examples: Sequence[Example], batch_size: int, rng: random.Random | 
     return [[examples[i] for i in order[start : start + batch_size]] for start in range(0, len(order), batch_size)]
 
 
-def _settings_hash(*objects) -> str:
+def settings_hash(*objects) -> str:
+    """A short digest of a run's settings: a resume file written under other settings is ignored."""
     return hashlib.sha256(json.dumps(objects, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run(*args, **kwargs) -> dict:
-    """Train one run (see :func:`train_run`) with PyTorch's deterministic algorithms switched on.
-
-    Multi-threaded CPU kernels otherwise sum in a varying order, and two runs with the same seed
-    drift apart in the last digits; the previous setting is restored afterwards.
-    """
+@contextlib.contextmanager
+def deterministic() -> Iterator[None]:
+    """PyTorch's deterministic algorithms on (warn only) for the duration; the previous setting is
+    restored afterwards. Multi-threaded CPU kernels otherwise sum in a varying order, and two runs
+    with the same seed drift apart in the last digits."""
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return train_run(*args, **kwargs)
+        yield
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def load_resume(
+    resume_path: Path,
+    settings: str,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    run_name: str = "",
+    scheduler=None,
+    rng: random.Random | None = None,
+) -> dict | None:
+    """Restore a run from its per-epoch resume file when it was written with the same ``settings``:
+    weights, optimizer (and scheduler, Python RNG) and torch RNG state; return the loop state saved
+    with it, or None (no file, or other settings: training starts over)."""
+    if not resume_path.exists():
+        return None
+    saved = torch.load(resume_path, map_location="cpu", weights_only=True)
+    if saved.get("settings") != settings:
+        log.info("ignoring %s: written with other settings", resume_path)
+        return None
+    net.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(saved["scheduler"])
+    if rng is not None:
+        rng.setstate(saved["rng"])
+    torch.set_rng_state(saved["torch_rng"])
+    log.info("resuming %s after epoch %d", run_name, saved["state"]["epoch"])
+    return saved["state"]
+
+
+def run(*args, **kwargs) -> dict:
+    """Train one run (see :func:`train_run`) with PyTorch's deterministic algorithms switched on
+    (:func:`deterministic`)."""
+    with deterministic():
+        return train_run(*args, **kwargs)
 
 
 def train_run(
@@ -397,20 +434,15 @@ def train_run(
     rng = random.Random(seed)
 
     resume_path = Path(str(checkpoint_path) + ".resume.pt")
-    settings = _settings_hash(task, model, graph_settings, seed, sorted(split_of.items()), input_dim)
-    state = {"epoch": 0, "best_val": math.inf, "best_epoch": -1, "wait": 0, "best_state": None, "history": []}
-    if resume_path.exists():
-        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if saved.get("settings") == settings:
-            net.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            rng.setstate(saved["rng"])
-            torch.set_rng_state(saved["torch_rng"])
-            state = saved["state"]
-            log.info("resuming %s after epoch %d", run_name, state["epoch"])
-        else:
-            log.info("ignoring %s: written with other settings", resume_path)
+    settings = settings_hash(task, model, graph_settings, seed, sorted(split_of.items()), input_dim)
+    state = load_resume(resume_path, settings, net, optimizer, run_name, scheduler, rng) or {
+        "epoch": 0,
+        "best_val": math.inf,
+        "best_epoch": -1,
+        "wait": 0,
+        "best_state": None,
+        "history": [],
+    }
 
     def forward(batch: Sequence[Example]) -> torch.Tensor:
         node_feature = torch.cat([example.node_feature for example in batch]).to(device)
