@@ -25,7 +25,8 @@ rule all:
     """Prepare every dataset: records, manifest and skipped report (`snakemake --cores N`)."""
     default_target: True
     input:
-        all_datasets(),
+        # a function: the mirror is searched only when this target is built, not at every parse
+        lambda wildcards: all_datasets(),
 
 
 rule tables:

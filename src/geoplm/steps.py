@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from geoplm import atomic
-from geoplm.errors import GeoplmError, StructureError
+from geoplm.errors import GeoplmError
 
 log = logging.getLogger("geoplm")
 
@@ -255,7 +255,9 @@ def parse_structure_files(
     shard: str,
     on_error: str = "skip",
 ) -> tuple[int, int]:
-    """Parse every structure file listed in download manifests into one record shard.
+    """Parse every structure file listed in download manifests into one record shard: the
+    ``structures`` reader (:func:`geoplm.datasets.generic.read_structures_shard`) through
+    :func:`parse_dataset_shard`, as the ``geoplm`` command runs it.
 
     Writes the shard (``.pt``, list of records, see :mod:`geoplm.structure`), its manifest (one
     row per chain) and its skipped report (one row per file that could not be used, with the
@@ -267,27 +269,9 @@ def parse_structure_files(
     Raises:
         StructureError: a bad file when ``on_error == "fail"``.
     """
-    from geoplm import structure
-
-    records, rows, skipped = [], [], []
-    for download in downloads:
-        for path in read_tsv(download)["file"]:
-            try:
-                parsed = structure.parse_structure(path)
-            except StructureError as error:
-                if on_error == "fail":
-                    raise
-                log.warning("skipped %s", error)
-                skipped.append({"entry": Path(path).name, "source_file": path, "reason": error.reason})
-                continue
-            for record in parsed:
-                records.append(record)
-                rows.append(manifest_row(record, shard))
-    structure.save_shard(records, records_path)
-    write_tsv(manifest_path, rows, MANIFEST_COLUMNS)
-    write_tsv(skipped_path, skipped, SKIPPED_COLUMNS)
-    log.info("shard %s: %d records, %d files skipped", shard, len(records), len(skipped))
-    return len(records), len(skipped)
+    return parse_dataset_shard(
+        "structures", downloads, records_path, manifest_path, skipped_path, shard, on_error=on_error
+    )
 
 
 def manifest_row(record: Mapping, shard: str) -> dict:
