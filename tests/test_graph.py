@@ -281,6 +281,25 @@ def test_knn_ties_prefer_lower_index(monkeypatch):
     assert set(map(tuple, G.knn_graph(grid, 10).t().tolist())) == expected
 
 
+def test_gearnet_graph_ties_and_float64_match_brute_force():
+    """Both kNN paths of build_gearnet_graph (ranked among the pairs within the radius, or queried for
+    residues with fewer than k + 1 of them) break exact distance ties towards the lower index."""
+    grid = torch.stack(torch.meshgrid(*[torch.arange(5.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    perm = torch.randperm(len(grid), generator=torch.Generator().manual_seed(1))
+    # an extended strand appended to the lattice: its residues have fewer than 11 Cα within 10 Å
+    strand = torch.stack([torch.arange(12.0) * 3.8 + 40, torch.zeros(12), torch.zeros(12)], dim=1)
+    pos = torch.cat([grid[perm] * 3.8, strand])
+    rtype = torch.zeros(len(pos), dtype=torch.long)
+    for dtype in (torch.float32, torch.float64):
+        g = G.build_gearnet_graph(pos.to(dtype), rtype)
+        assert _edge_set(g.edge_list) == _gearnet_reference(pos.to(dtype).numpy())
+        assert g.edge_feature.dtype == dtype
+    # p53 (disordered termini: both kNN paths) in float64 against the float64 brute force
+    p53, p53_type, _ = _load(P53)
+    g = G.build_gearnet_graph(p53.double(), p53_type)
+    assert _edge_set(g.edge_list) == _gearnet_reference(p53.double().numpy())
+
+
 def test_small_and_empty_graphs():
     pos = torch.tensor([[0.0, 0, 0], [3.8, 0, 0], [7.6, 0, 0]])
     g = G.build_gearnet_graph(pos, torch.tensor([0, 1, 20]))

@@ -105,7 +105,6 @@ the first 40 columns only; ``None`` an ``(E, 0)`` tensor.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -139,7 +138,7 @@ _EPS = 1e-10
 #: Number of pairwise-distance entries formed at once (per block of rows) in the dense fallback.
 _BLOCK_ELEMENTS = 1 << 22
 #: Extra kNN candidates requested from the KD-tree beyond k + 1.
-_KNN_SPARE = 6
+_KNN_SPARE = 2
 #: Offset (Å) along a 4th KD-tree coordinate between consecutive proteins of a batch.
 _GRAPH_SEPARATION = 1e6
 
@@ -220,88 +219,194 @@ def residue_one_hot(residue_type: Tensor, num_classes: int = NUM_RESIDUE_FEATURE
 
 
 # ----------------------------------------------------------------------------------------------
-# batching helpers
+# neighbour search (numpy on CPU; results are moved to the input's device)
 
 
-def _layout(num_nodes: int, node2graph: Tensor | None, device) -> tuple[Tensor, int, Tensor, Tensor]:
-    """Return (node2graph, batch_size, graph start offsets, graph sizes)."""
+def _layout(num_nodes: int, node2graph: Tensor | None, device) -> tuple[Tensor, int]:
+    """Validated ``(node2graph, batch_size)``; ``None`` means one graph."""
     if node2graph is None:
         node2graph = torch.zeros(num_nodes, dtype=torch.long, device=device)
-        batch_size = 1 if num_nodes > 0 else 0
-    else:
-        node2graph = node2graph.to(device=device, dtype=torch.long)
-        if node2graph.shape != (num_nodes,):
-            raise ValueError(f"node2graph must have shape ({num_nodes},), got {tuple(node2graph.shape)}")
-        if num_nodes > 0:
-            if (node2graph[1:] < node2graph[:-1]).any() or node2graph[0] < 0:
-                raise ValueError("node2graph must be non-negative and non-decreasing (packed proteins)")
-            batch_size = int(node2graph[-1]) + 1
-        else:
-            batch_size = 0
-    sizes = torch.bincount(node2graph, minlength=batch_size)
-    starts = torch.cumsum(sizes, 0) - sizes
-    return node2graph, batch_size, starts, sizes
+        return node2graph, 1 if num_nodes > 0 else 0
+    node2graph = node2graph.to(device=device, dtype=torch.long)
+    if node2graph.shape != (num_nodes,):
+        raise ValueError(f"node2graph must have shape ({num_nodes},), got {tuple(node2graph.shape)}")
+    if num_nodes == 0:
+        return node2graph, 0
+    if (node2graph[1:] < node2graph[:-1]).any() or node2graph[0] < 0:
+        raise ValueError("node2graph must be non-negative and non-decreasing (packed proteins)")
+    return node2graph, int(node2graph[-1]) + 1
 
 
-def _squared_distance(pos: Tensor, source: Tensor, target: Tensor) -> Tensor:
-    """``dx*dx + dy*dy + dz*dz`` in ``pos.dtype``, summed left to right like torch_cluster's kernels."""
-    diff = pos[source] - pos[target]
-    return diff[..., 0] * diff[..., 0] + diff[..., 1] * diff[..., 1] + diff[..., 2] * diff[..., 2]
+def _k_smallest(d2: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
+    """Mask of the ``k`` smallest valid entries of each row of ``d2`` (m, w), ties to the left.
 
-
-def _kdtree_points(pos: Tensor, node2graph: Tensor) -> np.ndarray:
-    """Points (x, y, z, graph * separation) in float64: proteins of a batch never come within reach."""
-    xyz = pos.detach().to("cpu", torch.float64).numpy()
-    graph = node2graph.detach().cpu().numpy().astype(np.float64) * _GRAPH_SEPARATION
-    return np.concatenate([xyz, graph[:, None]], axis=1)
-
-
-def _sort_edges(edge_index: Tensor, num_nodes: int) -> Tensor:
-    """Sort a (2, E) [source, target] index by (target, source)."""
-    key = edge_index[1] * max(num_nodes, 1) + edge_index[0]
-    return edge_index[:, torch.argsort(key)]
-
-
-def _dense_rows(
-    pos: Tensor, rows: Tensor, node2graph: Tensor, starts: Tensor, sizes: Tensor
-) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """Yield ``(rows, cols, valid, d2)`` blocks pairing ``rows`` with every node of their graph.
-
-    ``cols`` (m, w) lists the nodes of each row's graph in ascending index (padded, ``valid`` marks
-    real entries) and ``d2`` the squared distances (``+inf`` on padding); at most ``_BLOCK_ELEMENTS``
-    entries per block.
-    """
-    graph_size = sizes[node2graph[rows]]
-    i = 0
-    while i < rows.shape[0]:
-        w = int(graph_size[i])
-        end = min(rows.shape[0], i + max(1, _BLOCK_ELEMENTS // max(w, 1)))
-        w = int(graph_size[i:end].max())
-        end = min(end, i + max(1, _BLOCK_ELEMENTS // max(w, 1)))
-        w = int(graph_size[i:end].max())
-        block = rows[i:end]
-        g = node2graph[block]
-        ar = torch.arange(w, device=pos.device)
-        valid = ar.unsqueeze(0) < sizes[g].unsqueeze(1)
-        cols = torch.where(valid, starts[g].unsqueeze(1) + ar.unsqueeze(0), block.unsqueeze(1))
-        d2 = _squared_distance(pos, cols, block.unsqueeze(1)).masked_fill(~valid, math.inf)
-        yield block, cols, valid, d2
-        i = end
-
-
-def _select_k_smallest(d2: Tensor, cols: Tensor, valid: Tensor, k: int) -> Tensor:
-    """Mask of the ``k`` smallest valid entries per row ranked by (d2, column index).
-
-    ``cols`` must be ascending along each row (so a running count of ties prefers lower indices).
+    The columns must hold ascending node indices along each row, so that a running count of the ties
+    at the cut-off prefers the lower index (torch_cluster's CUDA kernel).
     """
     kb = min(k, d2.shape[1])
     if kb == 0:
-        return torch.zeros_like(valid)
-    threshold = torch.topk(d2, kb, dim=1, largest=False).values[:, -1:]
+        return np.zeros_like(valid)
+    threshold = np.partition(d2, kb - 1, axis=1)[:, kb - 1 : kb]
     below = (d2 < threshold) & valid
     tie = (d2 == threshold) & valid
-    need = kb - below.sum(dim=1, keepdim=True)
-    return below | (tie & (torch.cumsum(tie.long(), dim=1) <= need))
+    need = kb - below.sum(axis=1, keepdims=True)
+    return below | (tie & (np.cumsum(tie, axis=1) <= need))
+
+
+class _NeighbourSearch:
+    """Exact neighbour queries on a packed batch of point clouds.
+
+    Positions are copied to the CPU once, in the input dtype (float32 unless float64), and squared
+    distances are formed as ``dx*dx + dy*dy + dz*dz`` in that dtype, like torch_cluster's kernels. One
+    scipy ``cKDTree`` over ``(x, y, z, graph * 1e6)`` (so proteins of a batch never come within reach)
+    proposes candidates with a slightly enlarged radius; every decision (``d2 < r^2``, ranking, ties)
+    is then taken exactly on the recomputed squared distances. Index arrays are int64 numpy arrays of
+    packed node indices; pairs ``(source, target)`` come in no particular order unless said otherwise.
+    """
+
+    def __init__(self, pos: Tensor, node2graph: Tensor):
+        xyz = pos.detach().cpu()
+        if xyz.dtype not in (torch.float32, torch.float64):
+            xyz = xyz.float()
+        xyz = xyz.numpy()
+        self.dtype = xyz.dtype
+        self.n = int(xyz.shape[0])
+        self.coords = [np.ascontiguousarray(xyz[:, c]) for c in range(3)]
+        self.graph = node2graph.detach().cpu().numpy().astype(np.int64)
+        self.sizes = np.bincount(self.graph, minlength=int(self.graph[-1]) + 1 if self.n else 0)
+        self.starts = np.cumsum(self.sizes) - self.sizes
+        points = np.empty((self.n, 4))
+        points[:, :3] = xyz
+        points[:, 3] = self.graph * _GRAPH_SEPARATION
+        self.points = points
+        self.tree = cKDTree(points)
+
+    def squared_distance(self, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """``dx*dx + dy*dy + dz*dz`` in the input dtype, summed left to right like torch_cluster."""
+        x, y, z = (c[source] - c[target] for c in self.coords)
+        return x * x + y * y + z * z
+
+    def sort_pairs(self, source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pairs sorted by ``(target, source)`` (one ``np.sort`` of a combined key)."""
+        key = np.sort(target * self.n + source)
+        return key % self.n, key // self.n
+
+    def order_by_target(
+        self, index: np.ndarray, source: np.ndarray, target: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``index`` (positions into the pair arrays) sorted by ``(target, source)``, and the rank of each
+        sorted entry among the entries of its target (0-based)."""
+        key = target[index] * self.n + source[index]
+        index = index[np.argsort(key, kind="stable")]
+        t = target[index]
+        count = np.bincount(t, minlength=self.n)
+        return index, np.arange(len(index)) - (np.cumsum(count) - count)[t]
+
+    def within(self, r: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(source, target, d2)`` of every ordered pair with ``d2 < r^2``, each node with itself included."""
+        r2 = self.dtype.type(float(r) * float(r))
+        pairs = self.tree.query_pairs(float(r) * (1 + 1e-5) + 1e-4, output_type="ndarray").astype(np.int64)
+        i, j = pairs[:, 0], pairs[:, 1]
+        d2 = self.squared_distance(i, j)
+        keep = d2 < r2
+        i, j, d2 = i[keep], j[keep], d2[keep]
+        node = np.arange(self.n if r2 > 0 else 0, dtype=np.int64)
+        return (
+            np.concatenate([i, j, node]),
+            np.concatenate([j, i, node]),
+            np.concatenate([d2, d2, np.zeros(len(node), self.dtype)]),
+        )
+
+    def cap(self, source: np.ndarray, target: np.ndarray, limit: int | None) -> np.ndarray:
+        """Mask keeping, for every target, only its ``limit`` lowest-indexed sources (``None``: all)."""
+        keep = np.ones(len(target), dtype=bool)
+        if limit is None:
+            return keep
+        crowded = np.nonzero(np.bincount(target, minlength=self.n)[target] > limit)[0]
+        if len(crowded):
+            index, rank = self.order_by_target(crowded, source, target)
+            keep[index[rank >= limit]] = False
+        return keep
+
+    def knn_in(self, source, target, d2, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mask over the pairs of :meth:`within` that are among the ``k`` nearest of their target
+        (``d2``, then lower source index; the target itself counts), and a node mask of the targets
+        this settles: those with at least ``k`` pairs, whose ``k`` nearest are all within the radius."""
+        count = np.bincount(target, minlength=self.n)
+        start = np.cumsum(count) - count
+        settled = count >= k
+        rows = np.nonzero(settled)[0]
+        threshold = np.full(self.n, -np.inf, dtype=d2.dtype)
+        if d2.dtype == np.float32:  # non-negative float32 values sort like their bit patterns
+            key = np.sort((target << 32) | d2.view(np.int32).astype(np.int64))
+            threshold[rows] = (key[start[rows] + k - 1] & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
+        else:
+            threshold[rows] = d2[np.lexsort((d2, target))][start[rows] + k - 1]
+        threshold = threshold[target]
+        selected = d2 < threshold
+        need = k - np.bincount(target, weights=selected, minlength=self.n).astype(np.int64)
+        # ties at the k-th distance: the lowest source indices first
+        index, rank = self.order_by_target(np.nonzero(d2 == threshold)[0], source, target)
+        selected[index[rank < need[target[index]]]] = True
+        return selected, settled
+
+    def knn_query(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(source, target, d2)`` of the ``k`` nearest nodes (the target itself included) of each of
+        ``rows``, by ``d2`` then lower source index.
+
+        The KD-tree proposes ``k + _KNN_SPARE`` candidates; rows whose candidates might miss a near-tie
+        at the cut-off are recomputed densely against their whole graph.
+        """
+        m = len(rows)
+        num_query = min(k + _KNN_SPARE, self.n)
+        if m == 0 or num_query == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, self.dtype)
+        dist, idx = self.tree.query(self.points[rows], k=num_query)
+        dist, idx = dist.reshape(m, num_query), idx.reshape(m, num_query).astype(np.int64)
+        valid = self.graph[idx] == self.graph[rows][:, None]
+        cols = np.where(valid, idx, rows[:, None])
+        order = np.argsort(cols, axis=1, kind="stable")  # ascending index for the tie rule
+        cols, valid = np.take_along_axis(cols, order, 1), np.take_along_axis(valid, order, 1)
+        d2 = np.where(valid, self.squared_distance(cols, rows[:, None]), np.inf).astype(self.dtype)
+        selected = _k_smallest(d2, valid, k)
+        # exact if the candidates cover the whole graph or the first one left out is clearly farther
+        threshold = np.where(selected, d2, 0).max(axis=1).astype(np.float64)
+        complete = valid.sum(axis=1) >= self.sizes[self.graph[rows]]
+        redo = ~complete & ~(dist[:, -1] > np.sqrt(threshold) * (1 + 1e-5) + 1e-4)
+        selected[redo] = False
+        source, target, dist2 = [cols[selected]], [np.broadcast_to(rows[:, None], cols.shape)[selected]], [d2[selected]]
+        for block, bcols, bvalid, bd2 in self.dense_rows(rows[redo]):
+            sel = _k_smallest(bd2, bvalid, k)
+            source.append(bcols[sel])
+            target.append(np.broadcast_to(block[:, None], bcols.shape)[sel])
+            dist2.append(bd2[sel])
+        return np.concatenate(source), np.concatenate(target), np.concatenate(dist2)
+
+    def dense_rows(self, rows: np.ndarray):
+        """Yield ``(rows, cols, valid, d2)`` blocks pairing ``rows`` with every node of their graph.
+
+        ``cols`` (m, w) lists the nodes of each row's graph in ascending index (padded; ``valid`` marks
+        real entries) and ``d2`` holds ``+inf`` on padding; at most ``_BLOCK_ELEMENTS`` entries a block.
+        """
+        graph_size = self.sizes[self.graph[rows]]
+        i = 0
+        while i < len(rows):
+            end = min(len(rows), i + max(1, _BLOCK_ELEMENTS // max(int(graph_size[i]), 1)))
+            w = int(graph_size[i:end].max())
+            end = min(end, i + max(1, _BLOCK_ELEMENTS // max(w, 1)))
+            w = int(graph_size[i:end].max())
+            block = rows[i:end]
+            g = self.graph[block]
+            ar = np.arange(w)
+            valid = ar[None, :] < self.sizes[g][:, None]
+            cols = np.where(valid, self.starts[g][:, None] + ar[None, :], block[:, None])
+            d2 = np.where(valid, self.squared_distance(cols, block[:, None]), np.inf).astype(self.dtype)
+            yield block, cols, valid, d2
+            i = end
+
+
+def _edge_index(source: np.ndarray, target: np.ndarray, device) -> Tensor:
+    return torch.as_tensor(np.stack([source, target]), dtype=torch.long, device=device)
 
 
 def knn_graph(
@@ -313,10 +418,18 @@ def knn_graph(
 ) -> Tensor:
     """k-nearest-neighbour graph within each graph of a packed batch.
 
-    Returns a ``(2, E)`` long tensor of **global** (packed) node indices ``[source, target]``: for every
-    target (centre) ``i`` its nearest neighbours ``j`` in the same graph, i.e. the messages flow
-    ``j -> i`` (torch_cluster's ``flow="source_to_target"``, torchdrug's ``node_in -> node_out``).
-    Edges are sorted by (target, source). No self loops unless ``loop``; no cross-graph edges.
+    Args:
+        node_position: ``(N, 3)`` coordinates (Å).
+        k: neighbours per node.
+        node2graph: ``(N,)`` non-decreasing graph index; ``None`` = one graph.
+        loop: count the node itself among its ``k`` (and keep the self loop).
+
+    Returns:
+        ``(2, E)`` long tensor of **global** (packed) node indices ``[source, target]``, on
+        ``node_position.device``: for every target (centre) ``i`` its nearest neighbours ``j`` in the
+        same graph, i.e. the messages flow ``j -> i`` (torch_cluster's ``flow="source_to_target"``,
+        torchdrug's ``node_in -> node_out``). Edges are sorted by (target, source). No self loops unless
+        ``loop``; no cross-graph edges.
 
     Semantics of torch_cluster <= 1.6.3 ``knn_graph`` on CUDA: select the ``k + 1`` (``k`` if
     ``loop``) nearest nodes *including the centre*, ranked by squared distance (in the input dtype)
@@ -324,50 +437,25 @@ def knn_graph(
     give every other node.
 
     Candidates come from a scipy ``cKDTree`` (on CPU) with a few spare neighbours; the ranking is then
-    redone exactly in torch, and rows whose candidate list could be incomplete (near-ties at the
-    cut-off) are recomputed densely against their whole graph, so the result is exact with
-    ``O(N (k + spare))`` memory.
+    redone exactly, and rows whose candidate list could be incomplete (near-ties at the cut-off) are
+    recomputed densely against their whole graph, so the result is exact with ``O(N (k + spare))``
+    memory.
+
+    Raises:
+        ValueError: ``node2graph`` has the wrong shape or is not non-decreasing.
     """
     pos = node_position
     n = pos.shape[0]
-    node2graph, _, starts, sizes = _layout(n, node2graph, pos.device)
+    node2graph, _ = _layout(n, node2graph, pos.device)
     kk = k if loop else k + 1
     if kk <= 0 or n == 0:
         return torch.zeros(2, 0, dtype=torch.long, device=pos.device)
-    num_query = min(kk + _KNN_SPARE, n)
-    points = _kdtree_points(pos, node2graph)
-    tree_dist, tree_idx = cKDTree(points).query(points, k=num_query)
-    tree_dist = np.asarray(tree_dist, dtype=np.float64).reshape(n, num_query)
-    cols = torch.as_tensor(np.asarray(tree_idx).reshape(n, num_query), dtype=torch.long, device=pos.device)
-    rows = torch.arange(n, device=pos.device)
-    valid = node2graph[cols] == node2graph.unsqueeze(1)
-    cols = torch.where(valid, cols, rows.unsqueeze(1))
-    cols, order = torch.sort(cols, dim=1)  # ascending index for the tie rule
-    valid = torch.gather(valid, 1, order)
-    d2 = _squared_distance(pos, cols, rows.unsqueeze(1)).masked_fill(~valid, math.inf)
-    selected = _select_k_smallest(d2, cols, valid, kk)
-
-    # a row is exact if its candidates cover its whole graph, or if the first excluded candidate is
-    # clearly farther than the k-th selected one
-    threshold = torch.where(selected, d2, torch.zeros_like(d2)).amax(dim=1).double().cpu().numpy()
-    margin = np.sqrt(threshold) * (1 + 1e-5) + 1e-4
-    complete = valid.sum(dim=1).cpu().numpy() >= sizes[node2graph].cpu().numpy()
-    redo = np.nonzero(~complete & ~(tree_dist[:, -1] > margin))[0]
-
+    search = _NeighbourSearch(pos, node2graph)
+    source, target, _ = search.knn_query(np.arange(n, dtype=np.int64), kk)
     if not loop:
-        selected &= cols != rows.unsqueeze(1)
-    out = [torch.stack([cols[selected], rows.unsqueeze(1).expand_as(cols)[selected]])]
-    if redo.size:
-        redo_rows = torch.as_tensor(redo, dtype=torch.long, device=pos.device)
-        keep = torch.ones(n, dtype=torch.bool, device=pos.device)
-        keep[redo_rows] = False
-        out[0] = out[0][:, keep[out[0][1]]]
-        for block, bcols, bvalid, bd2 in _dense_rows(pos, redo_rows, node2graph, starts, sizes):
-            sel = _select_k_smallest(bd2, bcols, bvalid, kk)
-            if not loop:
-                sel &= bcols != block.unsqueeze(1)
-            out.append(torch.stack([bcols[sel], block.unsqueeze(1).expand_as(bcols)[sel]]))
-    return _sort_edges(torch.cat(out, dim=1), n)
+        keep = source != target
+        source, target = source[keep], target[keep]
+    return _edge_index(*search.sort_pairs(source, target), pos.device)
 
 
 def radius_graph(
@@ -380,77 +468,107 @@ def radius_graph(
 ) -> Tensor:
     """All pairs closer than ``r`` (strict ``d^2 < r^2`` in the input dtype) within each graph.
 
-    Returns ``(2, E)`` global indices ``[source, target]`` sorted by (target, source); every unordered
-    pair appears in both directions. No self loops unless ``loop``; no cross-graph edges.
+    Args:
+        node_position: ``(N, 3)`` coordinates (Å).
+        r: radius (Å).
+        node2graph: ``(N,)`` non-decreasing graph index; ``None`` = one graph.
+        loop: keep self loops.
+        max_num_neighbors: ``None`` (default) keeps all pairs. An integer reproduces the cap of
+            torch_cluster <= 1.6.3 ``radius_graph`` on CUDA: for each target the candidates within
+            ``r`` are scanned in ascending node index, the first ``max_num_neighbors + 1``
+            (``max_num_neighbors`` if ``loop``) are kept *counting the target itself*, then the self
+            pair is removed.
 
-    ``max_num_neighbors=None`` (default) keeps all pairs. An integer reproduces the cap of
-    torch_cluster <= 1.6.3 ``radius_graph`` on CUDA: for each target the candidates within ``r`` are
-    scanned in ascending node index, the first ``max_num_neighbors + 1`` (``max_num_neighbors`` if
-    ``loop``) are kept *counting the target itself*, then the self pair is removed.
+    Returns:
+        ``(2, E)`` global indices ``[source, target]`` on ``node_position.device``, sorted by
+        (target, source); every unordered pair appears in both directions (unless the cap cuts one).
+        No self loops unless ``loop``; no cross-graph edges.
 
     Candidate pairs come from a scipy ``cKDTree`` with a slightly enlarged radius and are filtered
-    exactly in torch; memory ``O(E)``.
+    exactly; memory ``O(E)``.
+
+    Raises:
+        ValueError: ``node2graph`` has the wrong shape or is not non-decreasing.
     """
     pos = node_position
     n = pos.shape[0]
-    node2graph, _, _, _ = _layout(n, node2graph, pos.device)
+    node2graph, _ = _layout(n, node2graph, pos.device)
     if n == 0:
         return torch.zeros(2, 0, dtype=torch.long, device=pos.device)
-    pairs = cKDTree(_kdtree_points(pos, node2graph)).query_pairs(float(r) * (1 + 1e-5) + 1e-4, output_type="ndarray")
-    pairs = torch.as_tensor(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), device=pos.device).t()
-    node = torch.arange(n, device=pos.device)
-    edge_index = torch.cat([pairs, pairs.flip(0), torch.stack([node, node])], dim=1)
-    r2 = torch.tensor(float(r) * float(r), dtype=pos.dtype, device=pos.device)
-    edge_index = edge_index[:, _squared_distance(pos, edge_index[0], edge_index[1]) < r2]
-    edge_index = _sort_edges(edge_index, n)
-    if max_num_neighbors is not None:
-        cap = max_num_neighbors if loop else max_num_neighbors + 1
-        target = edge_index[1]
-        count = torch.bincount(target, minlength=n)
-        rank = torch.arange(target.shape[0], device=pos.device) - (torch.cumsum(count, 0) - count)[target]
-        edge_index = edge_index[:, rank < cap]
+    search = _NeighbourSearch(pos, node2graph)
+    source, target, _ = search.within(r)
+    keep = search.cap(source, target, _cap_limit(max_num_neighbors, loop))
     if not loop:
-        edge_index = edge_index[:, edge_index[0] != edge_index[1]]
-    return edge_index
+        keep &= source != target
+    return _edge_index(*search.sort_pairs(source[keep], target[keep]), pos.device)
+
+
+def _cap_limit(max_num_neighbors: int | None, loop: bool) -> int | None:
+    """How many pairs per target torch_cluster's ``radius_graph(max_num_neighbors)`` keeps, counting
+    the target itself (``loop=False`` asks ``radius`` for one more and drops the self pair)."""
+    return None if max_num_neighbors is None else max_num_neighbors + (0 if loop else 1)
 
 
 # ----------------------------------------------------------------------------------------------
 # GearNet graph
 
 
-def _sequential_edges(node2graph: Tensor, chain_id: Tensor | None, max_distance: int) -> Tensor:
-    n = node2graph.shape[0]
-    device = node2graph.device
-    node = torch.arange(n, device=device)
-    edges = []
+def _sequential_edges(graph: np.ndarray, chain_id: np.ndarray | None, max_distance: int) -> list[np.ndarray]:
+    """``[node_in, node_out, relation]`` columns of ``SequentialEdge(max_distance)``."""
+    n = len(graph)
+    node = np.arange(n, dtype=np.int64)
+    node_in, node_out, relation = [], [], []
     for offset in range(-max_distance, max_distance + 1):
-        node_in = node[max(0, -offset) : n - max(0, offset)]
-        node_out = node_in + offset
-        keep = node2graph[node_in] == node2graph[node_out]
+        source = node[max(0, -offset) : n - max(0, offset)]
+        target = source + offset
+        keep = graph[source] == graph[target]
         if chain_id is not None:
-            keep &= chain_id[node_in] == chain_id[node_out]
-        node_in, node_out = node_in[keep], node_out[keep]
-        relation = torch.full_like(node_in, offset + max_distance)
-        edges.append(torch.stack([node_in, node_out, relation], dim=1))
-    return torch.cat(edges) if edges else torch.zeros(0, 3, dtype=torch.long, device=device)
+            keep &= chain_id[source] == chain_id[target]
+        node_in.append(source[keep])
+        node_out.append(target[keep])
+        relation.append(np.full(int(keep.sum()), offset + max_distance, dtype=np.int64))
+    return [np.concatenate(c) if c else np.zeros(0, np.int64) for c in (node_in, node_out, relation)]
 
 
-def _filter_geometric(edge_index: Tensor, pos: Tensor, min_distance: int, relation: int) -> Tensor:
-    node_in, node_out = edge_index
-    keep = torch.ones_like(node_in, dtype=torch.bool)
+def _geometric_edges(source, target, d2, keep, min_distance: int, relation: int) -> list[np.ndarray]:
+    """``SpatialEdge`` / ``KNNEdge`` filters: no self pair, ``|i - j| >= min_distance``, length >= eps."""
+    keep = keep & (source != target) & ~(d2 < _EPS * _EPS)
     if min_distance > 0:
-        keep &= (node_in - node_out).abs() >= min_distance
-    keep &= ~((pos[node_in] - pos[node_out]).norm(dim=-1) < _EPS)
-    node_in, node_out = node_in[keep], node_out[keep]
-    return torch.stack([node_in, node_out, torch.full_like(node_in, relation)], dim=1)
+        keep &= np.abs(source - target) >= min_distance
+    source, target = source[keep], target[keep]
+    return [source, target, np.full(len(source), relation, dtype=np.int64)]
 
 
-def _lexsort(*keys: Tensor) -> Tensor:
-    """Permutation sorting by ``keys[0]`` first, then ``keys[1]``, ... (stable)."""
-    order = torch.arange(keys[0].shape[0], device=keys[0].device)
-    for key in reversed(keys):
-        order = order[torch.sort(key[order], stable=True).indices]
-    return order
+def _edge_feature_array(
+    kind: str | None,
+    node_in: np.ndarray,
+    node_out: np.ndarray,
+    relation: np.ndarray,
+    xyz: np.ndarray,
+    residue_type: np.ndarray,
+    num_relation: int,
+) -> np.ndarray:
+    """torchdrug's ``GraphConstruction.edge_gearnet`` / ``edge_residue_type`` feature, ``(E, D)`` numpy."""
+    if kind not in (None, "gearnet", "residue_type"):
+        raise ValueError(f"Unknown edge feature {kind!r} (expected 'gearnet', 'residue_type' or None)")
+    num_edges = len(node_in)
+    width = {None: 0, "residue_type": 2 * NUM_RESIDUE_TYPE}.get(kind, gearnet_edge_feature_dim(num_relation))
+    feature = np.zeros((num_edges, width), dtype=xyz.dtype)
+    if kind is None:
+        return feature
+    # torchdrug has 20 residue ids; unknown residues are parsed as glycine (0)
+    rtype = np.where(residue_type >= NUM_RESIDUE_TYPE, 0, residue_type)
+    flat = feature.reshape(-1)
+    row = np.arange(num_edges, dtype=np.int64) * width
+    flat[row + rtype[node_in]] = 1
+    flat[row + NUM_RESIDUE_TYPE + rtype[node_out]] = 1
+    if kind == "gearnet":
+        offset = 2 * NUM_RESIDUE_TYPE
+        flat[row + offset + relation] = 1
+        flat[row + offset + num_relation + np.minimum(np.abs(node_in - node_out), MAX_SEQ_DIST)] = 1
+        x, y, z = (xyz[node_in, c] - xyz[node_out, c] for c in range(3))
+        feature[:, -1] = np.sqrt(x * x + y * y + z * z)
+    return feature
 
 
 def _edge_feature(
@@ -460,26 +578,14 @@ def _edge_feature(
     residue_type: Tensor,
     num_relation: int,
 ) -> Tensor:
-    node_in, node_out, relation = edge_list.unbind(1)
-    if kind is None:
-        return torch.zeros(edge_list.shape[0], 0, dtype=pos.dtype, device=pos.device)
-    if kind not in ("gearnet", "residue_type"):
-        raise ValueError(f"Unknown edge feature {kind!r} (expected 'gearnet', 'residue_type' or None)")
-    # torchdrug has 20 residue ids; unknown residues are parsed as glycine (0)
-    rtype = torch.where(residue_type >= NUM_RESIDUE_TYPE, torch.zeros_like(residue_type), residue_type)
-    one_hot = torch.nn.functional.one_hot
-    parts = [
-        one_hot(rtype[node_in], NUM_RESIDUE_TYPE).to(pos.dtype),
-        one_hot(rtype[node_out], NUM_RESIDUE_TYPE).to(pos.dtype),
-    ]
-    if kind == "gearnet":
-        seq_dist = (node_in - node_out).abs().clamp(max=MAX_SEQ_DIST)
-        parts += [
-            one_hot(relation, num_relation).to(pos.dtype),
-            one_hot(seq_dist, MAX_SEQ_DIST + 1).to(pos.dtype),
-            (pos[node_in] - pos[node_out]).norm(dim=-1, keepdim=True),
-        ]
-    return torch.cat(parts, dim=1)
+    """torchdrug's ``GraphConstruction.edge_gearnet`` / ``edge_residue_type`` feature, ``(E, D)`` in
+    ``pos.dtype`` on ``pos.device`` (computed on the CPU)."""
+    edges = edge_list.detach().cpu().numpy()
+    xyz = pos.detach().cpu().numpy()
+    feature = _edge_feature_array(
+        kind, edges[:, 0], edges[:, 1], edges[:, 2], xyz, residue_type.cpu().numpy(), num_relation
+    )
+    return torch.from_numpy(feature).to(pos.device)
 
 
 def build_gearnet_graph(
@@ -514,8 +620,17 @@ def build_gearnet_graph(
             ``SpatialEdge`` (32); ``None`` disables the cap.
 
     Returns:
-        A :class:`ResidueGraph` with ``num_relation = 2 * sequential_max_distance + 3`` and edges sorted
-        by ``(graph, relation, node_out, node_in)``.
+        A :class:`ResidueGraph` on ``node_position.device`` with
+        ``num_relation = 2 * sequential_max_distance + 3`` and edges sorted by
+        ``(graph, relation, node_out, node_in)``.
+
+    Raises:
+        ValueError: a tensor has the wrong shape, ``residue_type`` is outside 0..20, ``node2graph`` is
+            not non-decreasing, or ``edge_feature`` is unknown.
+
+    One KD-tree serves both geometric relations: the pairs within ``radius`` give the spatial edges,
+    and the kNN of every residue with at least ``knn_k + 1`` of them (itself included); only the other
+    residues (typically in extended, low-pLDDT stretches) are queried for their nearest neighbours.
     """
     pos = node_position
     if pos.ndim != 2 or pos.shape[1] != 3:
@@ -529,22 +644,39 @@ def build_gearnet_graph(
         raise ValueError(f"residue_type must have shape ({n},), got {tuple(residue_type.shape)}")
     if n and (residue_type.min() < 0 or residue_type.max() > NUM_RESIDUE_TYPE):
         raise ValueError("residue_type must be in 0..20")
-    node2graph, batch_size, _, _ = _layout(n, node2graph, device)
+    node2graph, batch_size = _layout(n, node2graph, device)
     if chain_id is not None:
-        chain_id = chain_id.to(device)
         if chain_id.shape != (n,):
             raise ValueError(f"chain_id must have shape ({n},), got {tuple(chain_id.shape)}")
+        chain_id = chain_id.detach().cpu().numpy()
 
     num_seq_relation = 2 * sequential_max_distance + 1
     num_relation = num_seq_relation + 2
-    seq = _sequential_edges(node2graph, chain_id, sequential_max_distance)
-    spatial = radius_graph(pos, radius, node2graph, max_num_neighbors=spatial_max_num_neighbors)
-    spatial = _filter_geometric(spatial, pos, min_distance, num_seq_relation)
-    knn = knn_graph(pos, knn_k, node2graph)
-    knn = _filter_geometric(knn, pos, min_distance, num_seq_relation + 1)
-    edge_list = torch.cat([seq, spatial, knn])
-    order = _lexsort(node2graph[edge_list[:, 1]], edge_list[:, 2], edge_list[:, 1], edge_list[:, 0])
-    edge_list = edge_list[order]
+    graph = node2graph.cpu().numpy()
+    parts = [_sequential_edges(graph, chain_id, sequential_max_distance)]
+    if n:
+        search = _NeighbourSearch(pos, node2graph)
+        source, target, d2 = search.within(radius)
+        keep = search.cap(source, target, _cap_limit(spatial_max_num_neighbors, loop=False))
+        parts.append(_geometric_edges(source, target, d2, keep, min_distance, num_seq_relation))
+        selected, settled = search.knn_in(source, target, d2, knn_k + 1)
+        rest = search.knn_query(np.nonzero(~settled)[0], knn_k + 1)
+        knn = (np.concatenate([a[selected], b]) for a, b in zip((source, target, d2), rest, strict=True))
+        parts.append(_geometric_edges(*knn, True, min_distance, num_seq_relation + 1))
+    node_in, node_out, relation = (np.concatenate(c) for c in zip(*parts, strict=True))
+    # order by (graph, relation, node_out, node_in): one sort of a combined key when it fits in int64
+    if n and batch_size * num_relation * n * n < 2**62:
+        key = np.sort(((graph[node_out] * num_relation + relation) * n + node_out) * n + node_in)
+        key, node_in = np.divmod(key, n)
+        key, node_out = np.divmod(key, n)
+        relation = key % num_relation
+    else:
+        order = np.lexsort((node_in, node_out, relation, graph[node_out]))
+        node_in, node_out, relation = node_in[order], node_out[order], relation[order]
+    edge_list = torch.as_tensor(np.stack([node_in, node_out, relation], axis=1), dtype=torch.long, device=device)
+    feature = _edge_feature_array(
+        edge_feature, node_in, node_out, relation, pos.detach().cpu().numpy(), residue_type.cpu().numpy(), num_relation
+    )
 
     return ResidueGraph(
         num_nodes=n,
@@ -553,7 +685,7 @@ def build_gearnet_graph(
         residue_type=residue_type,
         node2graph=node2graph,
         edge_list=edge_list,
-        edge_feature=_edge_feature(edge_feature, edge_list, pos, residue_type, num_relation),
+        edge_feature=torch.from_numpy(feature).to(device),
         num_relation=num_relation,
     )
 
