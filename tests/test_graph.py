@@ -300,6 +300,33 @@ def test_gearnet_graph_ties_and_float64_match_brute_force():
     assert _edge_set(g.edge_list) == _gearnet_reference(p53.double().numpy())
 
 
+def test_batch_threads_and_lexsort_fallback_give_the_same_graph(monkeypatch):
+    """Proteins of a batch built on several threads, and the edge order by lexsort (used when the
+    combined sort key would overflow), give the graph a single thread and the key sort give."""
+    parts = [_load(p) for p in (P53, SMALL, MEDIUM, HEMOGLOBIN)]
+    pos = torch.cat([p[0] for p in parts])
+    rtype = torch.cat([p[1] for p in parts])
+    node2graph = torch.cat([torch.full((len(p[0]),), i) for i, p in enumerate(parts)])
+    assert len(pos) >= G._PARALLEL_MIN_NODES and len(G._balanced_chunks(node2graph.numpy(), 2)) == 2
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = G.build_gearnet_graph(pos, rtype, node2graph)
+        torch.set_num_threads(2)
+        parallel = G.build_gearnet_graph(pos, rtype, node2graph)
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(G, "_SORT_KEY_LIMIT", 0)
+    fallback = G.build_gearnet_graph(pos, rtype, node2graph)
+    for other in (parallel, fallback):
+        assert torch.equal(single.edge_list, other.edge_list)
+        assert torch.equal(single.edge_feature, other.edge_feature)
+    offset = 0
+    for (p, t, _), graph in zip(parts, single.edge_list.split(torch.bincount(single.edge2graph).tolist()), strict=True):
+        assert torch.equal(graph - torch.tensor([offset, offset, 0]), G.build_gearnet_graph(p, t).edge_list)
+        offset += len(p)
+
+
 def test_small_and_empty_graphs():
     pos = torch.tensor([[0.0, 0, 0], [3.8, 0, 0], [7.6, 0, 0]])
     g = G.build_gearnet_graph(pos, torch.tensor([0, 1, 20]))

@@ -105,6 +105,8 @@ the first 40 columns only; ``None`` an ``(E, 0)`` tensor.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -141,6 +143,10 @@ _BLOCK_ELEMENTS = 1 << 22
 _KNN_SPARE = 2
 #: Offset (Å) along a 4th KD-tree coordinate between consecutive proteins of a batch.
 _GRAPH_SEPARATION = 1e6
+#: Batches with fewer residues are built on one thread.
+_PARALLEL_MIN_NODES = 1000
+#: Edge orders are sorted through one integer key below this size, by ``np.lexsort`` above.
+_SORT_KEY_LIMIT = 2**62
 
 
 def _to_device(graph, device):
@@ -237,6 +243,14 @@ def _layout(num_nodes: int, node2graph: Tensor | None, device) -> tuple[Tensor, 
     return node2graph, int(node2graph[-1]) + 1
 
 
+def _cpu_arrays(pos: Tensor, node2graph: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(N, 3)`` as a CPU numpy array (float32, or float64 if given) and ``node2graph`` as int64."""
+    xyz = pos.detach().cpu()
+    if xyz.dtype not in (torch.float32, torch.float64):
+        xyz = xyz.float()
+    return xyz.numpy(), node2graph.detach().cpu().numpy().astype(np.int64)
+
+
 def _k_smallest(d2: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
     """Mask of the ``k`` smallest valid entries of each row of ``d2`` (m, w), ties to the left.
 
@@ -256,7 +270,7 @@ def _k_smallest(d2: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
 class _NeighbourSearch:
     """Exact neighbour queries on a packed batch of point clouds.
 
-    Positions are copied to the CPU once, in the input dtype (float32 unless float64), and squared
+    Positions ``xyz`` (n, 3) are a CPU numpy array (float32 or float64; see :func:`_cpu_arrays`), and squared
     distances are formed as ``dx*dx + dy*dy + dz*dz`` in that dtype, like torch_cluster's kernels. One
     scipy ``cKDTree`` over ``(x, y, z, graph * 1e6)`` (so proteins of a batch never come within reach)
     proposes candidates with a slightly enlarged radius; every decision (``d2 < r^2``, ranking, ties)
@@ -264,22 +278,18 @@ class _NeighbourSearch:
     packed node indices; pairs ``(source, target)`` come in no particular order unless said otherwise.
     """
 
-    def __init__(self, pos: Tensor, node2graph: Tensor):
-        xyz = pos.detach().cpu()
-        if xyz.dtype not in (torch.float32, torch.float64):
-            xyz = xyz.float()
-        xyz = xyz.numpy()
+    def __init__(self, xyz: np.ndarray, graph: np.ndarray):
         self.dtype = xyz.dtype
         self.n = int(xyz.shape[0])
         self.coords = [np.ascontiguousarray(xyz[:, c]) for c in range(3)]
-        self.graph = node2graph.detach().cpu().numpy().astype(np.int64)
-        self.sizes = np.bincount(self.graph, minlength=int(self.graph[-1]) + 1 if self.n else 0)
+        self.graph = graph
+        self.sizes = np.bincount(graph, minlength=int(graph[-1]) + 1 if self.n else 0)
         self.starts = np.cumsum(self.sizes) - self.sizes
         points = np.empty((self.n, 4))
         points[:, :3] = xyz
         points[:, 3] = self.graph * _GRAPH_SEPARATION
         self.points = points
-        self.tree = cKDTree(points)
+        self.tree = cKDTree(points, balanced_tree=False)  # sliding-midpoint splits: faster here
 
     def squared_distance(self, source: np.ndarray, target: np.ndarray) -> np.ndarray:
         """``dx*dx + dy*dy + dz*dz`` in the input dtype, summed left to right like torch_cluster."""
@@ -363,10 +373,10 @@ class _NeighbourSearch:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, self.dtype)
         dist, idx = self.tree.query(self.points[rows], k=num_query)
         dist, idx = dist.reshape(m, num_query), idx.reshape(m, num_query).astype(np.int64)
-        valid = self.graph[idx] == self.graph[rows][:, None]
-        cols = np.where(valid, idx, rows[:, None])
-        order = np.argsort(cols, axis=1, kind="stable")  # ascending index for the tie rule
-        cols, valid = np.take_along_axis(cols, order, 1), np.take_along_axis(valid, order, 1)
+        # ascending index for the tie rule; candidates from other graphs become n, sorted last
+        cols = np.sort(np.where(self.graph[idx] == self.graph[rows][:, None], idx, self.n), axis=1)
+        valid = cols < self.n
+        cols = np.where(valid, cols, rows[:, None])
         d2 = np.where(valid, self.squared_distance(cols, rows[:, None]), np.inf).astype(self.dtype)
         selected = _k_smallest(d2, valid, k)
         # exact if the candidates cover the whole graph or the first one left out is clearly farther
@@ -450,7 +460,7 @@ def knn_graph(
     kk = k if loop else k + 1
     if kk <= 0 or n == 0:
         return torch.zeros(2, 0, dtype=torch.long, device=pos.device)
-    search = _NeighbourSearch(pos, node2graph)
+    search = _NeighbourSearch(*_cpu_arrays(pos, node2graph))
     source, target, _ = search.knn_query(np.arange(n, dtype=np.int64), kk)
     if not loop:
         keep = source != target
@@ -495,7 +505,7 @@ def radius_graph(
     node2graph, _ = _layout(n, node2graph, pos.device)
     if n == 0:
         return torch.zeros(2, 0, dtype=torch.long, device=pos.device)
-    search = _NeighbourSearch(pos, node2graph)
+    search = _NeighbourSearch(*_cpu_arrays(pos, node2graph))
     source, target, _ = search.within(r)
     keep = search.cap(source, target, _cap_limit(max_num_neighbors, loop))
     if not loop:
@@ -530,13 +540,19 @@ def _sequential_edges(graph: np.ndarray, chain_id: np.ndarray | None, max_distan
     return [np.concatenate(c) if c else np.zeros(0, np.int64) for c in (node_in, node_out, relation)]
 
 
-def _geometric_edges(source, target, d2, keep, min_distance: int, relation: int) -> list[np.ndarray]:
-    """``SpatialEdge`` / ``KNNEdge`` filters: no self pair, ``|i - j| >= min_distance``, length >= eps."""
+def _geometric_edges(source, target, d2, keep, min_distance: int, relation: int) -> list:
+    """``SpatialEdge`` / ``KNNEdge`` filters: no self pair, ``|i - j| >= min_distance``, length >= eps;
+    ``[node_in, node_out, relation]`` (the relation a scalar)."""
     keep = keep & (source != target) & ~(d2 < _EPS * _EPS)
     if min_distance > 0:
         keep &= np.abs(source - target) >= min_distance
-    source, target = source[keep], target[keep]
-    return [source, target, np.full(len(source), relation, dtype=np.int64)]
+    return [source[keep], target[keep], relation]
+
+
+def _edge_feature_width(kind: str | None, num_relation: int) -> int:
+    if kind not in (None, "gearnet", "residue_type"):
+        raise ValueError(f"Unknown edge feature {kind!r} (expected 'gearnet', 'residue_type' or None)")
+    return {None: 0, "residue_type": 2 * NUM_RESIDUE_TYPE}.get(kind, gearnet_edge_feature_dim(num_relation))
 
 
 def _edge_feature_array(
@@ -547,25 +563,26 @@ def _edge_feature_array(
     xyz: np.ndarray,
     residue_type: np.ndarray,
     num_relation: int,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """torchdrug's ``GraphConstruction.edge_gearnet`` / ``edge_residue_type`` feature, ``(E, D)`` numpy."""
-    if kind not in (None, "gearnet", "residue_type"):
-        raise ValueError(f"Unknown edge feature {kind!r} (expected 'gearnet', 'residue_type' or None)")
+    """torchdrug's ``GraphConstruction.edge_gearnet`` / ``edge_residue_type`` feature, ``(E, D)`` numpy,
+    written into ``out`` (zero-filled, ``(E, D)``) when given."""
+    width = _edge_feature_width(kind, num_relation)
     num_edges = len(node_in)
-    width = {None: 0, "residue_type": 2 * NUM_RESIDUE_TYPE}.get(kind, gearnet_edge_feature_dim(num_relation))
-    feature = np.zeros((num_edges, width), dtype=xyz.dtype)
-    if kind is None:
+    feature = np.zeros((num_edges, width), dtype=xyz.dtype) if out is None else out
+    if kind is None or num_edges == 0:
         return feature
     # torchdrug has 20 residue ids; unknown residues are parsed as glycine (0)
     rtype = np.where(residue_type >= NUM_RESIDUE_TYPE, 0, residue_type)
-    flat = feature.reshape(-1)
-    row = np.arange(num_edges, dtype=np.int64) * width
-    flat[row + rtype[node_in]] = 1
-    flat[row + NUM_RESIDUE_TYPE + rtype[node_out]] = 1
+    columns = [rtype[node_in], NUM_RESIDUE_TYPE + rtype[node_out]]
     if kind == "gearnet":
         offset = 2 * NUM_RESIDUE_TYPE
-        flat[row + offset + relation] = 1
-        flat[row + offset + num_relation + np.minimum(np.abs(node_in - node_out), MAX_SEQ_DIST)] = 1
+        columns += [offset + relation, offset + num_relation + np.minimum(np.abs(node_in - node_out), MAX_SEQ_DIST)]
+    dtype = np.int32 if num_edges * width < 2**31 else np.int64
+    index = np.stack(columns, axis=1).astype(dtype, copy=False)
+    index += (np.arange(num_edges, dtype=dtype) * dtype(width))[:, None]
+    feature.reshape(-1)[index.reshape(-1)] = 1
+    if kind == "gearnet":
         x, y, z = (xyz[node_in, c] - xyz[node_out, c] for c in range(3))
         feature[:, -1] = np.sqrt(x * x + y * y + z * z)
     return feature
@@ -650,33 +667,35 @@ def build_gearnet_graph(
             raise ValueError(f"chain_id must have shape ({n},), got {tuple(chain_id.shape)}")
         chain_id = chain_id.detach().cpu().numpy()
 
-    num_seq_relation = 2 * sequential_max_distance + 1
-    num_relation = num_seq_relation + 2
-    graph = node2graph.cpu().numpy()
-    parts = [_sequential_edges(graph, chain_id, sequential_max_distance)]
-    if n:
-        search = _NeighbourSearch(pos, node2graph)
-        source, target, d2 = search.within(radius)
-        keep = search.cap(source, target, _cap_limit(spatial_max_num_neighbors, loop=False))
-        parts.append(_geometric_edges(source, target, d2, keep, min_distance, num_seq_relation))
-        selected, settled = search.knn_in(source, target, d2, knn_k + 1)
-        rest = search.knn_query(np.nonzero(~settled)[0], knn_k + 1)
-        knn = (np.concatenate([a[selected], b]) for a, b in zip((source, target, d2), rest, strict=True))
-        parts.append(_geometric_edges(*knn, True, min_distance, num_seq_relation + 1))
-    node_in, node_out, relation = (np.concatenate(c) for c in zip(*parts, strict=True))
-    # order by (graph, relation, node_out, node_in): one sort of a combined key when it fits in int64
-    if n and batch_size * num_relation * n * n < 2**62:
-        key = np.sort(((graph[node_out] * num_relation + relation) * n + node_out) * n + node_in)
-        key, node_in = np.divmod(key, n)
-        key, node_out = np.divmod(key, n)
-        relation = key % num_relation
-    else:
-        order = np.lexsort((node_in, node_out, relation, graph[node_out]))
-        node_in, node_out, relation = node_in[order], node_out[order], relation[order]
-    edge_list = torch.as_tensor(np.stack([node_in, node_out, relation], axis=1), dtype=torch.long, device=device)
-    feature = _edge_feature_array(
-        edge_feature, node_in, node_out, relation, pos.detach().cpu().numpy(), residue_type.cpu().numpy(), num_relation
+    num_relation = 2 * sequential_max_distance + 3
+    width = _edge_feature_width(edge_feature, num_relation)
+    xyz, graph = _cpu_arrays(pos, node2graph)
+    rtype = residue_type.cpu().numpy()
+    settings = dict(
+        sequential_max_distance=sequential_max_distance,
+        radius=radius,
+        knn_k=knn_k,
+        min_distance=min_distance,
+        spatial_max_num_neighbors=spatial_max_num_neighbors,
     )
+    # whole proteins are independent: runs of them go to torch.get_num_threads() threads
+    chunks = _balanced_chunks(graph, torch.get_num_threads() if n >= _PARALLEL_MIN_NODES else 1)
+    edges = _thread_map(
+        lambda c: _gearnet_edges(xyz[c[0] : c[1]], graph[c[0] : c[1]], _slice(chain_id, c), **settings), chunks
+    )
+    edge_start = np.cumsum([0] + [len(e[0]) for e in edges])
+    feature = np.zeros((int(edge_start[-1]), width), dtype=xyz.dtype)
+
+    def fill(i: int) -> None:
+        (a, b), (node_in, node_out, relation) = chunks[i], edges[i]
+        out = feature[edge_start[i] : edge_start[i + 1]]
+        _edge_feature_array(edge_feature, node_in, node_out, relation, xyz[a:b], rtype[a:b], num_relation, out)
+
+    _thread_map(fill, range(len(chunks)))
+    edge_list = np.concatenate(
+        [np.stack(e, axis=1) + np.array([a, a, 0]) for (a, _), e in zip(chunks, edges, strict=True)]
+    )
+    edge_list = torch.as_tensor(edge_list.reshape(-1, 3), dtype=torch.long, device=device)
 
     return ResidueGraph(
         num_nodes=n,
@@ -688,6 +707,80 @@ def build_gearnet_graph(
         edge_feature=torch.from_numpy(feature).to(device),
         num_relation=num_relation,
     )
+
+
+def _slice(array: np.ndarray | None, chunk: tuple[int, int]) -> np.ndarray | None:
+    return None if array is None else array[chunk[0] : chunk[1]]
+
+
+def _balanced_chunks(graph: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """At most ``parts`` node ranges ``[start, end)`` of whole consecutive graphs, about equal in size."""
+    n = len(graph)
+    boundaries = np.flatnonzero(np.diff(graph)) + 1  # first node of every graph but the first
+    if parts <= 1 or len(boundaries) == 0:
+        return [(0, n)]
+    wanted = n * np.arange(1, parts) / parts
+    nearest = np.abs(boundaries[None, :] - wanted[:, None]).argmin(axis=1)
+    cuts = [0, *sorted({int(boundaries[i]) for i in nearest}), n]
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
+
+
+def _thread_map(fn, items) -> list:
+    """``[fn(item) for item in items]``, run on a thread pool when there is more than one item (numpy and
+    scipy's KD-tree release the GIL). The pool is recreated after a fork (DataLoader workers)."""
+    global _POOL
+    items = list(items)
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] < len(items):
+        _POOL = (os.getpid(), len(items), ThreadPoolExecutor(len(items), thread_name_prefix="geoplm-graph"))
+    return list(_POOL[2].map(fn, items))
+
+
+def _gearnet_edges(
+    xyz: np.ndarray,
+    graph: np.ndarray,
+    chain_id: np.ndarray | None,
+    *,
+    sequential_max_distance: int,
+    radius: float,
+    knn_k: int,
+    min_distance: int,
+    spatial_max_num_neighbors: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(node_in, node_out, relation)`` of the GearNet graph of a packed batch (numpy, see
+    :func:`build_gearnet_graph`), sorted by ``(graph, relation, node_out, node_in)``."""
+    n = len(xyz)
+    num_seq_relation = 2 * sequential_max_distance + 1
+    num_relation = num_seq_relation + 2
+    parts = [_sequential_edges(graph, chain_id, sequential_max_distance)]
+    if n:
+        search = _NeighbourSearch(xyz, graph)
+        source, target, d2 = search.within(radius)
+        keep = search.cap(source, target, _cap_limit(spatial_max_num_neighbors, loop=False))
+        parts.append(_geometric_edges(source, target, d2, keep, min_distance, num_seq_relation))
+        selected, settled = search.knn_in(source, target, d2, knn_k + 1)
+        rest = search.knn_query(np.nonzero(~settled)[0], knn_k + 1)
+        knn = (np.concatenate([a[selected], b]) for a, b in zip((source, target, d2), rest, strict=True))
+        parts.append(_geometric_edges(*knn, True, min_distance, num_seq_relation + 1))
+    # order by (graph, relation, node_out, node_in): one sort of a combined key when it fits in an integer
+    batch_size = int(graph[-1]) + 1 if n else 0
+    size = batch_size * num_relation * n * n
+    if size < _SORT_KEY_LIMIT:
+        dtype = np.int32 if size < 2**31 else np.int64
+        key = np.sort(
+            np.concatenate([((graph[o] * num_relation + r) * n + o).astype(dtype) * dtype(n) + i for i, o, r in parts])
+        )
+        key, node_in = np.divmod(key, dtype(max(n, 1)))
+        key, node_out = np.divmod(key, dtype(max(n, 1)))
+        return node_in.astype(np.int64), node_out.astype(np.int64), (key % num_relation).astype(np.int64)
+    node_in, node_out = (np.concatenate(c) for c in list(zip(*parts, strict=True))[:2])
+    relation = np.concatenate([np.broadcast_to(r, len(i)) for i, _, r in parts]).astype(np.int64)
+    order = np.lexsort((node_in, node_out, relation, graph[node_out]))
+    return node_in[order], node_out[order], relation[order]
 
 
 def spatial_line_graph(graph: ResidueGraph, num_angle_bin: int = 8) -> LineGraph:
