@@ -69,9 +69,12 @@ def _csr(
 
 
 def _spmm(adjacency: Tensor, input: Tensor) -> Tensor:
-    """``adjacency @ input`` for a CSR ``adjacency``; ``addmm`` onto a broadcast zero row with ``beta=0`` skips the
-    zero-filled full-size buffer (and its copy) that ``torch.sparse.mm`` allocates first; same values."""
-    return torch.addmm(input.new_zeros(1, input.shape[1]), adjacency, input, beta=0)
+    """``adjacency @ input`` for a CSR ``adjacency``, written by ``addmm(out, A, input, beta=0, out=out)`` into an
+    uninitialised buffer (``beta=0`` ignores its contents): same values as ``torch.sparse.mm``, which first
+    fills a full-size zero buffer and copies it (on GearNet-Edge's line graph about 4x slower on CPU; so is
+    ``addmm`` onto a broadcast zero row, which copies the broadcast)."""
+    out = input.new_empty(adjacency.shape[0], input.shape[1])
+    return torch.addmm(out, adjacency, input, beta=0, out=out)
 
 
 class _SparseMatmul(torch.autograd.Function):
@@ -90,7 +93,7 @@ class _SparseMatmul(torch.autograd.Function):
 
 #: Target nodes per chunk of the fused aggregate + linear: about this many floats (64 MB) of ``(chunk * R, d)``
 #: aggregate. Few large chunks: on a shared CPU every extra op costs a thread synchronisation.
-_CHUNK_ELEMENTS = 1 << 24
+_CHUNK_ELEMENTS = 1 << 21
 
 
 class _AggregateLinear(torch.autograd.Function):
