@@ -316,7 +316,7 @@ def test_batch_threads_and_lexsort_fallback_give_the_same_graph(monkeypatch):
         parallel = G.build_gearnet_graph(pos, rtype, node2graph)
     finally:
         torch.set_num_threads(threads)
-    monkeypatch.setattr(G, "_SORT_KEY_LIMIT", 0)
+    monkeypatch.setattr(G, "_SORT_KEY_BITS", 0)
     fallback = G.build_gearnet_graph(pos, rtype, node2graph)
     for other in (parallel, fallback):
         assert torch.equal(single.edge_list, other.edge_list)

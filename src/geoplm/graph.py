@@ -145,8 +145,8 @@ _KNN_SPARE = 2
 _GRAPH_SEPARATION = 1e6
 #: Batches with fewer residues are built on one thread.
 _PARALLEL_MIN_NODES = 1000
-#: Edge orders are sorted through one integer key below this size, by ``np.lexsort`` above.
-_SORT_KEY_LIMIT = 2**62
+#: Edge orders are sorted through one bit-packed integer key of at most this many bits, by ``np.lexsort`` beyond.
+_SORT_KEY_BITS = 62
 
 
 def _to_device(graph, device):
@@ -583,7 +583,9 @@ def _edge_feature_array(
     index += (np.arange(num_edges, dtype=dtype) * dtype(width))[:, None]
     feature.reshape(-1)[index.reshape(-1)] = 1
     if kind == "gearnet":
-        x, y, z = (xyz[node_in, c] - xyz[node_out, c] for c in range(3))
+        x, y, z = (
+            column[node_in] - column[node_out] for column in (xyz[:, 0].copy(), xyz[:, 1].copy(), xyz[:, 2].copy())
+        )
         feature[:, -1] = np.sqrt(x * x + y * y + z * z)
     return feature
 
@@ -766,17 +768,15 @@ def _gearnet_edges(
         rest = search.knn_query(np.nonzero(~settled)[0], knn_k + 1)
         knn = (np.concatenate([a[selected], b]) for a, b in zip((source, target, d2), rest, strict=True))
         parts.append(_geometric_edges(*knn, True, min_distance, num_seq_relation + 1))
-    # order by (graph, relation, node_out, node_in): one sort of a combined key when it fits in an integer
+    # order by (graph, relation, node_out, node_in): one sort of a bit-packed key when it fits in an integer
     batch_size = int(graph[-1]) + 1 if n else 0
-    size = batch_size * num_relation * n * n
-    if size < _SORT_KEY_LIMIT:
-        dtype = np.int32 if size < 2**31 else np.int64
-        key = np.sort(
-            np.concatenate([((graph[o] * num_relation + r) * n + o).astype(dtype) * dtype(n) + i for i, o, r in parts])
-        )
-        key, node_in = np.divmod(key, dtype(max(n, 1)))
-        key, node_out = np.divmod(key, dtype(max(n, 1)))
-        return node_in.astype(np.int64), node_out.astype(np.int64), (key % num_relation).astype(np.int64)
+    bits = max(1, (n - 1).bit_length())
+    if (batch_size * num_relation).bit_length() + 2 * bits <= _SORT_KEY_BITS:
+        dtype = np.int32 if (batch_size * num_relation).bit_length() + 2 * bits <= 31 else np.int64
+        key = np.concatenate([((graph[o] * num_relation + r) << bits | o) << bits | i for i, o, r in parts])
+        key = np.sort(key.astype(dtype, copy=False))
+        shift, mask = dtype(bits), dtype((1 << bits) - 1)
+        return key & mask, (key >> shift) & mask, (key >> (2 * shift)) % dtype(num_relation)
     node_in, node_out = (np.concatenate(c) for c in list(zip(*parts, strict=True))[:2])
     relation = np.concatenate([np.broadcast_to(r, len(i)) for i, _, r in parts]).astype(np.int64)
     order = np.lexsort((node_in, node_out, relation, graph[node_out]))
