@@ -374,10 +374,15 @@ class _NeighbourSearch:
         dist, idx = self.tree.query(self.points[rows], k=num_query)
         dist, idx = dist.reshape(m, num_query), idx.reshape(m, num_query).astype(np.int64)
         # ascending index for the tie rule; candidates from other graphs become n, sorted last
-        cols = np.sort(np.where(self.graph[idx] == self.graph[rows][:, None], idx, self.n), axis=1)
-        valid = cols < self.n
-        cols = np.where(valid, cols, rows[:, None])
-        d2 = np.where(valid, self.squared_distance(cols, rows[:, None]), np.inf).astype(self.dtype)
+        valid = self.graph[idx] == self.graph[rows][:, None]
+        if valid.all():  # every graph has more than k + spare nodes
+            cols = np.sort(idx, axis=1)
+            d2 = self.squared_distance(cols, rows[:, None])
+        else:
+            cols = np.sort(np.where(valid, idx, self.n), axis=1)
+            valid = cols < self.n
+            cols = np.where(valid, cols, rows[:, None])
+            d2 = np.where(valid, self.squared_distance(cols, rows[:, None]), np.inf).astype(self.dtype)
         selected = _k_smallest(d2, valid, k)
         # exact if the candidates cover the whole graph or the first one left out is clearly farther
         threshold = np.where(selected, d2, 0).max(axis=1).astype(np.float64)
@@ -687,17 +692,18 @@ def build_gearnet_graph(
     )
     edge_start = np.cumsum([0] + [len(e[0]) for e in edges])
     feature = np.zeros((int(edge_start[-1]), width), dtype=xyz.dtype)
+    edge_list = np.empty((int(edge_start[-1]), 3), dtype=np.int64)
 
     def fill(i: int) -> None:
         (a, b), (node_in, node_out, relation) = chunks[i], edges[i]
-        out = feature[edge_start[i] : edge_start[i + 1]]
-        _edge_feature_array(edge_feature, node_in, node_out, relation, xyz[a:b], rtype[a:b], num_relation, out)
+        rows = slice(edge_start[i], edge_start[i + 1])
+        edge_list[rows, 0], edge_list[rows, 1], edge_list[rows, 2] = node_in + a, node_out + a, relation
+        _edge_feature_array(
+            edge_feature, node_in, node_out, relation, xyz[a:b], rtype[a:b], num_relation, feature[rows]
+        )
 
     _thread_map(fill, range(len(chunks)))
-    edge_list = np.concatenate(
-        [np.stack(e, axis=1) + np.array([a, a, 0]) for (a, _), e in zip(chunks, edges, strict=True)]
-    )
-    edge_list = torch.as_tensor(edge_list.reshape(-1, 3), dtype=torch.long, device=device)
+    edge_list = torch.from_numpy(edge_list).to(device)
 
     return ResidueGraph(
         num_nodes=n,
