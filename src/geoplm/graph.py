@@ -22,11 +22,14 @@ from (commits pinned):
   ``torch_cluster/knn.py``, ``torch_cluster/radius.py``, ``csrc/cuda/knn_cuda.cu``,
   ``csrc/cuda/radius_cuda.cu``.
 
-Nothing is copied from those projects; the functions below re-implement the behaviour with plain
-torch and a scipy ``cKDTree`` (candidate generation on CPU, proteins of a batch separated along a 4th
-coordinate), with exact re-ranking / filtering in torch; memory is ``O(E)`` (a bounded dense block
-is only formed for the rare kNN rows whose candidate list might miss a near-tie). A 2,700-residue
-protein takes a few tens of milliseconds.
+Nothing is copied from those projects; the functions below re-implement the behaviour with numpy
+and a scipy ``cKDTree`` on the CPU (proteins of a batch separated along a 4th coordinate; results
+moved to the input's device), with every decision taken exactly on recomputed squared distances;
+memory is ``O(E)`` (a bounded dense block is only formed for the rare kNN rows whose candidate list
+might miss a near-tie). :func:`build_gearnet_graph` uses one KD-tree for both geometric relations
+and builds runs of whole proteins on ``torch.get_num_threads()`` threads; four AlphaFold models
+(1,896 residues) take about 6 ms on 2 CPU cores, about 2x faster than torchdrug
+(``benchmarks/bench_gearnet.py``).
 
 Conventions
 -----------
