@@ -270,6 +270,17 @@ def _k_smallest(d2: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
     return below | (tie & (np.cumsum(tie, axis=1) <= need))
 
 
+def _columns(xyz: np.ndarray) -> list[np.ndarray]:
+    """The x, y and z columns of ``(n, 3)`` positions as contiguous arrays (fast gathers)."""
+    return [np.ascontiguousarray(xyz[:, c]) for c in range(3)]
+
+
+def _squared_distance(columns: list[np.ndarray], source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``dx*dx + dy*dy + dz*dz`` in the positions' dtype, summed left to right like torch_cluster's kernels."""
+    x, y, z = (c[source] - c[target] for c in columns)
+    return x * x + y * y + z * z
+
+
 class _NeighbourSearch:
     """Exact neighbour queries on a packed batch of point clouds.
 
@@ -284,7 +295,7 @@ class _NeighbourSearch:
     def __init__(self, xyz: np.ndarray, graph: np.ndarray):
         self.dtype = xyz.dtype
         self.n = int(xyz.shape[0])
-        self.coords = [np.ascontiguousarray(xyz[:, c]) for c in range(3)]
+        self.coords = _columns(xyz)
         self.graph = graph
         self.sizes = np.bincount(graph, minlength=int(graph[-1]) + 1 if self.n else 0)
         self.starts = np.cumsum(self.sizes) - self.sizes
@@ -295,9 +306,7 @@ class _NeighbourSearch:
         self.tree = cKDTree(points, balanced_tree=False)  # sliding-midpoint splits: faster here
 
     def squared_distance(self, source: np.ndarray, target: np.ndarray) -> np.ndarray:
-        """``dx*dx + dy*dy + dz*dz`` in the input dtype, summed left to right like torch_cluster."""
-        x, y, z = (c[source] - c[target] for c in self.coords)
-        return x * x + y * y + z * z
+        return _squared_distance(self.coords, source, target)
 
     def sort_pairs(self, source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The pairs sorted by ``(target, source)`` (one ``np.sort`` of a combined key)."""
@@ -591,10 +600,7 @@ def _edge_feature_array(
     index += (np.arange(num_edges, dtype=dtype) * dtype(width))[:, None]
     feature.reshape(-1)[index.reshape(-1)] = 1
     if kind == "gearnet":
-        x, y, z = (
-            column[node_in] - column[node_out] for column in (xyz[:, 0].copy(), xyz[:, 1].copy(), xyz[:, 2].copy())
-        )
-        feature[:, -1] = np.sqrt(x * x + y * y + z * z)
+        feature[:, -1] = np.sqrt(_squared_distance(_columns(xyz), node_in, node_out))
     return feature
 
 
@@ -780,8 +786,9 @@ def _gearnet_edges(
     # order by (graph, relation, node_out, node_in): one sort of a bit-packed key when it fits in an integer
     batch_size = int(graph[-1]) + 1 if n else 0
     bits = max(1, (n - 1).bit_length())
-    if (batch_size * num_relation).bit_length() + 2 * bits <= _SORT_KEY_BITS:
-        dtype = np.int32 if (batch_size * num_relation).bit_length() + 2 * bits <= 31 else np.int64
+    key_bits = (batch_size * num_relation).bit_length() + 2 * bits
+    if key_bits <= _SORT_KEY_BITS:
+        dtype = np.int32 if key_bits <= 31 else np.int64
         key = np.concatenate([((graph[o] * num_relation + r) << bits | o) << bits | i for i, o, r in parts])
         key = np.sort(key.astype(dtype, copy=False))
         shift, mask = dtype(bits), dtype((1 << bits) - 1)
