@@ -213,13 +213,15 @@ class RelationalAdjacency:
         ``[(relation, targets (t,), A_b (t, num_source), A_b^T)]``, CSR of ``dtype`` holding edge multiplicities."""
         cache_key = (dtype, max_rows)
         if cache_key not in self._blocks:
+            # A with its rows in relation-major order (relation * num_target + target); its empty rows are dropped
             relation = self.row % self.num_relation
             target = torch.div(self.row, self.num_relation, rounding_mode="floor")
-            key = (relation * self.num_target + target) * self.num_source + self.col
-            key, count = torch.unique_consecutive(_sort(key), return_counts=True)
-            row = torch.div(key, self.num_source, rounding_mode="floor")  # relation * num_target + target
-            col = key - row * self.num_source
-            row, entries = torch.unique_consecutive(row, return_counts=True)
+            num_rows = self.num_relation * self.num_target
+            matrix = _csr(relation * self.num_target + target, self.col, num_rows, self.num_source, dtype)
+            col, count = matrix.col_indices(), matrix.values()
+            entries = matrix.crow_indices().diff()
+            row = torch.nonzero(entries).squeeze(1)
+            entries = entries[row]
             start = torch.zeros(len(row) + 1, dtype=torch.long, device=row.device)
             torch.cumsum(entries, 0, out=start[1:])
             row_relation = torch.div(row, self.num_target, rounding_mode="floor")
@@ -233,7 +235,7 @@ class RelationalAdjacency:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", UserWarning)
                         block = torch.sparse_csr_tensor(
-                            crow, col[lo:hi], count[lo:hi].to(dtype), (b - a, self.num_source), check_invariants=False
+                            crow, col[lo:hi], count[lo:hi], (b - a, self.num_source), check_invariants=False
                         )
                     local_row = torch.repeat_interleave(
                         torch.arange(b - a, device=row.device), entries[a:b], output_size=hi - lo
