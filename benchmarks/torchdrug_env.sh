@@ -17,13 +17,13 @@
 #   numpy<2, pandas<3       torchdrug 0.2.1 / this rdkit predate numpy 2
 #   torchdrug==0.2.1        --no-deps (its pins would pull an old torch) and --ignore-requires-python
 #   fair-esm==2.0.0         torchdrug.models imports esm (same pin as geoplm); --no-deps
-#   biopython, pyyaml, scipy  geoplm's own deps, so benchmarks/bench_gearnet.py can import geoplm from src/
+#   biopython, pyyaml, scipy, numba  geoplm's own deps, so benchmarks/bench_gearnet.py can import geoplm from src/
 set -euo pipefail
 
 VENV="${1:-/work/tdenv}"
 PY="$VENV/bin/python"
 
-if [ -x "$PY" ] && "$PY" -c "import torchdrug.models, torch_cluster, torch_scatter, rdkit, Bio, yaml, scipy" 2>/dev/null; then
+if [ -x "$PY" ] && "$PY" -c "import torchdrug.models, torch_cluster, torch_scatter, rdkit, Bio, yaml, scipy, numba" 2>/dev/null; then
     echo "torchdrug environment already complete: $VENV"
     exit 0
 fi
@@ -36,6 +36,6 @@ MAX_JOBS=2 "$PIP" install --no-build-isolation torch-scatter torch-cluster
 "$PIP" install decorator matplotlib tqdm networkx jinja2 lmdb "rdkit-pypi==2022.9.5" "numpy<2" "pandas<3"
 "$PIP" install --no-deps --ignore-requires-python torchdrug==0.2.1
 "$PIP" install --no-deps fair-esm==2.0.0
-"$PIP" install biopython pyyaml scipy
+"$PIP" install biopython pyyaml scipy "numba>=0.61"
 
 "$PY" -c "import torchdrug, torch; print('torchdrug', torchdrug.__version__, 'torch', torch.__version__)"

@@ -270,15 +270,22 @@ def test_knn_and_radius_helpers_on_a_batch():
     ).sum() == len(pos)
 
 
-def test_knn_ties_prefer_lower_index(monkeypatch):
-    # integer lattice: many exactly tied distances; also force the dense fallback path
+def test_knn_ties_prefer_lower_index_at_every_cell_width():
+    """Integer lattice: many exactly tied distances. The kNN search widens ring by ring over a cell grid;
+    tiny cells (many rings), cells of one lattice step and one cell for everything all give the brute
+    force, ties to the lower index included."""
+    from geoplm import graph_kernels
+
     grid = torch.stack(torch.meshgrid(*[torch.arange(5.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
     perm = torch.randperm(len(grid), generator=torch.Generator().manual_seed(0))
     grid = grid[perm] * 3.8
     expected = _bf_knn(grid.numpy(), 10)
     assert set(map(tuple, G.knn_graph(grid, 10).t().tolist())) == expected
-    monkeypatch.setattr(G, "_KNN_SPARE", 0)
-    assert set(map(tuple, G.knn_graph(grid, 10).t().tolist())) == expected
+    xyz, bounds = G._cpu_arrays(grid, torch.zeros(len(grid), dtype=torch.long))
+    for width in (0.5, 3.8, 1000.0):
+        indptr, index, _ = graph_kernels.knn_lists(xyz, bounds, 11, width)
+        source, target = G._pairs(indptr, index)
+        assert {(int(a), int(b)) for a, b in zip(source, target, strict=True) if a != b} == expected, width
 
 
 def test_gearnet_graph_ties_and_float64_match_brute_force():
@@ -300,14 +307,15 @@ def test_gearnet_graph_ties_and_float64_match_brute_force():
     assert _edge_set(g.edge_list) == _gearnet_reference(p53.double().numpy())
 
 
-def test_batch_threads_and_lexsort_fallback_give_the_same_graph(monkeypatch):
-    """Proteins of a batch built on several threads, and the edge order by lexsort (used when the
-    combined sort key would overflow), give the graph a single thread and the key sort give."""
+def test_batch_threads_give_the_same_graph():
+    """Proteins of a batch built on several threads give the graph a single thread gives, and each
+    protein's part equals that protein built alone."""
     parts = [_load(p) for p in (P53, SMALL, MEDIUM, HEMOGLOBIN)]
     pos = torch.cat([p[0] for p in parts])
     rtype = torch.cat([p[1] for p in parts])
     node2graph = torch.cat([torch.full((len(p[0]),), i) for i, p in enumerate(parts)])
-    assert len(pos) >= G._PARALLEL_MIN_NODES and len(G._balanced_chunks(node2graph.numpy(), 2)) == 2
+    bounds = G._cpu_arrays(pos, node2graph)[1]
+    assert len(pos) >= G._PARALLEL_MIN_NODES and len(G._balanced_chunks(bounds, 2)) == 2
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -316,15 +324,43 @@ def test_batch_threads_and_lexsort_fallback_give_the_same_graph(monkeypatch):
         parallel = G.build_gearnet_graph(pos, rtype, node2graph)
     finally:
         torch.set_num_threads(threads)
-    monkeypatch.setattr(G, "_SORT_KEY_BITS", 0)
-    fallback = G.build_gearnet_graph(pos, rtype, node2graph)
-    for other in (parallel, fallback):
-        assert torch.equal(single.edge_list, other.edge_list)
-        assert torch.equal(single.edge_feature, other.edge_feature)
+    assert torch.equal(single.edge_list, parallel.edge_list)
+    assert torch.equal(single.edge_feature, parallel.edge_feature)
     offset = 0
     for (p, t, _), graph in zip(parts, single.edge_list.split(torch.bincount(single.edge2graph).tolist()), strict=True):
         assert torch.equal(graph - torch.tensor([offset, offset, 0]), G.build_gearnet_graph(p, t).edge_list)
         offset += len(p)
+
+
+def test_sparse_bounding_box_and_empty_graphs_in_a_batch():
+    """Two copies of p53 7e6 Å apart in one graph (a bounding box far too large for a grid of 10 Å cells,
+    so the cells are widened) still give the brute-force graph; an empty graph between two proteins
+    is skipped without shifting the others."""
+    p53, rtype, _ = _load(P53)
+    far = torch.cat([p53, p53 + torch.tensor([5e6, 0.0, 5e6])])
+    g = G.build_gearnet_graph(far, torch.cat([rtype, rtype]))
+    assert _edge_set(g.edge_list) == _gearnet_reference(far.numpy())
+    small, small_type, _ = _load(SMALL)
+    node2graph = torch.cat([torch.zeros(len(small), dtype=torch.long), torch.full((len(p53),), 2)])
+    batch = G.build_gearnet_graph(torch.cat([small, p53]), torch.cat([small_type, rtype]), node2graph)
+    assert batch.batch_size == 3
+    alone = G.build_gearnet_graph(p53, rtype).edge_list
+    assert torch.equal(
+        batch.edge_list[batch.edge_list[:, 1] >= len(small)] - torch.tensor([len(small)] * 2 + [0]), alone
+    )
+
+
+def test_non_finite_positions_are_named():
+    pos, rtype, _ = _load(SMALL)
+    pos = pos.clone()
+    pos[7, 1] = float("nan")
+    for build in (
+        lambda: G.build_gearnet_graph(pos, rtype),
+        lambda: G.knn_graph(pos, 10),
+        lambda: G.radius_graph(pos, 8.0),
+    ):
+        with pytest.raises(ValueError, match="node 7"):
+            build()
 
 
 def test_small_and_empty_graphs():

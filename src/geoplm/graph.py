@@ -22,13 +22,12 @@ from (commits pinned):
   ``torch_cluster/knn.py``, ``torch_cluster/radius.py``, ``csrc/cuda/knn_cuda.cu``,
   ``csrc/cuda/radius_cuda.cu``.
 
-Nothing is copied from those projects; the functions below re-implement the behaviour with numpy
-and a scipy ``cKDTree`` on the CPU (proteins of a batch separated along a 4th coordinate; results
-moved to the input's device), with every decision taken exactly on recomputed squared distances;
-memory is ``O(E)`` (a bounded dense block is only formed for the rare kNN rows whose candidate list
-might miss a near-tie). :func:`build_gearnet_graph` uses one KD-tree for both geometric relations
-and builds runs of whole proteins on ``torch.get_num_threads()`` threads; four AlphaFold models
-(1,896 residues) take about 6 ms on 2 CPU cores, about 2x faster than torchdrug
+Nothing is copied from those projects; the functions below re-implement the behaviour on the CPU
+with the compiled cell-list kernels of :mod:`geoplm.graph_kernels` (numba; results moved to the
+input's device), every decision taken exactly on squared distances in the input dtype; memory is
+``O(N + E)``. :func:`build_gearnet_graph` takes the spatial and the kNN relation from one neighbour
+search and builds runs of whole proteins on ``torch.get_num_threads()`` threads; four AlphaFold
+models (1,896 residues) take about 3 ms on 2 CPU cores, 4.5x-4.9x faster than torchdrug
 (``benchmarks/bench_gearnet.py``).
 
 Conventions
@@ -114,8 +113,9 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 from torch import Tensor
+
+from geoplm import graph_kernels
 
 __all__ = [
     "NUM_RESIDUE_TYPE",
@@ -140,16 +140,8 @@ NUM_RESIDUE_FEATURE = 21
 MAX_SEQ_DIST = 10
 #: Spatial / kNN edges shorter than this are dropped (``SpatialEdge.eps``, ``KNNEdge.eps``).
 _EPS = 1e-10
-#: Number of pairwise-distance entries formed at once (per block of rows) in the dense fallback.
-_BLOCK_ELEMENTS = 1 << 22
-#: Extra kNN candidates requested from the KD-tree beyond k + 1.
-_KNN_SPARE = 2
-#: Offset (Å) along a 4th KD-tree coordinate between consecutive proteins of a batch.
-_GRAPH_SEPARATION = 1e6
 #: Batches with fewer residues are built on one thread.
 _PARALLEL_MIN_NODES = 1000
-#: Edge orders are sorted through one bit-packed integer key of at most this many bits, by ``np.lexsort`` beyond.
-_SORT_KEY_BITS = 62
 
 
 def _to_device(graph, device):
@@ -228,7 +220,7 @@ def residue_one_hot(residue_type: Tensor, num_classes: int = NUM_RESIDUE_FEATURE
 
 
 # ----------------------------------------------------------------------------------------------
-# neighbour search (numpy on CPU; results are moved to the input's device)
+# neighbour search (compiled kernels on the CPU; results are moved to the input's device)
 
 
 def _layout(num_nodes: int, node2graph: Tensor | None, device) -> tuple[Tensor, int]:
@@ -247,189 +239,41 @@ def _layout(num_nodes: int, node2graph: Tensor | None, device) -> tuple[Tensor, 
 
 
 def _cpu_arrays(pos: Tensor, node2graph: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Positions ``(N, 3)`` as a CPU numpy array (float32, or float64 if given) and ``node2graph`` as int64."""
+    """Positions ``(N, 3)`` as a C-contiguous CPU numpy array (float32, or float64 if given) and the graph
+    bounds ``(B + 1,)`` int64 (first node of every graph, then ``N``).
+
+    Raises:
+        ValueError: a coordinate is NaN or infinite.
+    """
     xyz = pos.detach().cpu()
     if xyz.dtype not in (torch.float32, torch.float64):
         xyz = xyz.float()
-    return xyz.numpy(), node2graph.detach().cpu().numpy().astype(np.int64)
+    xyz = np.ascontiguousarray(xyz.numpy())
+    if not np.isfinite(xyz).all():
+        bad = int(np.nonzero(~np.isfinite(xyz).all(axis=1))[0][0])
+        raise ValueError(f"node_position has a non-finite coordinate (node {bad}: {xyz[bad].tolist()})")
+    graph = node2graph.detach().cpu().numpy().astype(np.int64)
+    sizes = np.bincount(graph, minlength=int(graph[-1]) + 1 if len(graph) else 0)
+    return xyz, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
 
-def _k_smallest(d2: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
-    """Mask of the ``k`` smallest valid entries of each row of ``d2`` (m, w), ties to the left.
-
-    The columns must hold ascending node indices along each row, so that a running count of the ties
-    at the cut-off prefers the lower index (torch_cluster's CUDA kernel).
-    """
-    kb = min(k, d2.shape[1])
-    if kb == 0:
-        return np.zeros_like(valid)
-    threshold = np.partition(d2, kb - 1, axis=1)[:, kb - 1 : kb]
-    below = (d2 < threshold) & valid
-    tie = (d2 == threshold) & valid
-    need = kb - below.sum(axis=1, keepdims=True)
-    return below | (tie & (np.cumsum(tie, axis=1) <= need))
+def _radius_search(xyz: np.ndarray, bounds: np.ndarray, r: float, k: int = 0):
+    """:func:`geoplm.graph_kernels.radius_lists` for radius ``r`` (Å): ``d2 < r^2`` in the positions' dtype;
+    cells are made slightly wider than ``r`` so that rounding never hides a pair."""
+    r2 = xyz.dtype.type(float(r) * float(r))
+    width = max(float(r), 0.0) * (1 + 1e-5) + 1e-4
+    return graph_kernels.radius_lists(xyz, bounds, r2, width, k)
 
 
-def _columns(xyz: np.ndarray) -> list[np.ndarray]:
-    """The x, y and z columns of ``(n, 3)`` positions as contiguous arrays (fast gathers)."""
-    return [np.ascontiguousarray(xyz[:, c]) for c in range(3)]
-
-
-def _squared_distance(columns: list[np.ndarray], source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """``dx*dx + dy*dy + dz*dz`` in the positions' dtype, summed left to right like torch_cluster's kernels."""
-    x, y, z = (c[source] - c[target] for c in columns)
-    return x * x + y * y + z * z
-
-
-class _NeighbourSearch:
-    """Exact neighbour queries on a packed batch of point clouds.
-
-    Positions ``xyz`` (n, 3) are a CPU numpy array (float32 or float64; see :func:`_cpu_arrays`), and squared
-    distances are formed as ``dx*dx + dy*dy + dz*dz`` in that dtype, like torch_cluster's kernels. One
-    scipy ``cKDTree`` over ``(x, y, z, graph * 1e6)`` (so proteins of a batch never come within reach)
-    proposes candidates with a slightly enlarged radius; every decision (``d2 < r^2``, ranking, ties)
-    is then taken exactly on the recomputed squared distances. Index arrays are int64 numpy arrays of
-    packed node indices; pairs ``(source, target)`` come in no particular order unless said otherwise.
-    """
-
-    def __init__(self, xyz: np.ndarray, graph: np.ndarray):
-        self.dtype = xyz.dtype
-        self.n = int(xyz.shape[0])
-        self.coords = _columns(xyz)
-        self.graph = graph
-        self.sizes = np.bincount(graph, minlength=int(graph[-1]) + 1 if self.n else 0)
-        self.starts = np.cumsum(self.sizes) - self.sizes
-        points = np.empty((self.n, 4))
-        points[:, :3] = xyz
-        points[:, 3] = self.graph * _GRAPH_SEPARATION
-        self.points = points
-        self.tree = cKDTree(points, balanced_tree=False)  # sliding-midpoint splits: faster here
-
-    def squared_distance(self, source: np.ndarray, target: np.ndarray) -> np.ndarray:
-        return _squared_distance(self.coords, source, target)
-
-    def sort_pairs(self, source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The pairs sorted by ``(target, source)`` (one ``np.sort`` of a combined key)."""
-        key = np.sort(target * self.n + source)
-        return key % self.n, key // self.n
-
-    def order_by_target(
-        self, index: np.ndarray, source: np.ndarray, target: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``index`` (positions into the pair arrays) sorted by ``(target, source)``, and the rank of each
-        sorted entry among the entries of its target (0-based)."""
-        key = target[index] * self.n + source[index]
-        index = index[np.argsort(key, kind="stable")]
-        t = target[index]
-        count = np.bincount(t, minlength=self.n)
-        return index, np.arange(len(index)) - (np.cumsum(count) - count)[t]
-
-    def within(self, r: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(source, target, d2)`` of every ordered pair with ``d2 < r^2``, each node with itself included."""
-        r2 = self.dtype.type(float(r) * float(r))
-        pairs = self.tree.query_pairs(float(r) * (1 + 1e-5) + 1e-4, output_type="ndarray").astype(np.int64)
-        i, j = pairs[:, 0], pairs[:, 1]
-        d2 = self.squared_distance(i, j)
-        keep = d2 < r2
-        i, j, d2 = i[keep], j[keep], d2[keep]
-        node = np.arange(self.n if r2 > 0 else 0, dtype=np.int64)
-        return (
-            np.concatenate([i, j, node]),
-            np.concatenate([j, i, node]),
-            np.concatenate([d2, d2, np.zeros(len(node), self.dtype)]),
-        )
-
-    def cap(self, source: np.ndarray, target: np.ndarray, limit: int | None) -> np.ndarray:
-        """Mask keeping, for every target, only its ``limit`` lowest-indexed sources (``None``: all)."""
-        keep = np.ones(len(target), dtype=bool)
-        if limit is None:
-            return keep
-        crowded = np.nonzero(np.bincount(target, minlength=self.n)[target] > limit)[0]
-        if len(crowded):
-            index, rank = self.order_by_target(crowded, source, target)
-            keep[index[rank >= limit]] = False
-        return keep
-
-    def knn_in(self, source, target, d2, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Mask over the pairs of :meth:`within` that are among the ``k`` nearest of their target
-        (``d2``, then lower source index; the target itself counts), and a node mask of the targets
-        this settles: those with at least ``k`` pairs, whose ``k`` nearest are all within the radius."""
-        count = np.bincount(target, minlength=self.n)
-        start = np.cumsum(count) - count
-        settled = count >= k
-        rows = np.nonzero(settled)[0]
-        threshold = np.full(self.n, -np.inf, dtype=d2.dtype)
-        if d2.dtype == np.float32:  # non-negative float32 values sort like their bit patterns
-            key = np.sort((target << 32) | d2.view(np.int32).astype(np.int64))
-            threshold[rows] = (key[start[rows] + k - 1] & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
-        else:
-            threshold[rows] = d2[np.lexsort((d2, target))][start[rows] + k - 1]
-        threshold = threshold[target]
-        selected = d2 < threshold
-        need = k - np.bincount(target, weights=selected, minlength=self.n).astype(np.int64)
-        # ties at the k-th distance: the lowest source indices first
-        index, rank = self.order_by_target(np.nonzero(d2 == threshold)[0], source, target)
-        selected[index[rank < need[target[index]]]] = True
-        return selected, settled
-
-    def knn_query(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(source, target, d2)`` of the ``k`` nearest nodes (the target itself included) of each of
-        ``rows``, by ``d2`` then lower source index.
-
-        The KD-tree proposes ``k + _KNN_SPARE`` candidates; rows whose candidates might miss a near-tie
-        at the cut-off are recomputed densely against their whole graph.
-        """
-        m = len(rows)
-        num_query = min(k + _KNN_SPARE, self.n)
-        if m == 0 or num_query == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, self.dtype)
-        dist, idx = self.tree.query(self.points[rows], k=num_query)
-        dist, idx = dist.reshape(m, num_query), idx.reshape(m, num_query).astype(np.int64)
-        # ascending index for the tie rule; candidates from other graphs become n, sorted last
-        valid = self.graph[idx] == self.graph[rows][:, None]
-        if valid.all():  # every graph has more than k + spare nodes
-            cols = np.sort(idx, axis=1)
-            d2 = self.squared_distance(cols, rows[:, None])
-        else:
-            cols = np.sort(np.where(valid, idx, self.n), axis=1)
-            valid = cols < self.n
-            cols = np.where(valid, cols, rows[:, None])
-            d2 = np.where(valid, self.squared_distance(cols, rows[:, None]), np.inf).astype(self.dtype)
-        selected = _k_smallest(d2, valid, k)
-        # exact if the candidates cover the whole graph or the first one left out is clearly farther
-        threshold = np.where(selected, d2, 0).max(axis=1).astype(np.float64)
-        complete = valid.sum(axis=1) >= self.sizes[self.graph[rows]]
-        redo = ~complete & ~(dist[:, -1] > np.sqrt(threshold) * (1 + 1e-5) + 1e-4)
-        selected[redo] = False
-        source, target, dist2 = [cols[selected]], [np.broadcast_to(rows[:, None], cols.shape)[selected]], [d2[selected]]
-        for block, bcols, bvalid, bd2 in self.dense_rows(rows[redo]):
-            sel = _k_smallest(bd2, bvalid, k)
-            source.append(bcols[sel])
-            target.append(np.broadcast_to(block[:, None], bcols.shape)[sel])
-            dist2.append(bd2[sel])
-        return np.concatenate(source), np.concatenate(target), np.concatenate(dist2)
-
-    def dense_rows(self, rows: np.ndarray):
-        """Yield ``(rows, cols, valid, d2)`` blocks pairing ``rows`` with every node of their graph.
-
-        ``cols`` (m, w) lists the nodes of each row's graph in ascending index (padded; ``valid`` marks
-        real entries) and ``d2`` holds ``+inf`` on padding; at most ``_BLOCK_ELEMENTS`` entries a block.
-        """
-        graph_size = self.sizes[self.graph[rows]]
-        i = 0
-        while i < len(rows):
-            end = min(len(rows), i + max(1, _BLOCK_ELEMENTS // max(int(graph_size[i]), 1)))
-            w = int(graph_size[i:end].max())
-            end = min(end, i + max(1, _BLOCK_ELEMENTS // max(w, 1)))
-            w = int(graph_size[i:end].max())
-            block = rows[i:end]
-            g = self.graph[block]
-            ar = np.arange(w)
-            valid = ar[None, :] < self.sizes[g][:, None]
-            cols = np.where(valid, self.starts[g][:, None] + ar[None, :], block[:, None])
-            d2 = np.where(valid, self.squared_distance(cols, block[:, None]), np.inf).astype(self.dtype)
-            yield block, cols, valid, d2
-            i = end
+def _pairs(indptr: np.ndarray, index: np.ndarray, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(source, target)`` of CSR neighbour lists (sorted by target, then source), keeping only the first
+    ``limit`` entries of every list when given."""
+    count = np.diff(indptr)
+    target = np.repeat(np.arange(len(count), dtype=np.int64), count)
+    if limit is None:
+        return index, target
+    keep = np.arange(len(index)) - indptr[target] < limit
+    return index[keep], target[keep]
 
 
 def _edge_index(source: np.ndarray, target: np.ndarray, device) -> Tensor:
@@ -463,13 +307,12 @@ def knn_graph(
     with ties broken towards the lower node index, then drop the centre. Graphs with ``<= k`` nodes
     give every other node.
 
-    Candidates come from a scipy ``cKDTree`` (on CPU) with a few spare neighbours; the ranking is then
-    redone exactly, and rows whose candidate list could be incomplete (near-ties at the cut-off) are
-    recomputed densely against their whole graph, so the result is exact with ``O(N (k + spare))``
-    memory.
+    The search widens ring by ring over a cell grid (:func:`geoplm.graph_kernels.knn_lists`) until the
+    ``k`` nearest are certain, so the result is exact, ties included, with ``O(N k)`` memory.
 
     Raises:
-        ValueError: ``node2graph`` has the wrong shape or is not non-decreasing.
+        ValueError: ``node2graph`` has the wrong shape or is not non-decreasing, or a coordinate is not
+            finite.
     """
     pos = node_position
     n = pos.shape[0]
@@ -477,12 +320,12 @@ def knn_graph(
     kk = k if loop else k + 1
     if kk <= 0 or n == 0:
         return torch.zeros(2, 0, dtype=torch.long, device=pos.device)
-    search = _NeighbourSearch(*_cpu_arrays(pos, node2graph))
-    source, target, _ = search.knn_query(np.arange(n, dtype=np.int64), kk)
+    xyz, bounds = _cpu_arrays(pos, node2graph)
+    source, target = _pairs(*graph_kernels.knn_lists(xyz, bounds, kk)[:2])
     if not loop:
         keep = source != target
         source, target = source[keep], target[keep]
-    return _edge_index(*search.sort_pairs(source, target), pos.device)
+    return _edge_index(source, target, pos.device)
 
 
 def radius_graph(
@@ -511,23 +354,24 @@ def radius_graph(
         (target, source); every unordered pair appears in both directions (unless the cap cuts one).
         No self loops unless ``loop``; no cross-graph edges.
 
-    Candidate pairs come from a scipy ``cKDTree`` with a slightly enlarged radius and are filtered
-    exactly; memory ``O(E)``.
+    Candidate pairs come from a cell grid with cells slightly wider than ``r``
+    (:func:`geoplm.graph_kernels.radius_lists`) and are filtered exactly; memory ``O(N + E)``.
 
     Raises:
-        ValueError: ``node2graph`` has the wrong shape or is not non-decreasing.
+        ValueError: ``node2graph`` has the wrong shape or is not non-decreasing, or a coordinate is not
+            finite.
     """
     pos = node_position
     n = pos.shape[0]
     node2graph, _ = _layout(n, node2graph, pos.device)
     if n == 0:
         return torch.zeros(2, 0, dtype=torch.long, device=pos.device)
-    search = _NeighbourSearch(*_cpu_arrays(pos, node2graph))
-    source, target, _ = search.within(r)
-    keep = search.cap(source, target, _cap_limit(max_num_neighbors, loop))
+    xyz, bounds = _cpu_arrays(pos, node2graph)
+    source, target = _pairs(*_radius_search(xyz, bounds, r)[:2], _cap_limit(max_num_neighbors, loop))
     if not loop:
-        keep &= source != target
-    return _edge_index(*search.sort_pairs(source[keep], target[keep]), pos.device)
+        keep = source != target
+        source, target = source[keep], target[keep]
+    return _edge_index(source, target, pos.device)
 
 
 def _cap_limit(max_num_neighbors: int | None, loop: bool) -> int | None:
@@ -538,32 +382,6 @@ def _cap_limit(max_num_neighbors: int | None, loop: bool) -> int | None:
 
 # ----------------------------------------------------------------------------------------------
 # GearNet graph
-
-
-def _sequential_edges(graph: np.ndarray, chain_id: np.ndarray | None, max_distance: int) -> list[np.ndarray]:
-    """``[node_in, node_out, relation]`` columns of ``SequentialEdge(max_distance)``."""
-    n = len(graph)
-    node = np.arange(n, dtype=np.int64)
-    node_in, node_out, relation = [], [], []
-    for offset in range(-max_distance, max_distance + 1):
-        source = node[max(0, -offset) : n - max(0, offset)]
-        target = source + offset
-        keep = graph[source] == graph[target]
-        if chain_id is not None:
-            keep &= chain_id[source] == chain_id[target]
-        node_in.append(source[keep])
-        node_out.append(target[keep])
-        relation.append(np.full(int(keep.sum()), offset + max_distance, dtype=np.int64))
-    return [np.concatenate(c) if c else np.zeros(0, np.int64) for c in (node_in, node_out, relation)]
-
-
-def _geometric_edges(source, target, d2, keep, min_distance: int, relation: int) -> list:
-    """``SpatialEdge`` / ``KNNEdge`` filters: no self pair, ``|i - j| >= min_distance``, length >= eps;
-    ``[node_in, node_out, relation]`` (the relation a scalar)."""
-    keep = keep & (source != target) & ~(d2 < _EPS * _EPS)
-    if min_distance > 0:
-        keep &= np.abs(source - target) >= min_distance
-    return [source[keep], target[keep], relation]
 
 
 def _edge_feature_width(kind: str | None, num_relation: int) -> int:
@@ -582,26 +400,22 @@ def _edge_feature_array(
     num_relation: int,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """torchdrug's ``GraphConstruction.edge_gearnet`` / ``edge_residue_type`` feature, ``(E, D)`` numpy,
-    written into ``out`` (zero-filled, ``(E, D)``) when given."""
+    """torchdrug's ``GraphConstruction.edge_gearnet`` / ``edge_residue_type`` feature, ``(E, D)`` numpy in
+    ``xyz``'s dtype, written into ``out`` (``(E, D)``) when given."""
     width = _edge_feature_width(kind, num_relation)
-    num_edges = len(node_in)
-    feature = np.zeros((num_edges, width), dtype=xyz.dtype) if out is None else out
-    if kind is None or num_edges == 0:
+    feature = np.empty((len(node_in), width), dtype=xyz.dtype) if out is None else out
+    if kind is None:
         return feature
-    # torchdrug has 20 residue ids; unknown residues are parsed as glycine (0)
-    rtype = np.where(residue_type >= NUM_RESIDUE_TYPE, 0, residue_type)
-    columns = [rtype[node_in], NUM_RESIDUE_TYPE + rtype[node_out]]
-    if kind == "gearnet":
-        offset = 2 * NUM_RESIDUE_TYPE
-        columns += [offset + relation, offset + num_relation + np.minimum(np.abs(node_in - node_out), MAX_SEQ_DIST)]
-    dtype = np.int32 if num_edges * width < 2**31 else np.int64
-    index = np.stack(columns, axis=1).astype(dtype, copy=False)
-    index += (np.arange(num_edges, dtype=dtype) * dtype(width))[:, None]
-    feature.reshape(-1)[index.reshape(-1)] = 1
-    if kind == "gearnet":
-        feature[:, -1] = np.sqrt(_squared_distance(_columns(xyz), node_in, node_out))
-    return feature
+    return graph_kernels.edge_features(
+        *(np.ascontiguousarray(a, dtype=np.int64) for a in (node_in, node_out, relation)),
+        xyz,
+        np.ascontiguousarray(residue_type, dtype=np.int64),
+        num_relation,
+        NUM_RESIDUE_TYPE,
+        MAX_SEQ_DIST,
+        kind == "gearnet",
+        feature,
+    )
 
 
 def _edge_feature(
@@ -614,7 +428,7 @@ def _edge_feature(
     """torchdrug's ``GraphConstruction.edge_gearnet`` / ``edge_residue_type`` feature, ``(E, D)`` in
     ``pos.dtype`` on ``pos.device`` (computed on the CPU)."""
     edges = edge_list.detach().cpu().numpy()
-    xyz = pos.detach().cpu().numpy()
+    xyz = np.ascontiguousarray(pos.detach().cpu().numpy())
     feature = _edge_feature_array(
         kind, edges[:, 0], edges[:, 1], edges[:, 2], xyz, residue_type.cpu().numpy(), num_relation
     )
@@ -659,11 +473,12 @@ def build_gearnet_graph(
 
     Raises:
         ValueError: a tensor has the wrong shape, ``residue_type`` is outside 0..20, ``node2graph`` is
-            not non-decreasing, or ``edge_feature`` is unknown.
+            not non-decreasing, a coordinate is not finite, or ``edge_feature`` is unknown.
 
-    One KD-tree serves both geometric relations: the pairs within ``radius`` give the spatial edges,
-    and the kNN of every residue with at least ``knn_k + 1`` of them (itself included); only the other
-    residues (typically in extended, low-pLDDT stretches) are queried for their nearest neighbours.
+    One neighbour search serves both geometric relations: the pairs within ``radius`` give the spatial
+    edges, and the kNN of every residue with at least ``knn_k + 1`` of them (itself included); only the
+    other residues (typically in extended, low-pLDDT stretches) search farther
+    (:func:`geoplm.graph_kernels.radius_lists`). Edges come out in their final order, no sort needed.
     """
     pos = node_position
     if pos.ndim != 2 or pos.shape[1] != 3:
@@ -685,7 +500,7 @@ def build_gearnet_graph(
 
     num_relation = 2 * sequential_max_distance + 3
     width = _edge_feature_width(edge_feature, num_relation)
-    xyz, graph = _cpu_arrays(pos, node2graph)
+    xyz, bounds = _cpu_arrays(pos, node2graph)
     rtype = residue_type.cpu().numpy()
     settings = dict(
         sequential_max_distance=sequential_max_distance,
@@ -695,16 +510,21 @@ def build_gearnet_graph(
         spatial_max_num_neighbors=spatial_max_num_neighbors,
     )
     # whole proteins are independent: runs of them go to torch.get_num_threads() threads
-    chunks = _balanced_chunks(graph, torch.get_num_threads() if n >= _PARALLEL_MIN_NODES else 1)
-    edges = _thread_map(
-        lambda c: _gearnet_edges(xyz[c[0] : c[1]], graph[c[0] : c[1]], _slice(chain_id, c), **settings), chunks
-    )
+    chunks = _balanced_chunks(bounds, torch.get_num_threads() if n >= _PARALLEL_MIN_NODES else 1)
+    nodes = [(int(bounds[first]), int(bounds[last])) for first, last in chunks]
+
+    def build(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        (first, last), (a, b) = chunks[i], nodes[i]
+        chain = None if chain_id is None else chain_id[a:b]
+        return _gearnet_edges(xyz[a:b], bounds[first : last + 1] - a, chain, **settings)
+
+    edges = _thread_map(build, range(len(chunks)))
     edge_start = np.cumsum([0] + [len(e[0]) for e in edges])
-    feature = np.zeros((int(edge_start[-1]), width), dtype=xyz.dtype)
+    feature = np.empty((int(edge_start[-1]), width), dtype=xyz.dtype)
     edge_list = np.empty((int(edge_start[-1]), 3), dtype=np.int64)
 
     def fill(i: int) -> None:
-        (a, b), (node_in, node_out, relation) = chunks[i], edges[i]
+        (a, b), (node_in, node_out, relation) = nodes[i], edges[i]
         rows = slice(edge_start[i], edge_start[i + 1])
         edge_list[rows, 0], edge_list[rows, 1], edge_list[rows, 2] = node_in + a, node_out + a, relation
         _edge_feature_array(
@@ -726,19 +546,16 @@ def build_gearnet_graph(
     )
 
 
-def _slice(array: np.ndarray | None, chunk: tuple[int, int]) -> np.ndarray | None:
-    return None if array is None else array[chunk[0] : chunk[1]]
-
-
-def _balanced_chunks(graph: np.ndarray, parts: int) -> list[tuple[int, int]]:
-    """At most ``parts`` node ranges ``[start, end)`` of whole consecutive graphs, about equal in size."""
-    n = len(graph)
-    boundaries = np.flatnonzero(np.diff(graph)) + 1  # first node of every graph but the first
-    if parts <= 1 or len(boundaries) == 0:
-        return [(0, n)]
+def _balanced_chunks(bounds: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """At most ``parts`` runs ``[first, last)`` of whole consecutive graphs (indices into ``bounds``, the
+    ``(B + 1,)`` graph bounds), about equal in node count; empty graphs are never split off alone."""
+    n, batch_size = int(bounds[-1]), len(bounds) - 1
+    if parts <= 1 or batch_size <= 1:
+        return [(0, batch_size)]
     wanted = n * np.arange(1, parts) / parts
-    nearest = np.abs(boundaries[None, :] - wanted[:, None]).argmin(axis=1)
-    cuts = [0, *sorted({int(boundaries[i]) for i in nearest}), n]
+    inner = bounds[1:-1]  # first node of every graph but the first
+    nearest = np.abs(inner[None, :] - wanted[:, None]).argmin(axis=1) + 1
+    cuts = [0, *sorted({int(i) for i in nearest}), batch_size]
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
@@ -746,8 +563,8 @@ _POOL: tuple[int, int, ThreadPoolExecutor] | None = None
 
 
 def _thread_map(fn, items) -> list:
-    """``[fn(item) for item in items]``, run on a thread pool when there is more than one item (numpy and
-    scipy's KD-tree release the GIL). The pool is recreated after a fork (DataLoader workers)."""
+    """``[fn(item) for item in items]``, run on a thread pool when there is more than one item (the
+    compiled kernels release the GIL). The pool is recreated after a fork (DataLoader workers)."""
     global _POOL
     items = list(items)
     if len(items) <= 1:
@@ -759,7 +576,7 @@ def _thread_map(fn, items) -> list:
 
 def _gearnet_edges(
     xyz: np.ndarray,
-    graph: np.ndarray,
+    bounds: np.ndarray,
     chain_id: np.ndarray | None,
     *,
     sequential_max_distance: int,
@@ -768,35 +585,22 @@ def _gearnet_edges(
     min_distance: int,
     spatial_max_num_neighbors: int | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(node_in, node_out, relation)`` of the GearNet graph of a packed batch (numpy, see
-    :func:`build_gearnet_graph`), sorted by ``(graph, relation, node_out, node_in)``."""
-    n = len(xyz)
-    num_seq_relation = 2 * sequential_max_distance + 1
-    num_relation = num_seq_relation + 2
-    parts = [_sequential_edges(graph, chain_id, sequential_max_distance)]
-    if n:
-        search = _NeighbourSearch(xyz, graph)
-        source, target, d2 = search.within(radius)
-        keep = search.cap(source, target, _cap_limit(spatial_max_num_neighbors, loop=False))
-        parts.append(_geometric_edges(source, target, d2, keep, min_distance, num_seq_relation))
-        selected, settled = search.knn_in(source, target, d2, knn_k + 1)
-        rest = search.knn_query(np.nonzero(~settled)[0], knn_k + 1)
-        knn = (np.concatenate([a[selected], b]) for a, b in zip((source, target, d2), rest, strict=True))
-        parts.append(_geometric_edges(*knn, True, min_distance, num_seq_relation + 1))
-    # order by (graph, relation, node_out, node_in): one sort of a bit-packed key when it fits in an integer
-    batch_size = int(graph[-1]) + 1 if n else 0
-    bits = max(1, (n - 1).bit_length())
-    key_bits = (batch_size * num_relation).bit_length() + 2 * bits
-    if key_bits <= _SORT_KEY_BITS:
-        dtype = np.int32 if key_bits <= 31 else np.int64
-        key = np.concatenate([((graph[o] * num_relation + r) << bits | o) << bits | i for i, o, r in parts])
-        key = np.sort(key.astype(dtype, copy=False))
-        shift, mask = dtype(bits), dtype((1 << bits) - 1)
-        return key & mask, (key >> shift) & mask, (key >> (2 * shift)) % dtype(num_relation)
-    node_in, node_out = (np.concatenate(c) for c in list(zip(*parts, strict=True))[:2])
-    relation = np.concatenate([np.broadcast_to(r, len(i)) for i, _, r in parts]).astype(np.int64)
-    order = np.lexsort((node_in, node_out, relation, graph[node_out]))
-    return node_in[order], node_out[order], relation[order]
+    """``(node_in, node_out, relation)`` of the GearNet graph of a packed batch with graph ``bounds``
+    (``(B + 1,)``, from 0 to ``len(xyz)``; see :func:`build_gearnet_graph`), sorted by
+    ``(graph, relation, node_out, node_in)``."""
+    chain = np.zeros(len(xyz), np.int64) if chain_id is None else np.ascontiguousarray(chain_id, dtype=np.int64)
+    lists = _radius_search(xyz, bounds, radius, knn_k + 1)
+    limit = _cap_limit(spatial_max_num_neighbors, loop=False)
+    return graph_kernels.gearnet_edges(
+        bounds,
+        chain,
+        sequential_max_distance,
+        *lists[:3],
+        -1 if limit is None else limit,
+        *lists[3:],
+        min_distance,
+        xyz.dtype.type(_EPS * _EPS),
+    )
 
 
 def spatial_line_graph(graph: ResidueGraph, num_angle_bin: int = 8) -> LineGraph:
