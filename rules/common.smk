@@ -92,6 +92,13 @@ def plm_params(plm):
     }
 
 
+def train_esm_params(wildcards):
+    """Settings of the ESM-2 a fine-tuning run loads (empty for every other run)."""
+    if wildcards.plm == geoplm_config.NO_PLM or not geoplm_config.finetunes_esm(config, wildcards.model):
+        return {}
+    return plm_params(wildcards.plm)
+
+
 def train_inputs(wildcards):
     dataset = config["tasks"][wildcards.task]["dataset"]
     inputs = {
@@ -104,7 +111,11 @@ def train_inputs(wildcards):
             f"{GRAPHS}/{dataset}/{graph}/{{shard}}.pt",
             shard=geoplm_config.dataset_shards(config, dataset),
         )
-    if wildcards.plm != geoplm_config.NO_PLM:
+    if wildcards.plm != geoplm_config.NO_PLM and geoplm_config.finetunes_esm(config, wildcards.model):
+        esm_files = esm_checkpoint(wildcards.plm)  # ESM-2 runs inside the model, fine-tuned
+        inputs["esm_checkpoint"] = esm_files["model"]
+        inputs["esm_regression"] = esm_files["regression"]
+    elif wildcards.plm != geoplm_config.NO_PLM:
         inputs["embeddings"] = expand(
             f"{EMBEDDINGS}/{wildcards.plm}/index/{dataset}/{{shard}}.tsv",
             shard=geoplm_config.dataset_shards(config, dataset),

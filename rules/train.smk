@@ -24,5 +24,6 @@ rule train_model:
         graph=lambda wildcards: geoplm_config.graph_settings(
             config, config["models"][wildcards.model].get("graph", "gearnet")
         ),
+        esm=train_esm_params,
     script:
         "../scripts/train_model.py"

@@ -20,6 +20,8 @@ with steps.logged(sm.log[0]):
         embedding_indexes=list(sm.input.get("embeddings", [])),
         graphs=list(sm.input.get("graphs", [])),
         graph_settings=sm.params.graph,
+        esm_checkpoint=sm.input.get("esm_checkpoint"),
+        esm_settings=sm.params.esm,
         seed=int(sm.wildcards.seed),
         metrics_path=sm.output.metrics,
         checkpoint_path=sm.output.checkpoint,

@@ -109,8 +109,10 @@ def test_esm_embeddings_and_training_on_cuda(records, tmp_path):
             rtol=1e-4,
             atol=1e-4,
         )
-    for name in ("gearnet_edge", "esm_gearnet_cross", "gvp", "egnn", "molformer"):
-        spec, settings, plm = ENCODERS[name]
+    # the last run fine-tunes the ESM-2 inside ESM-GearNet (its checkpoint loaded, moved to the GPU)
+    finetune = {"type": "esm_gearnet", "fusion": "serial", "freeze_esm": False, "hidden_dims": [16, 16]}
+    runs = [(name, *ENCODERS[name]) for name in ("gearnet_edge", "esm_gearnet_cross", "gvp", "egnn", "molformer")]
+    for name, spec, settings, plm in [*runs, ("esm_gearnet_finetune", finetune, {}, False)]:
         out = tmp_path / name
         metrics = train.run(
             {"kind": "absolute_position", "num_classes": 512, "epochs": 4, "batch_size": 1, "lr": 1e-2},
@@ -123,6 +125,8 @@ def test_esm_embeddings_and_training_on_cuda(records, tmp_path):
             checkpoint_path=out / "model.pt",
             graph_settings=settings,
             device="cuda",
+            esm_checkpoint=checkpoint if spec is finetune else None,
+            esm_settings={"repr_layer": 2},
         )
         assert metrics["device"] == "cuda", name
         losses = [h["train_loss"] for h in metrics["history"]]

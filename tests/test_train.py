@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from geoplm import atomic, graph, steps, structure, train
+from geoplm import atomic, esm, graph, steps, structure, train
 
 AF = ["AF-P76011-F1-model_v4.pdb", "AF-Q9Y5P2-F1-model_v4.pdb", "AF-A0A1W2PQ64-F1-model_v4.pdb"]
 PDB = ["11as.pdb", "1orc.pdb", "103l.pdb", "2olx.pdb", "1lds.pdb"]
@@ -194,6 +194,55 @@ def test_esm_gearnet_fusions_train_on_stored_embeddings(dataset, esm_index, tmp_
     assert first and weights[first[0]].shape[1] == 21 * 7  # one-hot input, 7 relations
     assert metrics["test"]["rmse"] > 0
     with pytest.raises(Exception, match="esm_gearnet"):
+        train.run(TASK, model, root / "manifest.tsv", [root / "0000.pt"], [], seed=0, metrics_path=tmp_path / "m.json")
+
+
+@pytest.mark.parametrize("fusion", ["serial", "cross"])
+def test_esm_gearnet_fine_tunes_esm2_inside_the_model(dataset, esm_index, tmp_path, fusion):
+    """``freeze_esm: false`` (ESM-GearNet's default): ESM-2 is loaded from its fair-esm checkpoint through
+    the real path, reads each chain's sequence in every step and is fine-tuned at esm_lr_ratio x lr; the
+    stored embeddings are not needed. With the ratio at 0 the ESM-2 weights stay exactly as loaded while
+    GearNet's change, so the ratio reaches the optimizer."""
+    root, _ = dataset
+    checkpoint = esm_index.parents[1] / "esm2_t2_tiny.pt"
+    initial = esm.load_esm2(checkpoint)[0].state_dict()
+    model = {"type": "esm_gearnet", "fusion": fusion, "freeze_esm": False, "hidden_dims": [16, 16], "cross_dim": 16}
+
+    def fine_tune(out, **options):
+        return train.run(
+            dict(TASK, epochs=2, batch_size=4),
+            dict(model, **options),
+            root / "manifest.tsv",
+            [root / "0000.pt"],
+            [],
+            seed=0,
+            metrics_path=out / "metrics.json",
+            checkpoint_path=out / "model.pt",
+            graphs=[root / "graphs.pt"],
+            graph_settings={},
+            esm_checkpoint=checkpoint,
+            esm_settings={"repr_layer": 2},
+        )
+
+    def esm_change(out):
+        """Largest change of an ESM-2 weight in the saved model, and the saved weights."""
+        weights = torch.load(out / "model.pt", weights_only=True)["model"]
+        prefix = "encoder.net.sequence_model.model."
+        tuned = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+        assert tuned.keys() == initial.keys()  # the whole ESM-2 is part of the fine-tuned model
+        return max(float((tuned[k].float() - initial[k].float()).abs().max()) for k in tuned), weights
+
+    metrics = fine_tune(tmp_path / "tuned")
+    assert metrics["test"]["rmse"] > 0 and len(metrics["history"]) == 2
+    changed, weights = esm_change(tmp_path / "tuned")
+    assert changed > 0
+    if fusion == "serial":  # GearNet reads the 32-d ESM-2 output: 32 x 7 relations
+        first = next(k for k in weights if ".structure_model.layers.0." in k and k.endswith("linear.weight"))
+        assert weights[first].shape[1] == 32 * 7
+    fine_tune(tmp_path / "frozen", esm_lr_ratio=0.0)
+    unchanged, _ = esm_change(tmp_path / "frozen")
+    assert unchanged == 0.0
+    with pytest.raises(Exception, match="checkpoint"):
         train.run(TASK, model, root / "manifest.tsv", [root / "0000.pt"], [], seed=0, metrics_path=tmp_path / "m.json")
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,3 +143,34 @@ def test_changing_the_embedding_layer_reruns_embeddings_and_esm_runs(demo):
         config_path.write_text(original)
     # 2 embedding shards; 2 tasks x 2 models with ESM features; table
     assert jobs == {"embed_esm": 2, "train_model": 4, "make_table": 1, TARGET: 1}
+
+
+def test_fine_tuned_esm_gearnet_trains_on_the_checkpoint_not_the_embeddings(demo):
+    """ESM-GearNet with ``freeze_esm: false`` loads the plm's ESM-2 checkpoint in its training jobs
+    (no embedding job is needed), and a change to the plm's settings reruns those jobs too."""
+    config_path = demo / "config" / "test.yaml"
+    original = config_path.read_text()
+    changed = yaml.safe_load(original)
+    demo_config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    changed["models"]["esm_gearnet_finetune"] = demo_config["models"]["esm_gearnet_finetune"]
+    changed["tables"]["toy_position"]["models"] = ["gearnet", "esm_gearnet_finetune"]
+    try:
+        config_path.write_text(yaml.safe_dump(changed))
+        # 2 tasks with the ESM-2 only (ESM-GearNet needs a plm)
+        assert planned_jobs(demo) == {"train_model": 2, "make_table": 1, TARGET: 1}
+        snakemake(demo)
+        table = pd.read_csv(demo / "results" / "tables" / "toy_position.csv")
+        row = table[table["model"] == "esm_gearnet_finetune"]
+        assert list(row["node_features"]) == ["esm2_random_demo"]
+        assert (row["toy_relative_position RMSE mean"] > 0).all()
+        run = demo / "results" / "train" / "toy_relative_position" / "esm_gearnet_finetune" / "esm2_random_demo"
+        weights = torch.load(next(run.glob("*/seed*/model.pt")), weights_only=True)["model"]
+        assert any(k.startswith("encoder.net.sequence_model.model.layers.") for k in weights)
+        changed["plms"] = {"esm2_random_demo": {"repr_layer": 1}}
+        config_path.write_text(yaml.safe_dump(changed))
+        jobs = planned_jobs(demo)
+        # 2 embedding shards and 2 gearnet runs with ESM features; the 2 fine-tuning runs; table
+        assert jobs == {"embed_esm": 2, "train_model": 4, "make_table": 1, TARGET: 1}
+    finally:
+        config_path.write_text(original)
+    snakemake(demo)  # the table of the original config again

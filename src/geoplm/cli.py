@@ -9,7 +9,8 @@ Each subcommand runs the same function as the corresponding Snakemake rule::
     geoplm embed     --records records.pt --checkpoint esm2_t33_650M_UR50D.pt --repr-layer 33 \
                      --store DIR --index index.tsv
     geoplm train     --config config/config.yaml [config/demo.yaml] --task T --model M \
-                     --records a.pt [b.pt ...] --manifest m.tsv --out DIR
+                     --records a.pt [b.pt ...] --manifest m.tsv --out DIR \
+                     [--embeddings index.tsv ... | --esm-checkpoint esm2_t33_650M_UR50D.pt --plm P]
 
 Errors on bad input print one line naming the file, entry or key and exit with status 2.
 """
@@ -70,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--records", nargs="+", required=True)
     p.add_argument("--graphs", nargs="*", default=[])
     p.add_argument("--embeddings", nargs="*", default=[], help="embed index TSVs (none: residue one-hot)")
+    p.add_argument(
+        "--esm-checkpoint", help="ESM-2 checkpoint to fine-tune inside the model (esm_gearnet, freeze_esm: false)"
+    )
+    p.add_argument("--plm", help="the configured plm of --esm-checkpoint (its repr_layer, window, checksum)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="directory for metrics.json and model.pt")
     return parser
@@ -119,7 +124,9 @@ def _run(args: argparse.Namespace) -> None:
         from geoplm import train
 
         config = geoplm_config.load_config(*args.config)
-        for section, name in (("tasks", args.task), ("models", args.model)):
+        for section, name in (("tasks", args.task), ("models", args.model), ("plms", args.plm)):
+            if name is None:
+                continue
             if name not in config[section]:
                 raise GeoplmError(f"{args.config}: no entry '{name}' under '{section}'")
         model = config["models"][args.model]
@@ -137,6 +144,8 @@ def _run(args: argparse.Namespace) -> None:
             device=steps.device(),
             graphs=args.graphs,
             graph_settings=geoplm_config.graph_settings(config, model.get("graph", "gearnet")),
+            esm_checkpoint=args.esm_checkpoint,
+            esm_settings=config["plms"][args.plm] if args.plm else None,
         )
 
 

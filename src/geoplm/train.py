@@ -61,6 +61,9 @@ class Example:
         label: (n,) long class (absolute) or float target (relative).
         edge_list: (E, 3) cached graph ``[node_in, node_out, relation]`` (``build_graphs``), or
             None to build the graph on the fly.
+        esm_input: for an ESM-2 inside the model (ESM-GearNet fine-tuning), the chain's full sequence and
+            the ``(L,)`` bool mask of its residues that are nodes
+            (:func:`geoplm.models.fusion.record_esm_inputs`); None otherwise.
     """
 
     id: str
@@ -69,6 +72,7 @@ class Example:
     node_feature: torch.Tensor
     label: torch.Tensor
     edge_list: torch.Tensor | None = None
+    esm_input: tuple[str, torch.Tensor] | None = None
 
 
 def position_labels(kind: str, n: int) -> torch.Tensor:
@@ -132,6 +136,7 @@ def build_examples(
     kind: str,
     embeddings: Mapping[str, str] | None = None,
     graphs: Mapping[str, torch.Tensor] | None = None,
+    esm_inputs: bool = False,
 ) -> list[Example]:
     """Turn residue records into :class:`Example` s (Cα residues only, labels per ``kind``).
 
@@ -140,11 +145,13 @@ def build_examples(
         kind: task kind (see module docstring).
         embeddings: record id -> embedding file; None for residue one-hot node features.
         graphs: record id -> cached edge list (``build_graphs``); None to build graphs per batch.
+        esm_inputs: keep each chain's sequence and node mask for an ESM-2 inside the model.
 
     Raises:
         GeoplmError: a record without an embedding (or cached graph) when those are used.
     """
     from geoplm.graph import record_graph_inputs
+    from geoplm.models.fusion import record_esm_inputs
 
     examples = []
     for record in records:
@@ -164,8 +171,9 @@ def build_examples(
             full = read_embedding(embeddings[record["id"]], record["id"], len(record["sequence"]))
             node_feature = full[keep]
         edge_list = graphs[record["id"]] if graphs is not None else None
+        esm_input = record_esm_inputs(record) if esm_inputs else None
         examples.append(
-            Example(record["id"], position, residue_type, node_feature, position_labels(kind, n), edge_list)
+            Example(record["id"], position, residue_type, node_feature, position_labels(kind, n), edge_list, esm_input)
         )
     return examples
 
@@ -197,17 +205,19 @@ class ResidueTaskModel(nn.Module):
         self.head = nn.Sequential(*layers)
         self.regression = regression
 
-    def forward(self, graph, node_feature: torch.Tensor) -> torch.Tensor:
-        """(N, C) logits, or (N,) regression outputs."""
-        out = self.head(self.encoder(graph, node_feature)["node_feature"])
+    def forward(self, graph, node_feature: torch.Tensor, **encoder_inputs) -> torch.Tensor:
+        """(N, C) logits, or (N,) regression outputs; ``encoder_inputs`` go to the encoder (the sequences of an
+        in-model ESM-2)."""
+        out = self.head(self.encoder(graph, node_feature, **encoder_inputs)["node_feature"])
         return out.squeeze(-1) if self.regression else out
 
 
-def build_encoder(spec: Mapping, input_dim: int, plm: bool = False) -> tuple[nn.Module, int]:
-    """The encoder of a ``models`` entry and its node output width (see :mod:`geoplm.models.zoo`)."""
+def build_encoder(spec: Mapping, input_dim: int, plm: bool = False, esm=None) -> tuple[nn.Module, int]:
+    """The encoder of a ``models`` entry and its node output width (see :mod:`geoplm.models.zoo`); ``esm``:
+    ``(model, alphabet, plm settings)`` of an ESM-2 to fine-tune inside the model."""
     from geoplm.models.zoo import build_encoder as build
 
-    return build(spec, input_dim, plm)
+    return build(spec, input_dim, plm, esm=esm)
 
 
 def ca_graph(position: torch.Tensor, residue_type: torch.Tensor, node2graph: torch.Tensor, settings: Mapping):
@@ -372,6 +382,8 @@ def train_run(
     threads: int | None = None,
     graphs: Sequence[str | os.PathLike] = (),
     graph_settings: Mapping | None = None,
+    esm_checkpoint: str | os.PathLike | None = None,
+    esm_settings: Mapping | None = None,
 ) -> dict:
     """Train one run and write its metrics (JSON) and best weights; resume after an interruption.
 
@@ -388,12 +400,19 @@ def train_run(
         seed: seeds Python, NumPy and torch.
         graphs: cached graph shards from ``build_graphs`` (empty: graphs built per batch).
         graph_settings: the ``graphs`` entry the model runs on (relation count, on-the-fly build).
+        esm_checkpoint: the plm's fair-esm ESM-2 checkpoint, for an ``esm_gearnet`` entry with
+            ``freeze_esm: false``: ESM-2 then runs inside the model on each chain's sequence and is
+            fine-tuned at ``esm_lr_ratio`` (0.1) times the learning rate (ESM-GearNet); the stored
+            embeddings are not used.
+        esm_settings: the plm's settings (``repr_layer``, ``window``, ``stride``, ``toks_per_batch``,
+            ``checksum``) for ``esm_checkpoint``.
 
     Returns:
         The metrics dictionary written to ``metrics_path``.
 
     Raises:
-        GeoplmError: an empty split, a missing embedding, an unknown task kind or model type.
+        GeoplmError: an empty split, a missing embedding, an unknown task kind or model type, or an ESM-2
+            to fine-tune without its checkpoint.
     """
     from geoplm.steps import read_tsv
     from geoplm.structure import load_shard
@@ -410,10 +429,22 @@ def train_run(
     kind = task["kind"]
     frame = read_tsv(manifest)
     split_of = dict(zip(frame["id"], frame["split"], strict=True))
+    esm = None
+    if model.get("type") == "esm_gearnet" and not model.get("freeze_esm", True):
+        if esm_checkpoint is None:
+            raise GeoplmError(
+                f"{run_name or model}: freeze_esm: false fine-tunes ESM-2 inside the model and needs the plm's "
+                "ESM-2 checkpoint (esm_checkpoint)"
+            )
+        from geoplm.esm import load_esm2
+
+        esm_settings = dict(esm_settings or {})
+        esm = (*load_esm2(esm_checkpoint, esm_settings.get("checksum")), esm_settings)
+        embedding_indexes = ()  # the ESM inside the model replaces the stored embeddings
     embeddings = load_embedding_index(embedding_indexes) if embedding_indexes else None
     all_records = [record for path in records for record in load_shard(path) if record["id"] in split_of]
     cached_graphs = load_graphs(graphs) if graphs else None
-    examples = build_examples(all_records, kind, embeddings, cached_graphs)
+    examples = build_examples(all_records, kind, embeddings, cached_graphs, esm_inputs=esm is not None)
     splits = {name: [e for e in examples if split_of[e.id] == name] for name in ("train", "valid", "test")}
     for name, members in splits.items():
         if not members:
@@ -421,7 +452,7 @@ def train_run(
     log.info("%s: %s", run_name, {name: len(members) for name, members in splits.items()})
 
     input_dim = examples[0].node_feature.shape[1]
-    encoder, output_dim = build_encoder(model, input_dim, plm=embeddings is not None)
+    encoder, output_dim = build_encoder(model, input_dim, plm=embeddings is not None or esm is not None, esm=esm)
     num_classes = int(task.get("num_classes", 9000))
     regression = kind == "relative_position"
     net = ResidueTaskModel(encoder, output_dim, 1 if regression else num_classes, regression).to(device)
@@ -434,7 +465,7 @@ def train_run(
     rng = random.Random(seed)
 
     resume_path = Path(str(checkpoint_path) + ".resume.pt")
-    settings = settings_hash(task, model, graph_settings, seed, sorted(split_of.items()), input_dim)
+    settings = settings_hash(task, model, graph_settings, seed, sorted(split_of.items()), input_dim, esm_settings)
     state = load_resume(resume_path, settings, net, optimizer, run_name, scheduler, rng) or {
         "epoch": 0,
         "best_val": math.inf,
@@ -446,7 +477,10 @@ def train_run(
 
     def forward(batch: Sequence[Example]) -> torch.Tensor:
         node_feature = torch.cat([example.node_feature for example in batch]).to(device)
-        return net(make_graph(batch, device, graph_settings), node_feature)
+        inputs = {}
+        if batch[0].esm_input is not None:
+            inputs = {"sequences": [e.esm_input[0] for e in batch], "residue_mask": [e.esm_input[1] for e in batch]}
+        return net(make_graph(batch, device, graph_settings), node_feature, **inputs)
 
     def evaluate(members: Sequence[Example]) -> tuple[float, dict]:
         net.eval()
@@ -454,9 +488,7 @@ def train_run(
         with torch.no_grad():
             for batch in _batches(members, int(task["batch_size"]), None):
                 target = loop.targets(batch, device)
-                output = net(
-                    make_graph(batch, device, graph_settings), torch.cat([e.node_feature for e in batch]).to(device)
-                )
+                output = forward(batch)
                 losses.append(float(loop.loss(output, target)) * len(target))
                 outputs.append(output.cpu())
                 targets.append(target.cpu())
@@ -471,9 +503,7 @@ def train_run(
         for batch in _batches(splits["train"], int(task["batch_size"]), rng):
             optimizer.zero_grad()
             target = loop.targets(batch, device)
-            output = net(
-                make_graph(batch, device, graph_settings), torch.cat([e.node_feature for e in batch]).to(device)
-            )
+            output = forward(batch)
             loss = loop.loss(output, target)
             loss.backward()
             optimizer.step()

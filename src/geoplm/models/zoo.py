@@ -6,7 +6,9 @@ Every encoder built here has one interface, what the training loop calls::
 
 ``graph`` is a packed batch (:class:`geoplm.graph.ResidueGraph`: Cα ``node_position`` in Å,
 ``residue_type`` (N,), ``node2graph`` (N,), ``edge_list`` (E, 3)); ``node_feature`` is the residue
-one-hot (21) or the ESM-2 per-residue embedding. ``D`` is returned by :func:`build_encoder`.
+one-hot (21) or the ESM-2 per-residue embedding. ``D`` is returned by :func:`build_encoder`. An
+``esm_gearnet`` with ``freeze_esm: false`` also takes ``sequences`` and ``residue_mask`` (each chain's
+sequence for the ESM-2 inside it; :func:`geoplm.models.fusion.record_esm_inputs`).
 
 ========== =============================================================== ======================
 type       model                                                           graph
@@ -14,7 +16,9 @@ type       model                                                           graph
 gearnet    GearNet / GearNet-Edge (Zhang et al., ICLR 2023, Sec. 3.1-3.2;  7 relations (GearNet)
            torchdrug 0.2.1 ``models.GearNet``); ESM-2 input = ESM-GearNet
            serial fusion (Zhang et al. 2023)
-esm_gearnet ESM-GearNet parallel / cross fusion (Zhang et al. 2023, Sec. 3) 7 relations (GearNet)
+esm_gearnet ESM-GearNet serial / parallel / cross fusion (Zhang et al.     7 relations (GearNet)
+           2023, Sec. 3); ESM-2 frozen (stored embeddings) or fine-tuned
+           inside the model (``freeze_esm: false``)
 gvp        GVP-GNN (Jing et al., ICLR 2021) as Wu et al. (2023) use it      Cα r-ball 8 Å / kNN 10
 egnn       EGNN (Satorras et al., ICML 2021) as Wu et al. use it            Cα r-ball 8 Å / kNN 10
 molformer  Molformer (Wu et al., AAAI 2023) as Wu et al. (2023) use it      Cα, full attention
@@ -125,28 +129,67 @@ class _FusionEncoder(nn.Module):
         return self.net(graph, esm_feature=node_feature)
 
 
-def build_esm_gearnet(spec: Mapping, esm_dim: int, name: str = "model") -> tuple[nn.Module, int]:
-    """ESM-GearNet (Zhang et al. 2023, Sec. 3; DeepGraphLearning/ESM-GearNet ``FusionNetwork``) on the
-    workflow's stored ESM-2 embeddings (ESM frozen): ``fusion`` serial / parallel / cross, GearNet
-    hyperparameters as for ``type: gearnet``, ``cross_dim`` (512) for cross fusion.
+class _FineTunedFusionEncoder(nn.Module):
+    """ESM-GearNet with ESM-2 inside the model (``freeze_esm: false``): ESM-2 reads each chain's full sequence
+    (``sequences`` / ``residue_mask``, :func:`geoplm.models.fusion.record_esm_inputs`) in every forward pass;
+    the GearNet view reads the residue one-hot from the graph (parallel / cross) or the ESM output (serial).
+    ``node_feature`` (the one-hot) is not needed."""
 
-    Fine-tuning ESM-2 inside the model (learning rate x ``esm_lr_ratio``, 0.1) is
-    :class:`geoplm.models.fusion.ESMGearNet` with ``esm_model`` and :func:`geoplm.models.fusion.param_groups`.
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, graph, node_feature: torch.Tensor, sequences, residue_mask) -> dict[str, torch.Tensor]:
+        return self.net(graph, sequences=sequences, residue_mask=residue_mask)
+
+
+def build_esm_gearnet(spec: Mapping, esm_dim: int, name: str = "model", esm=None) -> tuple[nn.Module, int]:
+    """ESM-GearNet (Zhang et al. 2023, Sec. 3; DeepGraphLearning/ESM-GearNet ``FusionNetwork``): ``fusion``
+    serial / parallel / cross, GearNet hyperparameters as for ``type: gearnet``, ``cross_dim`` (512) for cross
+    fusion.
+
+    ``freeze_esm: true`` (default): on the workflow's stored ESM-2 embeddings (ESM frozen; ``esm_dim`` their
+    width). ``freeze_esm: false``: ESM-2 (``esm = (model, alphabet, plm settings)``) runs inside the model
+    and is fine-tuned; :func:`geoplm.models.fusion.param_groups` gives it ``esm_lr_ratio`` (0.1) times the
+    learning rate, as the reference's ``sequence_model_lr_ratio``.
 
     Raises:
-        ConfigError: unknown fusion, or ``cross_dim`` not a multiple of the 8 heads.
+        ConfigError: unknown fusion, ``cross_dim`` not a multiple of the 8 heads, or ``freeze_esm: false``
+            without an ESM-2.
     """
+    from geoplm.esm import DEFAULT_STRIDE, DEFAULT_WINDOW
     from geoplm.models.fusion import ESMGearNet
 
     fusion = spec.get("fusion", "serial")
     if fusion not in ("serial", "series", "parallel", "cross"):
         raise ConfigError(f"models.{name}.fusion: '{fusion}' is not serial, parallel or cross")
-    gearnet, _ = _gearnet(spec, esm_dim if fusion in ("serial", "series") else NUM_RESIDUE_TYPES)
-    net = ESMGearNet(gearnet, esm_dim=esm_dim, fusion=fusion, cross_dim=spec.get("cross_dim", 512))
-    return _FusionEncoder(net), net.output_dim
+    serial = fusion in ("serial", "series")
+    if spec.get("freeze_esm", True):
+        gearnet, _ = _gearnet(spec, esm_dim if serial else NUM_RESIDUE_TYPES)
+        net = ESMGearNet(gearnet, esm_dim=esm_dim, fusion=fusion, cross_dim=spec.get("cross_dim", 512))
+        return _FusionEncoder(net), net.output_dim
+    if esm is None:
+        raise ConfigError(f"models.{name}: freeze_esm: false fine-tunes ESM-2 inside the model; give its checkpoint")
+    esm_model, alphabet, settings = esm
+    gearnet, _ = _gearnet(spec, int(esm_model.embed_dim) if serial else NUM_RESIDUE_TYPES)
+    net = ESMGearNet(
+        gearnet,
+        esm_model=esm_model,
+        esm_alphabet=alphabet,
+        fusion=fusion,
+        freeze_esm=False,
+        repr_layer=settings.get("repr_layer", -1),
+        cross_dim=spec.get("cross_dim", 512),
+        window=settings.get("window", DEFAULT_WINDOW),
+        stride=settings.get("stride", DEFAULT_STRIDE),
+        toks_per_batch=settings.get("toks_per_batch", 4096),
+    )
+    return _FineTunedFusionEncoder(net), net.output_dim
 
 
-def build_encoder(spec: Mapping, input_dim: int, plm: bool = False, name: str = "model") -> tuple[nn.Module, int]:
+def build_encoder(
+    spec: Mapping, input_dim: int, plm: bool = False, name: str = "model", esm=None
+) -> tuple[nn.Module, int]:
     """Build the encoder of a ``models`` config entry; return it and its node output width D.
 
     Args:
@@ -155,11 +198,15 @@ def build_encoder(spec: Mapping, input_dim: int, plm: bool = False, name: str = 
         plm: whether ``node_feature`` is an ESM-2 embedding (Wu et al.'s models then take it in
             place of the residue-type input; ``esm_gearnet`` requires it).
         name: the entry's name, for error messages.
+        esm: ``(model, alphabet, plm settings)`` of the ESM-2 an ``esm_gearnet`` entry with
+            ``freeze_esm: false`` fine-tunes (:func:`build_esm_gearnet`).
 
     Raises:
         ConfigError: an unknown type, keys that do not apply to it, or ``esm_gearnet`` without ESM.
     """
     kind = spec["type"]
+    if kind != "esm_gearnet" and "freeze_esm" in spec:
+        raise ConfigError(f"models.{name}: freeze_esm applies to type esm_gearnet only, not '{kind}'")
     if kind == "gearnet":
         return _gearnet(spec, input_dim)
     if kind == "gvp":
@@ -202,5 +249,5 @@ def build_encoder(spec: Mapping, input_dim: int, plm: bool = False, name: str = 
     if kind == "esm_gearnet":
         if not plm:
             raise ConfigError(f"models.{name}: esm_gearnet fuses ESM-2 with GearNet; use it with a plm, not 'none'")
-        return build_esm_gearnet(spec, input_dim, name)
+        return build_esm_gearnet(spec, input_dim, name, esm)
     raise ConfigError(f"models.{name}: unknown model type '{kind}' (known: {', '.join(ENCODER_TYPES)})")
