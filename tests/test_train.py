@@ -59,7 +59,7 @@ TASK = {"kind": "relative_position", "epochs": 3, "batch_size": 2, "lr": 1e-3}
 MODEL = {"type": "gearnet", "hidden_dims": [16, 16], "short_cut": True, "batch_norm": True, "concat_hidden": True}
 
 
-def run(root, out, task=TASK, model=MODEL):
+def run(root, out, task=TASK, model=MODEL, **options):
     return train.run(
         task,
         model,
@@ -71,6 +71,7 @@ def run(root, out, task=TASK, model=MODEL):
         checkpoint_path=out / "model.pt",
         graphs=[root / "graphs.pt"],
         graph_settings={},
+        **options,
     )
 
 
@@ -201,28 +202,16 @@ def test_esm_gearnet_fusions_train_on_stored_embeddings(dataset, esm_index, tmp_
 def test_esm_gearnet_fine_tunes_esm2_inside_the_model(dataset, esm_index, tmp_path, fusion):
     """``freeze_esm: false`` (ESM-GearNet's default): ESM-2 is loaded from its fair-esm checkpoint through
     the real path, reads each chain's sequence in every step and is fine-tuned at esm_lr_ratio x lr; the
-    stored embeddings are not needed. With the ratio at 0 the ESM-2 weights stay exactly as loaded while
-    GearNet's change, so the ratio reaches the optimizer."""
+    stored embeddings are not needed. With the ratio at 0 the ESM-2 weights stay exactly as loaded, so the
+    ratio reaches the optimizer."""
     root, _ = dataset
     checkpoint = esm_index.parents[1] / "esm2_t2_tiny.pt"
     initial = esm.load_esm2(checkpoint)[0].state_dict()
     model = {"type": "esm_gearnet", "fusion": fusion, "freeze_esm": False, "hidden_dims": [16, 16], "cross_dim": 16}
 
     def fine_tune(out, **options):
-        return train.run(
-            dict(TASK, epochs=2, batch_size=4),
-            dict(model, **options),
-            root / "manifest.tsv",
-            [root / "0000.pt"],
-            [],
-            seed=0,
-            metrics_path=out / "metrics.json",
-            checkpoint_path=out / "model.pt",
-            graphs=[root / "graphs.pt"],
-            graph_settings={},
-            esm_checkpoint=checkpoint,
-            esm_settings={"repr_layer": 2},
-        )
+        task = dict(TASK, epochs=2, batch_size=4)
+        return run(root, out, task, dict(model, **options), esm_checkpoint=checkpoint, esm_settings={"repr_layer": 2})
 
     def esm_change(out):
         """Largest change of an ESM-2 weight in the saved model, and the saved weights."""
