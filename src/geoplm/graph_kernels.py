@@ -10,7 +10,8 @@ and torchdrug 0.2.1's ``GraphConstruction``; this module only makes them fast.
 
 Method
 ------
-Each graph gets its own uniform grid (a cell list): cells at least as wide as the search radius, enlarged
+Each graph gets its own uniform grid (a cell list, the linked-cell method of molecular simulation: Allen &
+Tildesley, *Computer Simulation of Liquids*, ch. 5): cells at least as wide as the search radius, enlarged
 when the bounding box would need more than ``64 m + 4096`` cells for ``m`` nodes. A node's neighbours within
 the radius lie in the 27 cells around its own. Squared distances are computed exactly as
 ``dx*dx + dy*dy + dz*dz`` in the positions' dtype (no fused multiply-adds: numba compiles without
