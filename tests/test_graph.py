@@ -418,3 +418,14 @@ def test_graph_to_device_roundtrip():
     pos, rtype, _ = _load(SMALL)
     g = G.build_gearnet_graph(pos, rtype).to("cpu")
     assert isinstance(g, G.ResidueGraph) and g.edge_list.device.type == "cpu"
+
+
+def test_edge_features_refuse_residue_types_out_of_range():
+    """A residue type outside 0..20 would index another column of the 59-d feature: refused, with the range."""
+    pos, rtype, _ = _load(SMALL)
+    g = G.build_gearnet_graph(pos, rtype)
+    bad = rtype.clone()
+    bad[3] = -1
+    with pytest.raises(ValueError, match="0..20"):
+        G.pack_graphs([pos], [bad], [g.edge_list], 7)
+    assert torch.equal(G.pack_graphs([pos], [rtype], [g.edge_list], 7).edge_feature, g.edge_feature)

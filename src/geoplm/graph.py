@@ -401,11 +401,19 @@ def _edge_feature_array(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """torchdrug's ``GraphConstruction.edge_gearnet`` / ``edge_residue_type`` feature, ``(E, D)`` numpy in
-    ``xyz``'s dtype, written into ``out`` (``(E, D)``) when given."""
+    ``xyz``'s dtype, written into ``out`` (``(E, D)``) when given.
+
+    Raises:
+        ValueError: unknown ``kind``, or a residue type outside 0..20.
+    """
     width = _edge_feature_width(kind, num_relation)
     feature = np.empty((len(node_in), width), dtype=xyz.dtype) if out is None else out
     if kind is None:
         return feature
+    if len(residue_type) and not 0 <= int(residue_type.min()) <= int(residue_type.max()) <= NUM_RESIDUE_TYPE:
+        raise ValueError(
+            f"residue types must be in 0..{NUM_RESIDUE_TYPE}, got {int(residue_type.min())}..{int(residue_type.max())}"
+        )
     return graph_kernels.edge_features(
         *(np.ascontiguousarray(a, dtype=np.int64) for a in (node_in, node_out, relation)),
         xyz,
