@@ -113,26 +113,17 @@ class ComplexExample:
     ligand_input_pos: Tensor | None = None
 
 
-def read_protein(path: str | os.PathLike) -> tuple[Tensor, Tensor, Tensor]:
-    """All protein chains of a PDB file, concatenated in file order, residues with N, Cα and C.
-
-    Returns:
-        backbone (L, 3, 3) float32 N, Cα, C in Å; residue types (L,) long; keep mask (L_all,) bool over
-        the concatenated records' residues (to select matching ESM-2 rows).
+def read_protein(path: str | os.PathLike) -> dict:
+    """All protein chains of a PDB file as one record (:func:`geoplm.structure.concatenate_chains`, in file
+    order; its ``id`` is the path, so errors about it name the file).
 
     Raises:
-        StructureError: the file cannot be parsed (see :func:`geoplm.structure.parse_structure`).
-        GeoplmError: fewer than 2 complete residues.
+        StructureError: the file cannot be parsed or holds no chain (see
+            :func:`geoplm.structure.parse_structure`).
     """
-    from geoplm.structure import parse_structure, residue_type_index
+    from geoplm.structure import concatenate_chains, parse_structure
 
-    records = parse_structure(path)
-    backbone = torch.cat([r["backbone"][:, :3] for r in records])
-    types = residue_type_index("".join(r["sequence"] for r in records))
-    keep = torch.cat([r["residue_mask"] for r in records]) & ~torch.isnan(backbone).flatten(1).any(1)
-    if int(keep.sum()) < 2:
-        raise GeoplmError(f"{path}: fewer than 2 residues with N, CA and C")
-    return backbone[keep], types[keep], keep
+    return concatenate_chains(parse_structure(path), str(path), str(path))
 
 
 def load_complex(
@@ -143,7 +134,8 @@ def load_complex(
     receptor_esm: Tensor | None = None,
     ligand_esm: Tensor | None = None,
 ) -> ComplexExample:
-    """A :class:`ComplexExample` from bound receptor/ligand PDB files (DB5.5 ``{ID}_r_b.pdb``, ``{ID}_l_b.pdb``).
+    """A :class:`ComplexExample` from bound receptor/ligand PDB files (DB5.5 ``{ID}_r_b.pdb``, ``{ID}_l_b.pdb``):
+    each file's chains merged into one record (:func:`read_protein`), then :func:`complex_from_records`.
 
     Args:
         ligand_input_path: optional ligand input pose (e.g. ``test_random_transformed/{ID}_l_b.pdb``);
@@ -154,36 +146,17 @@ def load_complex(
             are dropped here.
 
     Raises:
-        GeoplmError: unparsable files, mismatching residue counts or ESM rows.
+        GeoplmError: unparsable files, fewer than 2 residues with N, Cα and C, mismatching residue counts
+            or ESM rows (the messages name the file).
     """
-    receptor_path, ligand_path = Path(receptor_path), Path(ligand_path)
-    rec_bb, rec_types, rec_keep = read_protein(receptor_path)
-    lig_bb, lig_types, lig_keep = read_protein(ligand_path)
-    ligand_input = None
-    if ligand_input_path is not None:
-        in_bb, in_types, _ = read_protein(ligand_input_path)
-        if in_bb.shape != lig_bb.shape or not torch.equal(in_types, lig_types):
-            raise GeoplmError(f"{ligand_input_path}: residues differ from {ligand_path}")
-        ligand_input = in_bb[:, 1]
-
-    def esm_rows(esm, keep, path):
-        if esm is None:
-            return None
-        if esm.shape[0] != keep.shape[0]:
-            raise GeoplmError(f"{path}: ESM features have {esm.shape[0]} rows, the chains {keep.shape[0]} residues")
-        return esm[keep].float()
-
-    return ComplexExample(
-        id=complex_id or receptor_path.name.split("_")[0],
-        receptor_pos=rec_bb[:, 1],
-        receptor_residue_type=rec_types,
-        ligand_true_pos=lig_bb[:, 1],
-        ligand_residue_type=lig_types,
-        receptor_backbone=rec_bb,
-        ligand_backbone=lig_bb,
-        receptor_esm=esm_rows(receptor_esm, rec_keep, receptor_path),
-        ligand_esm=esm_rows(ligand_esm, lig_keep, ligand_path),
-        ligand_input_pos=ligand_input,
+    ligand_input = None if ligand_input_path is None else read_protein(ligand_input_path)
+    return complex_from_records(
+        read_protein(receptor_path),
+        read_protein(ligand_path),
+        ligand_input,
+        receptor_esm,
+        ligand_esm,
+        complex_id or Path(receptor_path).name.split("_")[0],
     )
 
 
