@@ -92,11 +92,14 @@ def plm_params(plm):
     }
 
 
+def fine_tunes_esm(wildcards):
+    """Whether a training run loads its plm's ESM-2 into the model and fine-tunes it."""
+    return wildcards.plm != geoplm_config.NO_PLM and geoplm_config.finetunes_esm(config["models"][wildcards.model])
+
+
 def train_esm_params(wildcards):
     """Settings of the ESM-2 a fine-tuning run loads (empty for every other run)."""
-    if wildcards.plm == geoplm_config.NO_PLM or not geoplm_config.finetunes_esm(config, wildcards.model):
-        return {}
-    return plm_params(wildcards.plm)
+    return plm_params(wildcards.plm) if fine_tunes_esm(wildcards) else {}
 
 
 def train_inputs(wildcards):
@@ -111,7 +114,7 @@ def train_inputs(wildcards):
             f"{GRAPHS}/{dataset}/{graph}/{{shard}}.pt",
             shard=geoplm_config.dataset_shards(config, dataset),
         )
-    if wildcards.plm != geoplm_config.NO_PLM and geoplm_config.finetunes_esm(config, wildcards.model):
+    if fine_tunes_esm(wildcards):
         esm_files = esm_checkpoint(wildcards.plm)  # ESM-2 runs inside the model, fine-tuned
         inputs["esm_checkpoint"] = esm_files["model"]
         inputs["esm_regression"] = esm_files["regression"]

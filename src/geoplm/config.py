@@ -215,11 +215,10 @@ def available_datasets(config: Mapping, raw_dir: str | Path = "resources/raw") -
 NEEDS_PLM = ("esm_gearnet",)
 
 
-def finetunes_esm(config: Mapping, model: str) -> bool:
-    """Whether ``model`` runs ESM-2 inside itself and fine-tunes it (``esm_gearnet`` with
+def finetunes_esm(model: Mapping) -> bool:
+    """Whether a ``models`` entry runs ESM-2 inside itself and fine-tunes it (``esm_gearnet`` with
     ``freeze_esm: false``): its training runs need the plm's checkpoint, not the stored embeddings."""
-    spec = config["models"][model]
-    return spec["type"] == "esm_gearnet" and not spec.get("freeze_esm", True)
+    return model.get("type") == "esm_gearnet" and not model.get("freeze_esm", True)
 
 
 def table_jobs(config: Mapping, table: str) -> list[dict[str, Any]]:

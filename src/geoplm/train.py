@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from geoplm import atomic
+from geoplm.config import finetunes_esm
 from geoplm.errors import GeoplmError
 
 log = logging.getLogger(__name__)
@@ -430,7 +431,7 @@ def train_run(
     frame = read_tsv(manifest)
     split_of = dict(zip(frame["id"], frame["split"], strict=True))
     esm = None
-    if model.get("type") == "esm_gearnet" and not model.get("freeze_esm", True):
+    if finetunes_esm(model):
         if esm_checkpoint is None:
             raise GeoplmError(
                 f"{run_name or model}: freeze_esm: false fine-tunes ESM-2 inside the model and needs the plm's "
