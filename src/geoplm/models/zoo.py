@@ -118,28 +118,19 @@ def _gearnet(spec: Mapping, input_dim: int) -> tuple[nn.Module, int]:
 
 
 class _FusionEncoder(nn.Module):
-    """ESM-GearNet on stored (frozen) ESM-2 features: ``node_feature`` is the ESM-2 embedding, the
-    GearNet view reads the residue one-hot from the graph (parallel / cross) or the ESM features (serial)."""
+    """ESM-GearNet behind the encoder interface. On stored (frozen) ESM-2 features, ``node_feature`` is the
+    ESM-2 embedding. With ESM-2 inside the model (``freeze_esm: false``), ESM-2 reads each chain's full
+    sequence (``sequences`` / ``residue_mask``, :func:`geoplm.models.fusion.record_esm_inputs`) in every
+    forward pass and ``node_feature`` (the one-hot) is not needed. The GearNet view reads the residue one-hot
+    from the graph (parallel / cross) or the ESM output (serial)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, graph, node_feature: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.net(graph, esm_feature=node_feature)
-
-
-class _FineTunedFusionEncoder(nn.Module):
-    """ESM-GearNet with ESM-2 inside the model (``freeze_esm: false``): ESM-2 reads each chain's full sequence
-    (``sequences`` / ``residue_mask``, :func:`geoplm.models.fusion.record_esm_inputs`) in every forward pass;
-    the GearNet view reads the residue one-hot from the graph (parallel / cross) or the ESM output (serial).
-    ``node_feature`` (the one-hot) is not needed."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, graph, node_feature: torch.Tensor, sequences, residue_mask) -> dict[str, torch.Tensor]:
+    def forward(self, graph, node_feature: torch.Tensor, sequences=None, residue_mask=None) -> dict[str, torch.Tensor]:
+        if self.net.sequence_model is None:
+            return self.net(graph, esm_feature=node_feature)
         return self.net(graph, sequences=sequences, residue_mask=residue_mask)
 
 
@@ -184,7 +175,7 @@ def build_esm_gearnet(spec: Mapping, esm_dim: int, name: str = "model", esm=None
         stride=settings.get("stride", DEFAULT_STRIDE),
         toks_per_batch=settings.get("toks_per_batch", 4096),
     )
-    return _FineTunedFusionEncoder(net), net.output_dim
+    return _FusionEncoder(net), net.output_dim
 
 
 def build_encoder(
