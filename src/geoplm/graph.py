@@ -556,7 +556,7 @@ def build_gearnet_graph(
 
 def _balanced_chunks(bounds: np.ndarray, parts: int) -> list[tuple[int, int]]:
     """At most ``parts`` runs ``[first, last)`` of whole consecutive graphs (indices into ``bounds``, the
-    ``(B + 1,)`` graph bounds), about equal in node count; empty graphs are never split off alone."""
+    ``(B + 1,)`` graph bounds), about equal in node count (a run of empty graphs gives no edges)."""
     n, batch_size = int(bounds[-1]), len(bounds) - 1
     if parts <= 1 or batch_size <= 1:
         return [(0, batch_size)]
