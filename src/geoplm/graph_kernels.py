@@ -46,6 +46,15 @@ def _grow(array, size):
 
 
 @njit(**_JIT)
+def _largest_graph(bounds):
+    """Node count of the largest graph of ``bounds`` (0 for none)."""
+    largest = 0
+    for g in range(bounds.shape[0] - 1):
+        largest = max(largest, bounds[g + 1] - bounds[g])
+    return largest
+
+
+@njit(**_JIT)
 def _grid(xyz, start, end, width):
     """Cell list of nodes ``start .. end - 1``.
 
@@ -152,16 +161,12 @@ def _ring(xyz, i, start, width, dims, cell, cell_start, members, k, ring, buf_in
     """Gather candidates for the ``k`` nearest of node ``i`` ring by ring (see the module docstring), from
     ring ``ring`` on.
 
-    Returns ``(count, buf_index, buf_d2)``: ``count`` candidates (in no particular order) that contain the
-    ``k`` nearest (the buffers may have been reallocated)."""
+    Returns ``count``: the candidates written to ``buf_index`` / ``buf_d2`` (in no particular order) that
+    contain the ``k`` nearest. The buffers must hold the node's whole graph: each node is gathered once."""
     cx, cy, cz = cell[i - start, 0], cell[i - start, 1], cell[i - start, 2]
     reach = max(cx, dims[0] - 1 - cx, cy, dims[1] - 1 - cy, cz, dims[2] - 1 - cz)
     ring = min(ring, max(reach, 1))
     while True:
-        needed = _block_count(i - start, i - start + 1, dims, cell, cell_start, ring)
-        if needed > buf_index.shape[0]:  # grown once per ring, never inside the distance loop
-            buf_index = _grow(buf_index, needed)
-            buf_d2 = _grow(buf_d2, needed)
         count = 0
         inside = 0
         bound = (ring * width) * (ring * width)
@@ -181,7 +186,7 @@ def _ring(xyz, i, start, width, dims, cell, cell_start, members, k, ring, buf_in
                         if float(d) * (1 + 1e-5) + 1e-4 < bound:
                             inside += 1
         if inside >= k or ring >= reach:
-            return count, buf_index, buf_d2
+            return count
         ring += 1
 
 
@@ -207,8 +212,10 @@ def radius_lists(xyz, bounds, r2, width, k):
     knn_indptr = np.zeros(n + 1, np.int64)
     knn_index = np.empty(max(k, 0) * n, np.int64)
     knn_d2 = np.empty(max(k, 0) * n, xyz.dtype)
-    buf_index = np.empty(256, np.int64)
-    buf_d2 = np.empty(256, xyz.dtype)
+    # ring-search buffers: one slot per node of the largest graph
+    largest = _largest_graph(bounds)
+    buf_index = np.empty(largest, np.int64)
+    buf_d2 = np.empty(largest, xyz.dtype)
     fill = 0
     knn_fill = 0
     for g in range(bounds.shape[0] - 1):
@@ -245,9 +252,7 @@ def radius_lists(xyz, bounds, r2, width, k):
             if fill - row >= k:
                 knn_fill = _select(index, d2, row, fill, k, knn_index, knn_d2, knn_fill)
             else:
-                count, buf_index, buf_d2 = _ring(
-                    xyz, i, start, w, dims, cell, cell_start, members, k, 2, buf_index, buf_d2
-                )
+                count = _ring(xyz, i, start, w, dims, cell, cell_start, members, k, 2, buf_index, buf_d2)
                 knn_fill = _select(buf_index, buf_d2, 0, count, k, knn_index, knn_d2, knn_fill)
             knn_indptr[i + 1] = knn_fill
     return indptr, index[:fill], d2[:fill], knn_indptr, knn_index[:knn_fill], knn_d2[:knn_fill]
@@ -295,8 +300,9 @@ def knn_lists(xyz, bounds, k, width=0.0):
     indptr = np.zeros(n + 1, np.int64)
     index = np.empty(k * n, np.int64)
     d2 = np.empty(k * n, xyz.dtype)
-    buf_index = np.empty(256, np.int64)
-    buf_d2 = np.empty(256, xyz.dtype)
+    largest = _largest_graph(bounds)
+    buf_index = np.empty(largest, np.int64)
+    buf_d2 = np.empty(largest, xyz.dtype)
     fill = 0
     for g in range(bounds.shape[0] - 1):
         start, end = bounds[g], bounds[g + 1]
@@ -306,7 +312,7 @@ def knn_lists(xyz, bounds, k, width=0.0):
         w = width if width > 0 else _knn_width(xyz, start, end, k)
         w, dims, cell, cell_start, members = _grid(xyz, start, end, w)
         for i in range(start, end):
-            count, buf_index, buf_d2 = _ring(xyz, i, start, w, dims, cell, cell_start, members, k, 1, buf_index, buf_d2)
+            count = _ring(xyz, i, start, w, dims, cell, cell_start, members, k, 1, buf_index, buf_d2)
             fill = _select(buf_index, buf_d2, 0, count, k, index, d2, fill)
             indptr[i + 1] = fill
     return indptr, index[:fill], d2[:fill]
