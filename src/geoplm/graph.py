@@ -27,7 +27,7 @@ with the compiled cell-list kernels of :mod:`geoplm.graph_kernels` (numba; resul
 input's device), every decision taken exactly on squared distances in the input dtype; memory is
 ``O(N + E)``. :func:`build_gearnet_graph` takes the spatial and the kNN relation from one neighbour
 search and builds runs of whole proteins on ``torch.get_num_threads()`` threads; four AlphaFold
-models (1,896 residues) take about 3 ms on 2 CPU cores, 3.9x-5.2x faster than torchdrug
+models (1,896 residues) take 2-4 ms on 2 CPU cores, 3.9x-5.2x faster than torchdrug
 (``benchmarks/bench_gearnet.py``).
 
 Conventions
