@@ -116,6 +116,7 @@ import torch
 from torch import Tensor
 
 from geoplm import graph_kernels
+from geoplm.structure import NUM_RESIDUE_TYPES, NUM_STANDARD_RESIDUE_TYPES
 
 __all__ = [
     "NUM_RESIDUE_TYPE",
@@ -132,10 +133,11 @@ __all__ = [
 ]
 
 #: ``len(torchdrug.data.Protein.residue2id)``; residue ids follow torchdrug's order
-#: G A S P V T C I L N D Q K E M H F R Y W (0-19).
-NUM_RESIDUE_TYPE = 20
-#: Width of GearNet's node input feature (residue one-hot with an "unknown" slot, id 20).
-NUM_RESIDUE_FEATURE = 21
+#: G A S P V T C I L N D Q K E M H F R Y W (0-19) (:data:`geoplm.structure.NUM_STANDARD_RESIDUE_TYPES`).
+NUM_RESIDUE_TYPE = NUM_STANDARD_RESIDUE_TYPES
+#: Width of GearNet's node input feature (residue one-hot with an "unknown" slot, id 20;
+#: :data:`geoplm.structure.NUM_RESIDUE_TYPES`).
+NUM_RESIDUE_FEATURE = NUM_RESIDUE_TYPES
 #: ``GraphConstruction.max_seq_dist`` in torchdrug.
 MAX_SEQ_DIST = 10
 #: Spatial / kNN edges shorter than this are dropped (``SpatialEdge.eps``, ``KNNEdge.eps``).

@@ -91,6 +91,11 @@ RECORD_KEYS: tuple[str, ...] = (
 # for unknown residues: X is index 20 here.
 RESIDUE_VOCAB: str = "GASPVTCILNDQKEMHFRYWX"
 UNKNOWN_RESIDUE_INDEX: int = RESIDUE_VOCAB.index("X")
+#: The one definition of the number of residue types: the width of the residue one-hot every model reads
+#: (torchdrug's 20 residue types + unknown, 21).
+NUM_RESIDUE_TYPES: int = len(RESIDUE_VOCAB)
+#: The standard amino acids among them (0-19; ``len(torchdrug.data.Protein.residue2id)``).
+NUM_STANDARD_RESIDUE_TYPES: int = UNKNOWN_RESIDUE_INDEX
 
 #: Backbone atoms in the order of the ``backbone`` tensor's second axis.
 BACKBONE_ATOMS: tuple[str, ...] = ("N", "CA", "C", "O")

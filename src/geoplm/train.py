@@ -39,10 +39,10 @@ from torch import nn
 from geoplm import atomic
 from geoplm.config import finetunes_esm
 from geoplm.errors import GeoplmError
+from geoplm.structure import NUM_RESIDUE_TYPES
 
 log = logging.getLogger(__name__)
 
-NUM_RESIDUE_TYPES = 21
 TASK_KINDS = ("absolute_position", "relative_position", "docking")
 #: docking roles of the ground-truth partners and of a given ligand input pose (geoplm.datasets.docking)
 RECEPTOR_ROLES = ("receptor_bound", "receptor_complex")

@@ -70,6 +70,7 @@ import torch
 from torch import Tensor, nn
 
 from geoplm.errors import GeoplmError
+from geoplm.structure import NUM_RESIDUE_TYPES
 
 #: Length scales of the distance RBFs: 1.5 ** k for k = 0..14 (Å²).
 RBF_LENGTH_SCALES: tuple[float, ...] = tuple(1.5**k for k in range(15))
@@ -77,7 +78,6 @@ RBF_LENGTH_SCALES: tuple[float, ...] = tuple(1.5**k for k in range(15))
 MEAN_FEATURE_SIGMAS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)
 #: Edge input width: 15 RBFs + 12 orientation features.
 EDGE_FEATURE_DIM = len(RBF_LENGTH_SCALES) + 12
-NUM_RESIDUE_TYPES = 21
 
 #: The reference's DB5.5 hyperparameters (see the module docstring).
 DEFAULT_CONFIG: dict[str, Any] = {

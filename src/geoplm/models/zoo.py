@@ -31,17 +31,14 @@ For ``gvp``, ``egnn`` and ``molformer`` (Wu et al.), with ESM-2 features the 128
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
 from geoplm.errors import ConfigError
+from geoplm.structure import NUM_RESIDUE_TYPES
 
-#: residue one-hot width: torchdrug's 20 residue types + unknown
-NUM_RESIDUE_TYPES = 21
-
-ENCODER_TYPES = ("gearnet", "esm_gearnet", "gvp", "egnn", "molformer")
 #: graph kinds of Wu et al.'s models (GGNN_Meets_PLM: torch_cluster radius_graph r=8 / knn_graph k=10)
 CA_GRAPH_KINDS = ("radius", "knn")
 
@@ -178,10 +175,81 @@ def build_esm_gearnet(spec: Mapping, esm_dim: int, name: str = "model", esm=None
     return _FusionEncoder(net), net.output_dim
 
 
+def _build_gearnet(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
+    """``type: gearnet``: GearNet / GearNet-Edge on the node features given (one-hot or ESM-2: serial fusion)."""
+    return _gearnet(spec, input_dim)
+
+
+def _build_gvp(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
+    """``type: gvp``: GVP-GNN (:class:`geoplm.models.gvp.GVPGNN`)."""
+    from geoplm.models.gvp import GVPGNN
+
+    _check_keys(spec, name, {"embed_dim", "node_dims", "edge_dims", "num_rbf", "d_max", "num_layers", "dropout"})
+    net = GVPGNN(
+        embed_dim=spec.get("embed_dim", 32),
+        plm_dim=input_dim if plm else None,
+        node_dims=tuple(spec.get("node_dims", (100, 16))),
+        edge_dims=tuple(spec.get("edge_dims", (32, 1))),
+        num_rbf=spec.get("num_rbf", 16),
+        d_max=spec.get("d_max", 8.0),
+        num_layers=spec.get("num_layers", 5),
+        drop_rate=spec.get("dropout", 0.1),
+    )
+    return CaGraphEncoder(net, "gvp", plm), net.output_dim
+
+
+def _build_egnn(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
+    """``type: egnn``: EGNN (:class:`geoplm.models.egnn.EGNN`) with RBF edge attributes."""
+    from geoplm.models.egnn import EGNN
+
+    _check_keys(spec, name, {"hidden_dim", "output_dim", "num_layers", "num_rbf", "d_max", "attention"})
+    hidden = spec.get("hidden_dim", 32)
+    output_dim = spec.get("output_dim", hidden)
+    num_rbf = spec.get("num_rbf", 16)
+    net = EGNN(
+        in_node_nf=input_dim if plm else NUM_RESIDUE_TYPES,
+        hidden_nf=hidden,
+        out_node_nf=output_dim,
+        in_edge_nf=num_rbf,
+        n_layers=spec.get("num_layers", 4),
+        attention=spec.get("attention", False),
+    )
+    return CaGraphEncoder(net, "egnn", plm, num_rbf=num_rbf, d_max=spec.get("d_max", 8.0)), output_dim
+
+
+def _build_molformer(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
+    """``type: molformer``: Molformer (:class:`geoplm.models.molformer.Molformer`)."""
+    from geoplm.models import molformer
+
+    options = {k: v for k, v in spec.items() if k not in ("type", "graph")}
+    net = molformer.Molformer(plm_dim=input_dim if plm else None, **options)
+    return CaGraphEncoder(net, "molformer", plm), net.output_dim
+
+
+def _build_esm_gearnet(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
+    """``type: esm_gearnet``: :func:`build_esm_gearnet` (needs ESM-2 features)."""
+    if not plm:
+        raise ConfigError(f"models.{name}: esm_gearnet fuses ESM-2 with GearNet; use it with a plm, not 'none'")
+    return build_esm_gearnet(spec, input_dim, name, esm)
+
+
+#: The model registry: ``models`` entry ``type`` -> builder ``(spec, input_dim, plm, name, esm) -> (encoder, D)``.
+#: A new encoder is a module under ``geoplm.models`` plus one entry here (and its keys in ``config/schema.yaml``).
+ENCODERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
+    "gearnet": _build_gearnet,
+    "esm_gearnet": _build_esm_gearnet,
+    "gvp": _build_gvp,
+    "egnn": _build_egnn,
+    "molformer": _build_molformer,
+}
+ENCODER_TYPES = tuple(ENCODERS)
+
+
 def build_encoder(
     spec: Mapping, input_dim: int, plm: bool = False, name: str = "model", esm=None
 ) -> tuple[nn.Module, int]:
-    """Build the encoder of a ``models`` config entry; return it and its node output width D.
+    """Build the encoder of a ``models`` config entry (its ``type`` looked up in :data:`ENCODERS`); return it
+    and its node output width D.
 
     Args:
         spec: the config entry (``type`` and the model's hyperparameters; see ``config/schema.yaml``).
@@ -198,47 +266,6 @@ def build_encoder(
     kind = spec["type"]
     if kind != "esm_gearnet" and "freeze_esm" in spec:
         raise ConfigError(f"models.{name}: freeze_esm applies to type esm_gearnet only, not '{kind}'")
-    if kind == "gearnet":
-        return _gearnet(spec, input_dim)
-    if kind == "gvp":
-        from geoplm.models.gvp import GVPGNN
-
-        _check_keys(spec, name, {"embed_dim", "node_dims", "edge_dims", "num_rbf", "d_max", "num_layers", "dropout"})
-        net = GVPGNN(
-            embed_dim=spec.get("embed_dim", 32),
-            plm_dim=input_dim if plm else None,
-            node_dims=tuple(spec.get("node_dims", (100, 16))),
-            edge_dims=tuple(spec.get("edge_dims", (32, 1))),
-            num_rbf=spec.get("num_rbf", 16),
-            d_max=spec.get("d_max", 8.0),
-            num_layers=spec.get("num_layers", 5),
-            drop_rate=spec.get("dropout", 0.1),
-        )
-        return CaGraphEncoder(net, "gvp", plm), net.output_dim
-    if kind == "egnn":
-        from geoplm.models.egnn import EGNN
-
-        _check_keys(spec, name, {"hidden_dim", "output_dim", "num_layers", "num_rbf", "d_max", "attention"})
-        hidden = spec.get("hidden_dim", 32)
-        output_dim = spec.get("output_dim", hidden)
-        num_rbf = spec.get("num_rbf", 16)
-        net = EGNN(
-            in_node_nf=input_dim if plm else NUM_RESIDUE_TYPES,
-            hidden_nf=hidden,
-            out_node_nf=output_dim,
-            in_edge_nf=num_rbf,
-            n_layers=spec.get("num_layers", 4),
-            attention=spec.get("attention", False),
-        )
-        return CaGraphEncoder(net, "egnn", plm, num_rbf=num_rbf, d_max=spec.get("d_max", 8.0)), output_dim
-    if kind == "molformer":
-        from geoplm.models import molformer
-
-        options = {k: v for k, v in spec.items() if k not in ("type", "graph")}
-        net = molformer.Molformer(plm_dim=input_dim if plm else None, **options)
-        return CaGraphEncoder(net, "molformer", plm), net.output_dim
-    if kind == "esm_gearnet":
-        if not plm:
-            raise ConfigError(f"models.{name}: esm_gearnet fuses ESM-2 with GearNet; use it with a plm, not 'none'")
-        return build_esm_gearnet(spec, input_dim, name, esm)
-    raise ConfigError(f"models.{name}: unknown model type '{kind}' (known: {', '.join(ENCODER_TYPES)})")
+    if kind not in ENCODERS:
+        raise ConfigError(f"models.{name}: unknown model type '{kind}' (known: {', '.join(ENCODER_TYPES)})")
+    return ENCODERS[kind](spec, input_dim, plm, name, esm)
