@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geoplm import graph, steps, structure, train
+from geoplm import graph, inputs, steps, structure, train
 from geoplm.models.zoo import build_encoder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -40,10 +40,10 @@ def records(shared_data):
 
 
 def test_graphs_built_from_cuda_tensors_equal_the_cpu_graphs(records):
-    examples = train.build_examples(records, "relative_position")
+    examples = [inputs.InputLoader()(record) for record in records]
     position = torch.cat([e.position for e in examples])
     residue_type = torch.cat([e.residue_type for e in examples])
-    node2graph = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor([len(e.label) for e in examples]))
+    node2graph = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor([e.num_nodes for e in examples]))
     cpu = graph.build_gearnet_graph(position, residue_type, node2graph)
     gpu = graph.build_gearnet_graph(position.cuda(), residue_type.cuda(), node2graph.cuda())
     assert gpu.edge_list.is_cuda and gpu.edge_feature.is_cuda
@@ -60,11 +60,11 @@ def test_graphs_built_from_cuda_tensors_equal_the_cpu_graphs(records):
 def test_encoder_on_cuda_matches_cpu(records, name):
     """Forward output and parameter gradients of every zoo encoder agree between CPU and GPU."""
     spec, settings, plm = ENCODERS[name]
-    examples = train.build_examples(records, "relative_position")
+    examples = [inputs.InputLoader()(record) for record in records]
     generator = torch.Generator().manual_seed(0)
     if plm:
         for example in examples:
-            example.node_feature = torch.randn(len(example.label), ESM_DIM, generator=generator)
+            example.node_feature = torch.randn(example.num_nodes, ESM_DIM, generator=generator)
     torch.manual_seed(0)
     encoder, _ = build_encoder(spec, ESM_DIM if plm else 21, plm=plm)
     encoder.eval()  # running batch-norm statistics, no dropout: the same function on both devices
@@ -72,7 +72,7 @@ def test_encoder_on_cuda_matches_cpu(records, name):
     results = []
     for device in ("cpu", "cuda"):
         encoder.to(device).zero_grad()
-        out = encoder(train.make_graph(examples, device, settings), node_feature.to(device))["node_feature"]
+        out = encoder(inputs.make_graph(examples, device, settings), node_feature.to(device))["node_feature"]
         out.square().mean().backward()
         grads = {k: p.grad.detach().cpu().clone() for k, p in encoder.named_parameters() if p.grad is not None}
         results.append((out.detach().cpu(), grads))
@@ -100,12 +100,12 @@ def test_esm_embeddings_and_training_on_cuda(records, tmp_path):
             tmp_path / "0000.pt", checkpoint, indexes[device], tmp_path / device / "store", "tiny",
             {"repr_layer": 2}, device=device,
         )  # fmt: skip
-    cpu_index, gpu_index = (train.load_embedding_index([indexes[d]]) for d in ("cpu", "cuda"))
+    cpu_index, gpu_index = (inputs.load_embedding_index([indexes[d]]) for d in ("cpu", "cuda"))
     for record in records:
         n = len(record["sequence"])
         torch.testing.assert_close(
-            train.read_embedding(gpu_index[record["id"]], record["id"], n),
-            train.read_embedding(cpu_index[record["id"]], record["id"], n),
+            inputs.read_embedding(gpu_index[record["id"]], record["id"], n),
+            inputs.read_embedding(cpu_index[record["id"]], record["id"], n),
             rtol=1e-4,
             atol=1e-4,
         )

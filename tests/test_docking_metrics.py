@@ -24,9 +24,9 @@ from geoplm.docking import (
     pocket_points,
     random_rigid_transform,
     summarize,
-    train_docking_run,
 )
 from geoplm.errors import ConfigError, GeoplmError
+from geoplm.tasks.docking import train_docking_run
 
 TINY = {"hidden_dim": 16, "residue_emb_dim": 16, "n_layers": 2, "num_att_heads": 8}
 

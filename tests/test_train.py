@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from geoplm import atomic, esm, graph, steps, structure, train
+from geoplm.tasks.position import position_labels
 
 AF = ["AF-P76011-F1-model_v4.pdb", "AF-Q9Y5P2-F1-model_v4.pdb", "AF-A0A1W2PQ64-F1-model_v4.pdb"]
 PDB = ["11as.pdb", "1orc.pdb", "103l.pdb", "2olx.pdb", "1lds.pdb"]
@@ -15,10 +16,10 @@ PDB = ["11as.pdb", "1orc.pdb", "103l.pdb", "2olx.pdb", "1lds.pdb"]
 
 def test_position_labels_match_the_reference():
     # GGNN_Meets_PLM gvp/atom3d.py TOYDataset: arange(n) and min(i, n - i)
-    assert train.position_labels("absolute_position", 5).tolist() == [0, 1, 2, 3, 4]
-    assert train.position_labels("relative_position", 5).tolist() == [0.0, 1.0, 2.0, 2.0, 1.0]
-    with pytest.raises(Exception, match="unknown task kind"):
-        train.position_labels("secondary_structure", 5)
+    assert position_labels("absolute_position", 5).tolist() == [0, 1, 2, 3, 4]
+    assert position_labels("relative_position", 5).tolist() == [0.0, 1.0, 2.0, 2.0, 1.0]
+    with pytest.raises(Exception, match="unknown position task kind"):
+        position_labels("secondary_structure", 5)
 
 
 @pytest.fixture(scope="module")

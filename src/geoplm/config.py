@@ -111,30 +111,21 @@ def check_references(config: Mapping) -> None:
 
 
 def graph_settings(config: Mapping, name: str) -> dict:
-    """The settings of a ``graphs`` entry.
+    """The settings of a ``graphs`` entry, the defaults of its kind (:data:`geoplm.graph.GRAPH_KINDS`) filled in.
 
     ``kind: gearnet`` (default): the keyword arguments of :func:`geoplm.graph.build_gearnet_graph`
     (no ``kind`` key, GearNet Sec. 3.1 defaults filled in). ``kind: radius`` / ``knn``: Wu et al.'s
-    Cα graphs, ``{"kind", "radius"}`` (8 Å) or ``{"kind", "k"}`` (10).
+    Cα graphs, ``{"kind", "radius", "max_num_neighbors"}`` (8 Å) or ``{"kind", "k"}`` (10).
     """
+    from geoplm.graph import GRAPH_KINDS
+
     entry = dict(config.get("graphs", {}).get(name, {}))
     kind = entry.pop("kind", "gearnet")
-    if kind == "radius":
-        return {
-            "kind": "radius",
-            "radius": entry.get("radius", 8.0),
-            "max_num_neighbors": entry.get("max_num_neighbors"),
-        }
-    if kind == "knn":
-        return {"kind": "knn", "k": entry.get("k", entry.get("knn_k", 10))}
-    defaults = {
-        "sequential_max_distance": 2,
-        "radius": 10.0,
-        "knn_k": 10,
-        "min_distance": 5,
-        "spatial_max_num_neighbors": 32,
-    }
-    return {**defaults, **entry}
+    if kind == "knn" and "knn_k" in entry:  # the gearnet key name, accepted for a kNN graph's k
+        entry.setdefault("k", entry.pop("knn_k"))
+    defaults = GRAPH_KINDS[kind][1]
+    settings = {**defaults, **{key: value for key, value in entry.items() if key in defaults}}
+    return settings if kind == "gearnet" else {"kind": kind, **settings}
 
 
 def cached_graph(config: Mapping, model: str) -> str | None:

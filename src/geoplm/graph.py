@@ -110,6 +110,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -742,3 +743,93 @@ def pack_graphs(
         edge_feature=_edge_feature(edge_feature, edge_list, pos, residue_type, num_relation),
         num_relation=num_relation,
     )
+
+
+# --- graph kinds: the registry every batch is built through -------------------------------------
+
+
+def build_ca_graph(
+    node_position: Tensor,
+    residue_type: Tensor,
+    node2graph: Tensor,
+    *,
+    kind: str = "radius",
+    radius: float = 8.0,
+    k: int = 10,
+    max_num_neighbors: int | None = None,
+) -> ResidueGraph:
+    """Wu et al.'s one-relation residue graph on Cα: r-ball (``kind="radius"``, ``radius`` Å, 8 by default)
+    or kNN (``kind="knn"``, ``k``, 10 by default), as GGNN_Meets_PLM (smiles724, ``gvp/atom3d.py``) builds it
+    with torch_cluster's ``radius_graph`` / ``knn_graph``.
+
+    Args:
+        node_position: ``(N, 3)`` Cα coordinates in Å, proteins packed one after another.
+        residue_type: ``(N,)`` residue ids 0-20.
+        node2graph: ``(N,)`` non-decreasing protein index.
+
+    Returns:
+        A :class:`ResidueGraph` with ``num_relation = 1`` and no edge features (``(E, 0)``).
+
+    Raises:
+        ValueError: ``kind`` is neither ``radius`` nor ``knn``.
+    """
+    if kind == "knn":
+        edge_index = knn_graph(node_position, int(k), node2graph)
+    elif kind == "radius":
+        edge_index = radius_graph(node_position, float(radius), node2graph, max_num_neighbors=max_num_neighbors)
+    else:
+        raise ValueError(f"Cα graph kind must be 'radius' or 'knn', got {kind!r}")
+    zeros = torch.zeros(edge_index.shape[1], 1, dtype=torch.long, device=edge_index.device)
+    edge_list = torch.cat([edge_index.t(), zeros], dim=1)
+    return ResidueGraph(
+        num_nodes=int(node_position.shape[0]),
+        batch_size=int(node2graph.max()) + 1 if len(node2graph) else 0,
+        node_position=node_position,
+        residue_type=residue_type,
+        node2graph=node2graph,
+        edge_list=edge_list,
+        edge_feature=torch.zeros(edge_list.shape[0], 0, device=node_position.device),
+        num_relation=1,
+    )
+
+
+#: The graph registry: a ``graphs`` entry's ``kind`` -> (builder on a packed batch, default settings). The
+#: builder is called as ``builder(node_position (N, 3), residue_type (N,), node2graph (N,), **settings)``.
+#: ``gearnet``'s graphs can also be cached per record (``build_graphs`` rule) and packed
+#: (:func:`pack_graphs`); the Cα graphs are cheap and built per batch.
+GRAPH_KINDS: dict[str, tuple] = {
+    "gearnet": (
+        build_gearnet_graph,
+        {
+            "sequential_max_distance": 2,
+            "radius": 10.0,
+            "knn_k": 10,
+            "min_distance": 5,
+            "spatial_max_num_neighbors": 32,
+        },
+    ),
+    "radius": (partial(build_ca_graph, kind="radius"), {"radius": 8.0, "max_num_neighbors": None}),
+    "knn": (partial(build_ca_graph, kind="knn"), {"k": 10}),
+}
+
+
+def graph_kind(settings: dict | None) -> tuple[str, dict]:
+    """Split a graph's settings (:func:`geoplm.config.graph_settings`) into its kind (``gearnet`` when absent)
+    and the builder's keyword arguments.
+
+    Raises:
+        ValueError: a kind not in :data:`GRAPH_KINDS`.
+    """
+    settings = dict(settings or {})
+    kind = settings.pop("kind", "gearnet")
+    if kind not in GRAPH_KINDS:
+        raise ValueError(f"unknown graph kind {kind!r} (known: {', '.join(GRAPH_KINDS)})")
+    return kind, settings
+
+
+def build_batch_graph(
+    node_position: Tensor, residue_type: Tensor, node2graph: Tensor, settings: dict | None = None
+) -> ResidueGraph:
+    """The graph of ``settings`` (kind looked up in :data:`GRAPH_KINDS`) built on a packed batch."""
+    kind, options = graph_kind(settings)
+    return GRAPH_KINDS[kind][0](node_position, residue_type, node2graph, **options)
