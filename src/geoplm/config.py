@@ -101,13 +101,14 @@ def check_references(config: Mapping) -> None:
     for name, task in config["tasks"].items():
         _require(config, "datasets", task["dataset"], f"tasks.{name}.dataset")
     for name, table in config["tables"].items():
-        for model in table["models"]:
+        for model, plm in table_rows(table):
             _require(config, "models", model, f"tables.{name}.models")
-        for plm in table["plms"]:
             if plm != NO_PLM:
                 _require(config, "plms", plm, f"tables.{name}.plms")
         for i, column in enumerate(table["columns"]):
             _require(config, "tasks", column["task"], f"tables.{name}.columns[{i}].task")
+            for model, task in column.get("tasks", {}).items():
+                _require(config, "tasks", task, f"tables.{name}.columns[{i}].tasks.{model}")
 
 
 def graph_settings(config: Mapping, name: str) -> dict:
@@ -212,18 +213,33 @@ def finetunes_esm(model: Mapping) -> bool:
     return model.get("type") == "esm_gearnet" and not model.get("freeze_esm", True)
 
 
+def table_rows(spec: Mapping) -> list[tuple[str, str]]:
+    """The (model, plm) rows of a ``tables`` entry: its explicit ``rows``, else every model with every plm."""
+    if spec.get("rows"):
+        return [(row["model"], row["plm"]) for row in spec["rows"]]
+    return [(model, plm) for model in spec["models"] for plm in spec["plms"]]
+
+
+def column_task(column: Mapping, model: str) -> str:
+    """The task a table column runs for a row's model: ``tasks[model]`` where the column maps the model to its
+    own task entry (the reference trains that model family with other settings), else ``task``."""
+    return str(column.get("tasks", {}).get(model, column["task"]))
+
+
 def table_jobs(config: Mapping, table: str) -> list[dict[str, Any]]:
     """Every training run a table needs: dicts with task, model, plm, pretrain and seed.
 
-    Combinations that do not exist are left out: a fusion model (:data:`NEEDS_PLM`) without a plm.
+    Combinations that do not exist are left out: a model that needs ESM-2 features (:data:`NEEDS_PLM`) without a
+    plm.
     """
     spec = config["tables"][table]
-    tasks = list(dict.fromkeys(column["task"] for column in spec["columns"]))
-    return [
-        {"task": task, "model": model, "plm": plm, "pretrain": NO_PRETRAIN, "seed": seed}
-        for task in tasks
-        for model in spec["models"]
-        for plm in spec["plms"]
-        for seed in config["seeds"]
-        if not (plm == NO_PLM and config["models"][model]["type"] in NEEDS_PLM)
-    ]
+    jobs: dict[tuple, dict[str, Any]] = {}
+    for model, plm in table_rows(spec):
+        if plm == NO_PLM and config["models"][model]["type"] in NEEDS_PLM:
+            continue
+        for column in spec["columns"]:
+            task = column_task(column, model)
+            for seed in config["seeds"]:
+                job = {"task": task, "model": model, "plm": plm, "pretrain": NO_PRETRAIN, "seed": seed}
+                jobs.setdefault(tuple(job.values()), job)
+    return list(jobs.values())

@@ -19,13 +19,51 @@ import numpy as np
 import pandas as pd
 
 from geoplm import atomic
-from geoplm.config import NO_PLM, NO_PRETRAIN
+from geoplm.config import NO_PLM, NO_PRETRAIN, column_task, table_rows
 from geoplm.errors import GeoplmError
 
 log = logging.getLogger(__name__)
 
 NOT_AVAILABLE = "not available"
-METRIC_LABELS = {"accuracy": "Accuracy", "rmse": "RMSE"}
+METRIC_LABELS = {
+    "accuracy": "Accuracy",
+    "rmse": "RMSE",
+    "mae": "MAE",
+    "f1_max": "Fmax",
+    "auprc_micro": "AUPR",
+    "auprc": "AUPR",
+    "auroc": "AUROC",
+    "spearman": "Spearman",
+    "pearson": "Pearson",
+    "kendall": "Kendall",
+}
+
+
+def run_value(run: Mapping, column: Mapping) -> float | None:
+    """The value of a table column in one run's metrics: ``metric`` on the column's ``split`` (``test`` by
+    default; another tested split such as Fold's ``test_superfamily`` is read from the run's ``splits``)."""
+    split = column.get("split", "test")
+    metrics = run["test"] if split == "test" else run.get("splits", {}).get(split, {})
+    value = metrics.get(column["metric"])
+    return None if value is None else float(value)
+
+
+def column_name(column: Mapping) -> str:
+    """A column's heading: its ``label``, else task (and split) and metric."""
+    if column.get("label"):
+        return str(column["label"])
+    split = f" {column['split']}" if column.get("split", "test") != "test" else ""
+    return f"{column['task']}{split} {METRIC_LABELS.get(column['metric'], column['metric'])}"
+
+
+def published_row(spec: Mapping, model: str, plm: str) -> tuple[str, str | None]:
+    """The (model, setting) of published_values.tsv a table row is compared with: ``published_names[model]``
+    (a name, or ``{model, setting}``), the setting otherwise from ``published_settings[plm]``."""
+    name = spec.get("published_names", {}).get(model, model)
+    setting = spec.get("published_settings", {}).get(plm)
+    if isinstance(name, Mapping):
+        return str(name["model"]), name.get("setting", setting)
+    return str(name), setting
 
 
 def summarize(values: Sequence[float]) -> tuple[float, float, int]:
@@ -106,30 +144,30 @@ def build_table(spec: Mapping, metrics_paths: Sequence[str | os.PathLike], publi
         if pretrain == NO_PRETRAIN:
             runs.setdefault((task, model, plm), []).append(read_metrics(path))
     rows = []
-    for model in spec["models"]:
-        for plm in spec["plms"]:
-            if not any((column["task"], model, plm) in runs for column in spec["columns"]):
-                continue  # a combination the workflow does not run (a fusion model without ESM-2)
-            row: dict = {"model": model, "node_features": "residue one-hot" if plm == NO_PLM else plm}
-            for column in spec["columns"]:
-                values = [run["test"].get(column["metric"]) for run in runs.get((column["task"], model, plm), [])]
-                mean, std, n = summarize(values)
-                name = f"{column['task']} {METRIC_LABELS.get(column['metric'], column['metric'])}"
-                row[f"{name} (reproduced)"] = format_cell(mean, std, n)
-                row[f"{name} mean"] = mean
-                row[f"{name} std"] = std
-                row[f"{name} seeds"] = n
-                value, source = published_value(
-                    published,
-                    spec.get("paper"),
-                    column.get("published_task"),
-                    column.get("published_metric"),
-                    spec.get("published_names", {}).get(model, model),
-                    spec.get("published_settings", {}).get(plm),
-                )
-                row[f"{name} (published)"] = value
-                row[f"{name} published source"] = source
-            rows.append(row)
+    for model, plm in table_rows(spec):
+        if not any((column_task(column, model), model, plm) in runs for column in spec["columns"]):
+            continue  # a combination the workflow does not run (a fusion model without ESM-2)
+        row: dict = {"model": model, "node_features": "residue one-hot" if plm == NO_PLM else plm}
+        published_model, published_setting = published_row(spec, model, plm)
+        for column in spec["columns"]:
+            values = [run_value(run, column) for run in runs.get((column_task(column, model), model, plm), [])]
+            mean, std, n = summarize(values)
+            name = column_name(column)
+            row[f"{name} (reproduced)"] = format_cell(mean, std, n)
+            row[f"{name} mean"] = mean
+            row[f"{name} std"] = std
+            row[f"{name} seeds"] = n
+            value, source = published_value(
+                published,
+                spec.get("paper"),
+                column.get("published_task"),
+                column.get("published_metric"),
+                published_model,
+                published_setting,
+            )
+            row[f"{name} (published)"] = value
+            row[f"{name} published source"] = source
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -139,6 +177,8 @@ def to_markdown(name: str, spec: Mapping, table: pd.DataFrame) -> str:
         c for c in table.columns if c.endswith("(reproduced)") or c.endswith("(published)")
     ]
     lines = [f"# {spec.get('title', name)}", ""]
+    if spec.get("caption"):
+        lines += [spec["caption"], ""]
     lines.append("| " + " | ".join(shown) + " |")
     lines.append("|" + "|".join("---" for _ in shown) + "|")
     for _, row in table.iterrows():

@@ -550,11 +550,17 @@ def _read_items(
     num_shards: int,
     on_error: str,
     to_records: Callable[[dict[str, Any], LMDBReader, int, str], list[dict[str, Any]]],
+    splits: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """The shard loop of the ATOM3D readers: open the LMDBs, take this shard's contiguous chunk of
     their entries, turn each item into records with ``to_records(item, reader, index, source)``;
-    a bad entry is a skipped row (or raises with ``on_error == "fail"``), named by LMDB and entry."""
-    readers = [open_lmdb(find_lmdb(archive, subset)) for archive in archives]
+    a bad entry is a skipped row (or raises with ``on_error == "fail"``), named by LMDB and entry.
+    With ``splits`` (split name -> LMDB folder, e.g. ``{"train": "train", "valid": "val", "test": "test"}``)
+    the folders are read one after another and each record's ``split`` is its folder's split name."""
+    folders = list(splits.items()) if splits else [(None, subset)]
+    opened = [(open_lmdb(find_lmdb(archive, folder)), split) for split, folder in folders for archive in archives]
+    readers = [reader for reader, _ in opened]
+    split_of_reader = {id(reader): split for reader, split in opened}
     try:
         entries = [(reader, index) for reader in readers for index in range(len(reader))]
         start, end = shard_bounds(len(entries), shard_index, num_shards)
@@ -582,6 +588,9 @@ def _read_items(
                     {"entry": error.entry or str(index), "source_file": str(reader.path), "reason": error.reason}
                 )
                 continue
+            if split_of_reader[id(reader)] is not None:
+                for record in parsed:
+                    record["split"] = split_of_reader[id(reader)]
             records.extend(parsed)
         return records, skipped
     finally:
@@ -599,7 +608,7 @@ ATOM_KEYS: dict[str, tuple[str, ...]] = {
     "lba": ("atoms_pocket", "atoms_protein", "atoms_ligand"),
 }
 
-_READ_SHARD_OPTIONS = {"subset", "task", "atoms_keys"}
+_READ_SHARD_OPTIONS = {"subset", "task", "atoms_keys", "splits"}
 
 
 def _plain(value: Any) -> Any:
@@ -634,6 +643,9 @@ def read_shard(
     Options:
         subset: the LMDB folder to read inside the archive (e.g. ``test``), or None. Splits are
             not taken from it: a dataset reads one folder and is split by the workflow's seed.
+        splits: instead of ``subset``, the dataset's splits as LMDB folders, ``{split: folder}`` (ATOM3D's
+            own splits, e.g. PSR split by year ``{train: train, valid: val, test: test}``): every folder is
+            read, in this order, and each record carries its folder's split.
         task: ``res`` (default), ``psr``, ``msp``, ``ppi`` or ``lba`` -- which atom tables an item
             holds (:data:`ATOM_KEYS`); tables absent from an item are passed over.
         atoms_keys: explicit list of item keys holding atom tables (overrides ``task``).
@@ -655,7 +667,10 @@ def read_shard(
         raise ConfigError(f"atom3d_lmdb: options.task '{task}' is not one of {sorted(ATOM_KEYS)}")
     keys = tuple(options.get("atoms_keys") or ATOM_KEYS[task])
     subset = options.get("subset")
-    if task == "res" and keys == ("atoms",):
+    splits = options.get("splits")
+    if splits is not None and (subset is not None or not isinstance(splits, dict) or not splits):
+        raise ConfigError("atom3d_lmdb: options.splits is a non-empty {split: LMDB folder} mapping, not with subset")
+    if task == "res" and keys == ("atoms",) and splits is None:
         records, skipped = read_lmdb_shard(_lmdb_inputs(files), subset, shard, num_shards, on_error)
         for record in records:
             record.update(split="", group=record["id"].rsplit("_", 1)[0], role="atoms")
@@ -672,10 +687,10 @@ def read_shard(
             if not isinstance(table, pd.DataFrame):
                 raise Atom3dError(reader.path, f"'{key}' is not an atom table", reader.entry_name(index))
             for record in atoms_to_records(table, f"{item_id}_{key}", source):
-                record.update(labels=labels, group=item_id, role=key, split="")
+                record.update(labels=labels, group=item_id, role=key, split=record.get("split") or "")
                 item_records.append(record)
         if not item_records:
             raise Atom3dError(reader.path, f"no protein chain in tables {list(keys)}", reader.entry_name(index))
         return item_records
 
-    return _read_items(_lmdb_inputs(files), subset, shard, num_shards, on_error, tables)
+    return _read_items(_lmdb_inputs(files), subset, shard, num_shards, on_error, tables, splits)
