@@ -321,9 +321,10 @@ def gather_records(
     """Join shard manifests into the dataset manifest, assigning splits; join skipped reports.
 
     Args:
-        split: ``{"seed": int, "fractions": {"train", "valid", "test"}}``; entries that already
-            carry a split (from the dataset's own split files) keep it; the others are split by
-            ``group`` (all records of a complex or CASP target on the same side), else by id.
+        split: ``{"seed": int, "fractions": {"train", "valid", "test"}, "unit": "group" | "id"}``; entries
+            that already carry a split (from the dataset's own split files) keep it; the others are split by
+            ``group`` (all records of a complex or CASP target on the same side), else by id (``unit: id``:
+            always by id).
 
     Raises:
         GeoplmError: the same record id appears in two shards.
@@ -337,8 +338,9 @@ def gather_records(
             frame[column] = "{}" if column == "labels" else ""
     todo = frame["split"] == ""
     if todo.any():
-        # the unit of a split is the group (a complex, a CASP target) where records have one
-        unit = frame["group"].where(frame["group"] != "", frame["id"])
+        # the unit of a split is the group (a complex, a CASP target) where records have one, unless the
+        # config splits by record (unit: id; e.g. the models of a single CASP target)
+        unit = frame["id"] if split.get("unit") == "id" else frame["group"].where(frame["group"] != "", frame["id"])
         fractions = split.get("fractions", {"train": 0.8, "valid": 0.1, "test": 0.1})
         assigned = assign_splits(sorted(set(unit[todo])), fractions, int(split.get("seed", 0)))
         frame.loc[todo, "split"] = unit[todo].map(assigned)
