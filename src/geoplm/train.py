@@ -248,6 +248,7 @@ def fit(
         batch_size = int(s["batch_size"])
         while state["epoch"] < epochs and (patience is None or state["wait"] < int(patience)):
             epoch = state["epoch"]
+            lr = float(optimizer.param_groups[-1]["lr"])  # the base rate (ESM-2 groups come first)
             net.train()
             sums: dict[str, float] = {}
             weights = 0.0
@@ -263,7 +264,8 @@ def fit(
                 weights += weight
             if per_epoch:
                 scheduler.step()
-            record: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v / max(weights, 1.0) for k, v in sums.items()}}
+            record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+            record.update({f"train_{k}": v / max(weights, 1.0) for k, v in sums.items()})
             if (epoch + 1) % interval == 0 or epoch + 1 == epochs:
                 valid, _ = evaluate_split(task, net, splits["valid"])
                 value = float(valid[selection["metric"]])

@@ -1,0 +1,326 @@
+"""The task layer on real structures: every task learns (its training loss falls and its metric on the training
+split reaches a clear level when a small real subset is overfitted), and the pieces the references define --
+test-set identity cutoffs, target normalisation, per-target metrics, mutation sites and windows, truncation,
+the loop's evaluation interval, schedulers and selection -- behave as specified."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from geoplm import config as geoplm_config
+from geoplm import inputs, metrics, structure
+from geoplm.datasets.chains import read_shard
+from geoplm.datasets.labels import read_chain_list
+from geoplm.errors import ConfigError, GeoplmError
+from geoplm.tasks import TASKS, get_task
+from geoplm.tasks.pairs import mutation_window
+from geoplm.train import fit
+
+SMALL_GEARNET = {"type": "gearnet", "hidden_dims": [64, 64], "short_cut": True, "batch_norm": False}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def chains_table(shared_data: Path) -> pd.DataFrame:
+    return pd.read_csv(shared_data / "chains" / "CHAINS.tsv", sep="\t", dtype=str, keep_default_na=False)
+
+
+def labelled_records(shared_data: Path, task: str, label_dir: str, extra=(), **options) -> list[dict]:
+    """Records of the ``labelled_chains`` reader on the mirror's chains with the real (or given) label files."""
+    table = chains_table(shared_data)
+    other = table[~table["identified_by"].str.startswith(("file name", "HEADER"))]
+    chain_map = dict(zip(other["file"], other["pdb_chain"], strict=True))
+    files = sorted(p for p in (shared_data / "chains").iterdir() if p.name != "CHAINS.tsv")
+    labels = sorted((shared_data / "labels" / label_dir).iterdir()) if label_dir else []
+    records, _ = read_shard([*files, *labels, *extra], 0, 1, {"task": task, "chain_map": chain_map, **options}, "skip")
+    return records
+
+
+def shortest(records: list[dict], n: int) -> list[dict]:
+    return sorted(records, key=lambda r: (len(r["sequence"]), r["id"]))[:n]
+
+
+def overfit(task_spec: dict, records: list[dict], tmp_path: Path, model=SMALL_GEARNET, seed=0, **loader) -> dict:
+    """Train on ``records`` and evaluate on the same records (valid = test = train): the training-split metric."""
+    task = get_task(task_spec, "t")
+    examples = task.build_examples(records, {r["id"]: "train" for r in records}, task.input_loader(**loader))
+    train = examples["train"]
+    splits = {"train": train, "valid": train, **{name: train for name in task.test_splits}}
+    return fit(task, model, splits, seed, tmp_path / "metrics.json", tmp_path / "model.pt", input_dim=21)
+
+
+def train_losses(metrics_: dict) -> list[float]:
+    return [h["train_loss"] for h in metrics_["history"]]
+
+
+# --- registry and settings ------------------------------------------------------------------------------
+
+
+def test_every_configured_task_builds_and_bad_settings_name_the_key():
+    config = geoplm_config.load_config(REPO / "config" / "config.yaml")
+    kinds = {spec["kind"] for spec in config["tasks"].values()}
+    assert kinds <= set(TASKS)
+    for name, spec in config["tasks"].items():
+        get_task(spec, name)
+    with pytest.raises(ConfigError, match="unknown task kind 'secondary'"):
+        get_task({"kind": "secondary"}, "x")
+    with pytest.raises(ConfigError, match=r"tasks\.ec\.num_angle_bin"):
+        get_task(dict(config["tasks"]["ec"], num_angle_bin=8), "ec")
+    with pytest.raises(ConfigError, match=r"tasks\.ec\.test_cutoff"):
+        get_task(dict(config["tasks"]["ec"], test_cutoff=0.8), "ec")
+    with pytest.raises(ConfigError, match=r"tasks\.ec\.optimizer"):
+        get_task(dict(config["tasks"]["ec"], optimizer="lamb"), "ec")
+
+
+# --- EC / GO (multi-label function) -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ec_records(shared_data):
+    return labelled_records(shared_data, "ec", "deepfri_EC_GO")
+
+
+def test_ec_learns_fmax_when_overfitting_16_chains(ec_records, tmp_path):
+    records = shortest(ec_records, 16)
+    spec = {"kind": "multilabel", "dataset": "ec", "epochs": 30, "batch_size": 4, "lr": 3e-3, "num_mlp_layer": 2}
+    result = overfit(spec, records, tmp_path)
+    losses = train_losses(result)
+    assert losses[-1] < 0.2 * losses[0]
+    assert result["test"]["f1_max"] >= 0.9 and result["test"]["auprc_micro"] >= 0.9
+    assert result["num_classes"] == 538 and result["test"]["proteins"] == 16
+    # the best epoch is the one of highest validation Fmax (here the training chains)
+    valid = [h["valid_f1_max"] for h in result["history"]]
+    assert result["best_epoch"] == max(range(len(valid)), key=lambda i: (valid[i], -i))
+
+
+def test_ec_test_cutoff_keeps_the_test_chains_flagged_at_that_identity(ec_records):
+    tests = [r for r in ec_records if r["split"] == "test"]
+    flags = {r["id"]: r["labels"]["test_identity"] for r in tests}
+    loader = inputs.InputLoader()
+    for cutoff in (0.3, 0.95):
+        task = get_task({"kind": "multilabel", "dataset": "ec", "epochs": 1, "batch_size": 1, "lr": 1e-3,
+                         "test_cutoff": cutoff}, "ec")  # fmt: skip
+        kept = {e.id for e in task.build_examples(tests, {r["id"]: "test" for r in tests}, loader)["test"]}
+        key = str(round(cutoff * 100))
+        assert kept == {chain for chain, flag in flags.items() if flag[key]}
+    assert any(flag["95"] and not flag["30"] for flag in flags.values())  # the cutoff makes a difference here
+
+
+def go_annotation_file(path: Path, labelled: list[str], listed: list[str]) -> Path:
+    """A DeepFRI GO annotation file with terms the test chooses: 4 molecular-function terms over the ``labelled``
+    chains; every other chain of DeepFRI's GO lists (``listed``) is annotated with no term."""
+    terms = ["GO:0003824", "GO:0005488", "GO:0016787", "GO:0046872"]
+    lines = [
+        "### GO-terms (molecular_function)", "\t".join(terms),
+        "### GO-names (molecular_function)", "\t".join(["catalytic", "binding", "hydrolase", "metal ion"]),
+        "### GO-terms (biological_process)", "GO:0008150",
+        "### GO-terms (cellular_component)", "GO:0005575",
+        "### PDB-chain\tGO-terms (molecular_function)\tGO-terms (biological_process)\tGO-terms (cellular_component)",
+    ]  # fmt: skip
+    for i, chain in enumerate(labelled):
+        picked = ",".join(terms[j] for j in range(4) if (i >> j) & 1 or j == i % 4)
+        lines.append(f"{chain}\t{picked}\tGO:0008150\t")
+    lines += [f"{chain}\t\t\t" for chain in sorted(set(listed) - set(labelled))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_go_path_on_real_chains_with_written_labels(shared_data, tmp_path):
+    """GO has no labelled sample in the mirror: real chains with GO splits, labels written here, through the
+    reader and the multi-label task."""
+    table = chains_table(shared_data)
+    chains = list(table[table["GO_split"] != ""]["pdb_chain"])
+    go_lists = [p for p in (shared_data / "labels" / "deepfri_EC_GO").iterdir() if p.name.startswith("nrPDB-GO")]
+    listed = [c for p in go_lists if p.suffix == ".txt" for c in read_chain_list(p)]
+    annotation = go_annotation_file(tmp_path / "nrPDB-GO_2019.06.18_annot.tsv", chains, listed)
+    records = labelled_records(shared_data, "go_mf", "", extra=[annotation, *go_lists])
+    assert records and all(r["labels"]["num_classes"] == 4 for r in records)
+    spec = {"kind": "multilabel", "dataset": "go_mf", "epochs": 25, "batch_size": 4, "lr": 3e-3, "num_mlp_layer": 2}
+    result = overfit(spec, shortest(records, 12), tmp_path)
+    assert train_losses(result)[-1] < 0.5 * train_losses(result)[0]
+    assert result["test"]["f1_max"] >= 0.9
+
+
+# --- Fold / Reaction (classification) ---------------------------------------------------------------------
+
+
+def test_fold_learns_and_reports_every_test_split(shared_data, tmp_path):
+    records = shortest(labelled_records(shared_data, "fold", "fold_HomologyTAPE"), 16)
+    assert len({r["labels"]["target"] for r in records}) > 4  # several folds
+    spec = {
+        "kind": "classification", "dataset": "fold", "epochs": 30, "batch_size": 4, "lr": 3e-3,
+        "mlp_batch_norm": True, "mlp_dropout": 0.0, "test_splits": ["test_fold", "test_family"],
+    }  # fmt: skip
+    result = overfit(spec, records, tmp_path)
+    assert train_losses(result)[-1] < 0.2 * train_losses(result)[0]
+    assert set(result["splits"]) == {"valid", "test_fold", "test_family"}
+    assert result["splits"]["test_fold"]["accuracy"] >= 0.9 and result["num_classes"] == 1195
+    assert result["test"] == result["splits"]["test_fold"]
+
+
+# --- PSR (regression) -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def casp_records(shared_data):
+    from geoplm.datasets.casp import read_shard as read_casp
+
+    files = sorted((shared_data / "casp" / "T0980s1").iterdir())
+    records, _ = read_casp(files, 0, 1, {"require_labels": True, "target": "T0980s1"}, "skip")
+    return records
+
+
+def test_psr_regression_normalises_targets_and_learns(casp_records, tmp_path):
+    models = [r for r in casp_records if r.get("role") == "model"]
+    assert len(models) == 15
+    spec = {"kind": "regression", "dataset": "casp", "epochs": 40, "batch_size": 4, "lr": 3e-3,
+            "label": "gdt_ts", "group_pattern": r"T\d{4}"}  # fmt: skip
+    result = overfit(spec, casp_records, tmp_path)  # the native has no GDT-TS: left out
+    gdt = torch.tensor([r["labels"]["gdt_ts"] for r in models], dtype=torch.float64)
+    checkpoint = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert checkpoint["task_state"]["target_mean"] == pytest.approx(float(gdt.mean()))
+    assert checkpoint["task_state"]["target_std"] == pytest.approx(float(gdt.std()))  # unbiased, as torchdrug
+    assert result["test"]["examples"] == 15 and result["test"]["groups"] == 1  # "T0980" from the pattern
+    assert train_losses(result)[-1] < 0.2 * train_losses(result)[0]
+    assert result["test"]["spearman"] >= 0.9
+    # one target: the per-target mean is that target's correlation
+    assert result["test"]["per_target_spearman"] == pytest.approx(result["test"]["spearman"])
+    assert result["test"]["first_rank_loss"] >= 0.0
+
+
+# --- MSP (mutation pairs) ---------------------------------------------------------------------------------
+
+
+def mutant(record: dict, position: int, residue: str, item: str, label: str) -> list[dict]:
+    """A wild-type / mutant record pair of one real chain: the mutant differs in one residue's type only (the
+    coordinates are the wild type's, as a point mutation's model would nearly be)."""
+    wild = dict(record, id=f"{item}_original", group=item, role="original_atoms", labels={"label": label})
+    sequence = record["sequence"][:position] + residue + record["sequence"][position + 1 :]
+    mutated = dict(wild, id=f"{item}_mutated", role="mutated_atoms", sequence=sequence)
+    return [wild, mutated]
+
+
+@pytest.fixture(scope="module")
+def msp_records(shared_data):
+    """Pairs on real chains; the label is whether the mutant residue is hydrophobic (written by the test)."""
+    names = ("1orc.pdb", "103l.pdb", "1dix.pdb")
+    chains = [r for name in names for r in structure.parse_structure(shared_data / "pdb" / name)]
+    records = []
+    for i in range(16):
+        chain = chains[i % len(chains)]
+        position = 5 + 7 * i % (len(chain["sequence"]) - 10)
+        residue = "LIVFAMWC"[i % 8] if i % 2 else "DEKRNQSH"[i % 8]
+        records += mutant(chain, position, residue, f"pair{i}", "1" if i % 2 else "0")
+    return records
+
+
+def test_msp_pairs_learn_from_the_mutated_residues(msp_records, tmp_path):
+    spec = {"kind": "mutation_pair", "dataset": "msp", "epochs": 30, "batch_size": 4, "lr": 3e-3}
+    result = overfit(spec, msp_records, tmp_path)
+    assert result["test"]["pairs"] == 16
+    assert train_losses(result)[-1] < 0.5 * train_losses(result)[0]
+    assert result["test"]["auroc"] >= 0.9
+
+
+def test_msp_site_mask_window_and_missing_partner(msp_records):
+    task = get_task({"kind": "mutation_pair", "dataset": "msp", "epochs": 1, "batch_size": 1, "lr": 1e-3,
+                     "truncate": 40}, "msp")  # fmt: skip
+    pair = msp_records[:2]
+    examples = task.build_examples(pair, {r["id"]: "train" for r in pair}, task.input_loader())["train"]
+    (example,) = examples
+    wild, mut = example.proteins
+    assert wild.num_nodes == mut.num_nodes == 40  # cut to the window
+    sites = torch.nonzero(wild.residue_type != mut.residue_type).flatten().tolist()
+    assert len(sites) == 1
+    # TruncateProteinPair: start = min(m - 20, L - 40) for the first mutated residue m
+    position = 5
+    assert mutation_window(torch.arange(100) == 70, 100, 40) == (50, 90)
+    assert mutation_window(torch.arange(100) == 95, 100, 40) == (60, 100)
+    assert mutation_window(torch.arange(100) == 3, 100, 40) == (0, 40)
+    assert sites == [position]  # residue 5 of the chain is inside the window [0, 40)
+    lonely = task.build_examples(pair[:1], {pair[0]["id"]: "train"}, task.input_loader())
+    assert lonely["train"] == []  # no mutant: left out
+
+
+# --- inputs: truncation ------------------------------------------------------------------------------------
+
+
+def test_truncation_cuts_the_record_before_graph_and_esm_rows(shared_data, tmp_path):
+    (record,) = structure.parse_structure(shared_data / "alphafold" / "AF-Q9Y5P2-F1-model_v4.pdb")
+    length = len(record["sequence"])
+    rows = torch.arange(length * 3, dtype=torch.float32).reshape(length, 3)
+    path = tmp_path / "emb.pt"
+    torch.save({"representations": {2: rows}}, path)
+    loader = inputs.InputLoader(embeddings={record["id"]: str(path)}, max_length=50, esm_inputs=True)
+    protein = loader(record)
+    assert protein.num_nodes == 50 and protein.length == 50 and protein.edge_list is None
+    assert torch.equal(protein.node_feature, rows[:50])
+    assert protein.esm_input[0] == record["sequence"][:50]
+    full = inputs.InputLoader()(record)
+    assert torch.equal(protein.position, full.position[:50])
+    randomly = inputs.InputLoader(max_length=50, random_start=True, rng=__import__("random").Random(3))(record)
+    start = int(torch.nonzero((full.position == randomly.position[0]).all(1))[0])
+    assert start > 0 and torch.equal(randomly.position, full.position[start : start + 50])
+    with pytest.raises(GeoplmError, match="outside"):
+        inputs.truncate_record(record, 50, length)
+
+
+# --- the loop: evaluation interval, schedulers, selection --------------------------------------------------
+
+
+def test_loop_eval_interval_step_scheduler_and_last_weights(ec_records, tmp_path):
+    records = shortest(ec_records, 6)
+    spec = {
+        "kind": "multilabel", "dataset": "ec", "epochs": 5, "batch_size": 3, "lr": 1e-2, "optimizer": "sgd",
+        "momentum": 0.9, "scheduler": {"type": "step", "step_size": 2, "gamma": 0.5}, "eval_interval": 2,
+        "test_weights": "last",
+    }  # fmt: skip
+    result = overfit(spec, records, tmp_path)
+    evaluated = [h["epoch"] for h in result["history"] if "valid_loss" in h]
+    assert evaluated == [1, 3, 4]  # every 2 epochs and after the last
+    assert [h["lr"] for h in result["history"]] == [1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3]
+    last_valid = [h for h in result["history"] if "valid_loss" in h][-1]
+    assert result["valid"]["loss"] == pytest.approx(last_valid["valid_loss"])  # last weights, not the best
+
+
+def test_plateau_scheduler_steps_with_the_selection_metric(ec_records, tmp_path):
+    """GearNet's ReduceLROnPlateau(factor 0.6, patience 5) in torch's default mode "min", stepped with the
+    validation Fmax: the learning rate falls once Fmax has failed to *decrease* for more than 5 evaluations."""
+    records = shortest(ec_records, 4)
+    spec = {
+        "kind": "multilabel", "dataset": "ec", "epochs": 9, "batch_size": 4, "lr": 1e-3,
+        "scheduler": {"type": "plateau", "factor": 0.6, "patience": 1, "mode": "max"},
+    }  # fmt: skip
+    result = overfit(spec, records, tmp_path)
+    values = [h["valid_f1_max"] for h in result["history"]]
+    lrs = [h["lr"] for h in result["history"]]
+    best, bad, lr, expected = -math.inf, 0, 1e-3, []
+    for value in values:  # torch's rule, mode max, threshold 1e-4 relative
+        expected.append(lr)
+        if value > best * (1 + 1e-4):
+            best, bad = value, 0
+        else:
+            bad += 1
+        if bad > 1:
+            lr, bad = lr * 0.6, 0
+    assert lrs == pytest.approx(expected)
+
+
+def test_metrics_module_is_what_the_tasks_report(ec_records, tmp_path):
+    records = shortest(ec_records, 6)
+    spec = {"kind": "multilabel", "dataset": "ec", "epochs": 2, "batch_size": 3, "lr": 1e-3}
+    task = get_task(spec, "ec")
+    split = task.build_examples(records, {r["id"]: "train" for r in records}, task.input_loader())["train"]
+    result = fit(task, SMALL_GEARNET, {"train": split, "valid": split, "test": split}, 0,
+                 tmp_path / "m.json", tmp_path / "m.pt", input_dim=21)  # fmt: skip
+    from geoplm.train import evaluate_split
+
+    net = task.build_model(SMALL_GEARNET, 21, False)
+    net.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True)["model"])
+    scores, gathered = evaluate_split(task, net, split)
+    assert scores["f1_max"] == pytest.approx(metrics.f1_max(gathered["pred"], gathered["target"]))
+    assert scores["f1_max"] == pytest.approx(result["test"]["f1_max"])
