@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-DEMO_TABLES = table_toy_position table_docking_db5
+DEMO_TABLES = table_toy_position table_docking_db5 table_gearnet_function table_gearnet_fold table_esm_gearnet_fusion
 
 demo: install
 	GEOPLM_MIRROR=$$( [ -d "$(MIRROR)" ] && echo "$(MIRROR)" ) \

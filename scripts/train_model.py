@@ -14,6 +14,7 @@ from geoplm import train  # noqa: E402
 with steps.logged(sm.log[0]):
     train.run(
         task=sm.params.task,
+        task_name=sm.wildcards.task,
         model=sm.params.model,
         manifest=sm.input.manifest,
         records=list(sm.input.records),

@@ -26,9 +26,20 @@ from geoplm.docking import (
     summarize,
 )
 from geoplm.errors import ConfigError, GeoplmError
-from geoplm.tasks.docking import train_docking_run
+from geoplm.tasks.docking import RigidDocking
+from geoplm.train import fit
 
 TINY = {"hidden_dim": 16, "residue_emb_dim": 16, "n_layers": 2, "num_att_heads": 8}
+
+
+def train_docking_run(task, model, examples, seed, metrics_path, checkpoint_path, threads=None):
+    """EquiDock on given complexes through the one training loop (the docking task's own examples)."""
+    docking = RigidDocking({"kind": "docking", **task}, "docking")
+    prepared = docking.prepare_examples(examples)
+    input_dim = None
+    if docking.use_esm:
+        input_dim = int(next(e for name in docking.splits for e in examples[name]).receptor_esm.shape[1])
+    return fit(docking, model, prepared, seed, metrics_path, checkpoint_path, threads=threads, input_dim=input_dim)
 
 
 @pytest.fixture(scope="module")

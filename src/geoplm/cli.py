@@ -146,6 +146,7 @@ def _run(args: argparse.Namespace) -> None:
             graph_settings=geoplm_config.graph_settings(config, model.get("graph", "gearnet")),
             esm_checkpoint=args.esm_checkpoint,
             esm_settings=config["plms"][args.plm] if args.plm else None,
+            task_name=args.task,
         )
 
 

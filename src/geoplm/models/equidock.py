@@ -39,7 +39,7 @@ Deviations, documented:
   (k = 10 nearest neighbours within 30 Å) on **Cα distances** with :func:`geoplm.graph.knn_graph`,
   where the reference ranks neighbours by the mean all-atom distance between residues; the edge RBF
   and the softmax weights of the mean-vector node features use the Cα distance too.
-* one complex per forward call; :func:`geoplm.docking.train_docking_run` averages the losses of
+* one complex per forward call; :class:`geoplm.tasks.docking.RigidDocking` averages the losses of
   ``batch_size`` complexes before each optimiser step, which equals the reference's DGL batching
   (no operation mixes complexes).
 * the reference's unused ``fine_tune`` stage and ``noise_*`` options are not implemented.

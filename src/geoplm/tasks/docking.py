@@ -24,7 +24,6 @@ and metrics are in :mod:`geoplm.docking`:
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -329,39 +328,3 @@ class RigidDocking(Task):
             f"{test}_per_complex": dict(evaluations[test]["metrics"]),
         }
 
-
-def train_docking_run(
-    task: Mapping,
-    model: Mapping,
-    examples: Mapping[str, Sequence[ComplexExample]],
-    seed: int,
-    metrics_path: str | os.PathLike = "metrics.json",
-    checkpoint_path: str | os.PathLike = "model.pt",
-    device: str = "cpu",
-    run_name: str = "",
-    threads: int | None = None,
-) -> dict:
-    """Train EquiDock on given complexes (``{"train", "valid", "test": [ComplexExample]}``) through the one
-    training loop (:func:`geoplm.train.fit`); write the metrics (JSON) and the best weights.
-
-    Args:
-        task: training options, defaults :data:`EQUIDOCK_LOOP` and :data:`EQUIDOCK_OPTIONS`.
-        model: an EquiDock config (:data:`geoplm.models.equidock.DEFAULT_CONFIG` keys, ``type: equidock``).
-
-    Returns:
-        The metrics dict written to ``metrics_path``: ``test``/``valid`` summaries (``complex_rmsd_median`` /
-        ``_mean`` / ``_std``, same for ``ligand_rmsd`` and ``interface_rmsd``, ``complexes``),
-        ``test_per_complex``, ``history``, ``best_epoch``, ``epochs_run``, ...
-
-    Raises:
-        ConfigError: unknown model option or type. GeoplmError: an empty split, malformed examples, a
-            training complex without a pocket, mixed ESM/no-ESM examples.
-    """
-    from geoplm.train import fit
-
-    docking = RigidDocking({"kind": "docking", **task}, run_name or "docking")
-    prepared = docking.prepare_examples(examples)
-    input_dim = None
-    if docking.use_esm:
-        input_dim = int(next(e for name in docking.splits for e in examples[name]).receptor_esm.shape[1])
-    return fit(docking, model, prepared, seed, metrics_path, checkpoint_path, run_name, device, threads, input_dim)
