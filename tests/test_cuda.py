@@ -20,6 +20,11 @@ GEARNET = {"type": "gearnet", "hidden_dims": [16, 16], "short_cut": True, "batch
 ENCODERS = {
     "gearnet": (GEARNET, {}, False),
     "gearnet_edge": (dict(GEARNET, num_angle_bin=8), {}, False),
+    "gearnet_edge_ieconv": (
+        {"type": "gearnet_ieconv", "embedding_dim": 16, "hidden_dims": [16, 16], "num_angle_bin": 8},
+        {},
+        False,
+    ),
     "esm_gearnet_serial": (GEARNET, {}, True),
     "esm_gearnet_parallel": ({"type": "esm_gearnet", "fusion": "parallel", "hidden_dims": [16, 16]}, {}, True),
     "esm_gearnet_cross": (

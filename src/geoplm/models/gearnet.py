@@ -296,6 +296,10 @@ class GeometricRelationalGraphConv(nn.Module):
     ``num_nodes``, ``num_relation`` and ``edge_list`` (``(E, 3)`` ``[node_in, node_out, relation]``),
     e.g. a :class:`~geoplm.graph.ResidueGraph` or :class:`~geoplm.graph.LineGraph`; ``edge_linear``
     reads ``graph.edge_feature``.
+
+    ``self_loop=False`` drops the ``self_loop`` term (and its parameters): the GearNet repository's
+    re-definition of this layer (``gearnet/layer.py``, used by ``GearNetIEConv``; see
+    :mod:`geoplm.models.gearnet_ieconv`) has none.
     """
 
     def __init__(
@@ -306,6 +310,7 @@ class GeometricRelationalGraphConv(nn.Module):
         edge_input_dim: int | None = None,
         batch_norm: bool = False,
         activation: str | Callable[[Tensor], Tensor] | None = "relu",
+        self_loop: bool = True,
     ):
         super().__init__()
         self.input_dim = input_dim
@@ -314,7 +319,7 @@ class GeometricRelationalGraphConv(nn.Module):
         self.edge_input_dim = edge_input_dim
         self.batch_norm = nn.BatchNorm1d(output_dim) if batch_norm else None
         self.activation = getattr(F, activation) if isinstance(activation, str) else activation
-        self.self_loop = nn.Linear(input_dim, output_dim)
+        self.self_loop = nn.Linear(input_dim, output_dim) if self_loop else None
         self.linear = nn.Linear(num_relation * input_dim, output_dim)
         self.edge_linear = nn.Linear(edge_input_dim, input_dim) if edge_input_dim else None
 
@@ -339,7 +344,10 @@ class GeometricRelationalGraphConv(nn.Module):
         return update
 
     def combine(self, input: Tensor, update: Tensor) -> Tensor:
-        return self._post(self.linear(update) + self.self_loop(input))
+        output = self.linear(update)
+        if self.self_loop is not None:
+            output = output + self.self_loop(input)
+        return self._post(output)
 
     def _post(self, output: Tensor) -> Tensor:
         if self.batch_norm is not None:
@@ -359,7 +367,9 @@ class GeometricRelationalGraphConv(nn.Module):
             raise ValueError(f"graph has {graph.num_relation} relations, layer expects {self.num_relation}")
         if adjacency is None:
             adjacency = RelationalAdjacency.from_graph(graph)
-        output = adjacency.linear(input, self.linear.weight, self.linear.bias) + self.self_loop(input)
+        output = adjacency.linear(input, self.linear.weight, self.linear.bias)
+        if self.self_loop is not None:
+            output = output + self.self_loop(input)
         return self._post(output)
 
 

@@ -16,6 +16,10 @@ type       model                                                           graph
 gearnet    GearNet / GearNet-Edge (Zhang et al., ICLR 2023, Sec. 3.1-3.2;  7 relations (GearNet)
            torchdrug 0.2.1 ``models.GearNet``); ESM-2 input = ESM-GearNet
            serial fusion (Zhang et al. 2023)
+gearnet_ieconv GearNet-IEConv / GearNet-Edge-IEConv (Zhang et al., ICLR    7 relations (GearNet)
+           2023, Fold / Reaction rows; DeepGraphLearning/GearNet
+           ``GearNetIEConv``): embedding, layer norm, IEConv layers
+           (``use_ieconv``), line graph with ``num_angle_bin``
 esm_gearnet ESM-GearNet serial / parallel / cross fusion (Zhang et al.     7 relations (GearNet)
            2023, Sec. 3); ESM-2 frozen (stored embeddings) or fine-tuned
            inside the model (``freeze_esm: false``)
@@ -112,6 +116,65 @@ def _gearnet(spec: Mapping, input_dim: int) -> tuple[nn.Module, int]:
         num_angle_bin=spec.get("num_angle_bin"),
     )
     return encoder, (sum(hidden) if spec.get("concat_hidden", True) else hidden[-1])
+
+
+#: keys of a ``gearnet_ieconv`` entry
+GEARNET_IECONV_KEYS = frozenset(
+    {
+        "hidden_dims",
+        "embedding_dim",
+        "short_cut",
+        "batch_norm",
+        "concat_hidden",
+        "readout",
+        "dropout",
+        "layer_norm",
+        "use_ieconv",
+        "num_angle_bin",
+        "edge_input_dim",
+        "ieconv_frames",
+    }
+)
+
+
+def _build_gearnet_ieconv(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
+    """``type: gearnet_ieconv``: :class:`geoplm.models.gearnet_ieconv.GearNetIEConv` on 7 relations and the node
+    features given (one-hot, or ESM-2 embedded by its input ``linear``).
+
+    Defaults are DeepGraphLearning/GearNet's ``config/downstream/Fold3D/gearnet_ieconv.yaml`` (GearNet-IEConv):
+    ``embedding_dim`` 512, ``hidden_dims`` 6 x 512, ``batch_norm``, ``concat_hidden``, ``short_cut``,
+    ``layer_norm`` true, ``readout`` sum, ``dropout`` 0.2, ``use_ieconv`` true. ``num_angle_bin: 8`` gives
+    GearNet-Edge-IEConv (``gearnet_edge_ieconv.yaml``; ``edge_input_dim`` 59), and with ``use_ieconv: false``
+    the Fold GearNet-Edge (``gearnet_edge.yaml``). ``ieconv_frames``: ``per_graph`` (default) or ``reference``
+    (:func:`geoplm.models.gearnet_ieconv.ieconv_local_frames`).
+
+    Raises:
+        ConfigError: keys that do not apply, or invalid values (as the model's ValueError).
+    """
+    from geoplm.models.gearnet_ieconv import GearNetIEConv
+
+    _check_keys(spec, name, set(GEARNET_IECONV_KEYS))
+    num_angle_bin = spec.get("num_angle_bin")
+    try:
+        encoder = GearNetIEConv(
+            input_dim=input_dim,
+            embedding_dim=spec.get("embedding_dim", 512),
+            hidden_dims=list(spec.get("hidden_dims", [512] * 6)),
+            num_relation=7,
+            edge_input_dim=spec.get("edge_input_dim", 59) if num_angle_bin else None,
+            num_angle_bin=num_angle_bin,
+            batch_norm=spec.get("batch_norm", True),
+            concat_hidden=spec.get("concat_hidden", True),
+            short_cut=spec.get("short_cut", True),
+            readout=spec.get("readout", "sum"),
+            dropout=spec.get("dropout", 0.2),
+            layer_norm=spec.get("layer_norm", True),
+            use_ieconv=spec.get("use_ieconv", True),
+            frames=spec.get("ieconv_frames", "per_graph"),
+        )
+    except ValueError as error:
+        raise ConfigError(f"models.{name}: {error}") from error
+    return encoder, encoder.output_dim
 
 
 class _FusionEncoder(nn.Module):
@@ -237,6 +300,7 @@ def _build_esm_gearnet(spec: Mapping, input_dim: int, plm: bool, name: str, esm)
 #: A new encoder is a module under ``geoplm.models`` plus one entry here (and its keys in ``config/schema.yaml``).
 ENCODERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
     "gearnet": _build_gearnet,
+    "gearnet_ieconv": _build_gearnet_ieconv,
     "esm_gearnet": _build_esm_gearnet,
     "gvp": _build_gvp,
     "egnn": _build_egnn,
