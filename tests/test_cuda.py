@@ -16,6 +16,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 AF = ["AF-P76011-F1-model_v4.pdb", "AF-Q9Y5P2-F1-model_v4.pdb", "AF-A0A1W2PQ64-F1-model_v4.pdb"]
 GEARNET = {"type": "gearnet", "hidden_dims": [16, 16], "short_cut": True, "batch_norm": True, "concat_hidden": True}
+CDCONV = {"embedding_dim": 8, "hidden_dims": [16, 24], "cutoffs": [8.0, 12.0], "kernel_dims": [8]}
 #: name -> (model entry, graph settings, whether the node input is an ESM-2 embedding)
 ENCODERS = {
     "gearnet": (GEARNET, {}, False),
@@ -32,6 +33,8 @@ ENCODERS = {
         {},
         True,
     ),
+    "cdconv": ({"type": "cdconv", **CDCONV}, {}, False),
+    "esm_cdconv_parallel": ({"type": "esm_cdconv", "fusion": "parallel", **CDCONV}, {}, True),
     "gvp": ({"type": "gvp", "node_dims": [8, 4], "edge_dims": [8, 1], "num_layers": 2}, {"kind": "radius"}, True),
     "egnn": ({"type": "egnn", "hidden_dim": 8, "num_layers": 2}, {"kind": "knn", "k": 10}, False),
     "molformer": ({"type": "molformer", "num_layers": 1, "embed_dim": 8, "num_heads": 2}, {"kind": "radius"}, True),

@@ -203,14 +203,17 @@ def available_datasets(config: Mapping, raw_dir: str | Path = "resources/raw") -
     return [name for name, spec in config["datasets"].items() if available[spec["source"]]]
 
 
-#: model types that need ESM-2 features (ESM-GearNet's fusions): no run with ``plm: none``
-NEEDS_PLM = ("esm_gearnet",)
+#: model types that hold an ESM-2 half (:class:`geoplm.models.fusion.ESMModule`): ESM-2 alone and the ESM
+#: fusions. They accept ``freeze_esm`` (stored embeddings, or ESM-2 fine-tuned inside the model).
+ESM_TYPES = ("esm", "esm_gearnet", "esm_cdconv")
+#: model types that need ESM-2 features: no run with ``plm: none``
+NEEDS_PLM = ESM_TYPES
 
 
 def finetunes_esm(model: Mapping) -> bool:
-    """Whether a ``models`` entry runs ESM-2 inside itself and fine-tunes it (``esm_gearnet`` with
+    """Whether a ``models`` entry runs ESM-2 inside itself and fine-tunes it (a type of :data:`ESM_TYPES` with
     ``freeze_esm: false``): its training runs need the plm's checkpoint, not the stored embeddings."""
-    return model.get("type") == "esm_gearnet" and not model.get("freeze_esm", True)
+    return model.get("type") in ESM_TYPES and not model.get("freeze_esm", True)
 
 
 def table_rows(spec: Mapping) -> list[tuple[str, str]]:
@@ -229,8 +232,7 @@ def column_task(column: Mapping, model: str) -> str:
 def table_jobs(config: Mapping, table: str) -> list[dict[str, Any]]:
     """Every training run a table needs: dicts with task, model, plm, pretrain and seed.
 
-    Combinations that do not exist are left out: a model that needs ESM-2 features (:data:`NEEDS_PLM`) without a
-    plm.
+    Combinations that do not exist are left out: an ESM model (:data:`NEEDS_PLM`) without a plm.
     """
     spec = config["tables"][table]
     jobs: dict[tuple, dict[str, Any]] = {}

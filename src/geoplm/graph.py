@@ -171,6 +171,10 @@ class ResidueGraph:
     edge_list: Tensor  # (E, 3) long: [node_in, node_out, relation]
     edge_feature: Tensor  # (E, D_e) float
     num_relation: int
+    #: (N,) long author residue numbers (records' ``residue_number`` of the nodes), or None. Optional: only
+    #: CDConv reads it (its discrete kernels index sequence offsets by residue number, as torchdrug's
+    #: ``residue_number``); without it CDConv uses each node's index in its protein.
+    residue_number: Tensor | None = None
 
     @property
     def num_edges(self) -> int:
@@ -678,6 +682,13 @@ def record_graph_inputs(record: dict) -> tuple[Tensor, Tensor]:
     return ca[keep].float(), residue_type_index(record["sequence"])[keep]
 
 
+def record_residue_numbers(record: dict) -> Tensor:
+    """Author residue numbers ``(n,)`` long of a record's residues that have a Cα (the nodes of
+    :func:`record_graph_inputs`, in the same order), for ``pack_graphs(residue_numbers=...)``."""
+    keep = ~torch.isnan(record["backbone"][:, 1]).any(dim=-1)
+    return record["residue_number"][keep].long()
+
+
 def build_record_graphs(records: list[dict], **settings) -> dict[str, dict]:
     """GearNet graphs of every record, stored compactly for the ``build_graphs`` rule.
 
@@ -705,6 +716,7 @@ def pack_graphs(
     edge_lists: list[Tensor],
     num_relation: int,
     edge_feature: str | None = "gearnet",
+    residue_numbers: list[Tensor] | None = None,
 ) -> ResidueGraph:
     """Pack per-protein graphs into one :class:`ResidueGraph`, as if built on the packed batch.
 
@@ -717,9 +729,12 @@ def pack_graphs(
         residue_types: per protein ``(n_i,)`` residue types.
         edge_lists: per protein ``(E_i, 3)`` local ``[node_in, node_out, relation]``.
         num_relation: number of relations of the graphs (7 for GearNet).
+        residue_numbers: optional per protein ``(n_i,)`` author residue numbers of the nodes
+            (:func:`record_residue_numbers`), stored as ``residue_number`` (read by CDConv).
 
     Raises:
-        ValueError: an edge refers to a node outside its protein.
+        ValueError: an edge refers to a node outside its protein, or a ``residue_numbers`` entry does not
+            have one number per node.
     """
     sizes = [len(p) for p in positions]
     offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
@@ -729,6 +744,13 @@ def pack_graphs(
         if len(edges) and int(edges[:, :2].max()) >= size:
             raise ValueError(f"graph {i}: edge to node {int(edges[:, :2].max())} of a {size}-node protein")
         packed_edges.append(edges + torch.tensor([offset, offset, 0]))
+    residue_number = None
+    if residue_numbers is not None:
+        if len(residue_numbers) != len(sizes) or any(
+            n.shape != (size,) for n, size in zip(residue_numbers, sizes, strict=True)
+        ):
+            raise ValueError(f"residue_numbers: one (n_i,) tensor per protein expected, node counts {sizes}")
+        residue_number = torch.cat([n.long() for n in residue_numbers])
     pos = torch.cat(positions).float()
     residue_type = torch.cat(residue_types).long()
     edge_list = torch.cat(packed_edges) if packed_edges else torch.zeros(0, 3, dtype=torch.long)
@@ -742,6 +764,7 @@ def pack_graphs(
         edge_list=edge_list,
         edge_feature=_edge_feature(edge_feature, edge_list, pos, residue_type, num_relation),
         num_relation=num_relation,
+        residue_number=residue_number,
     )
 
 

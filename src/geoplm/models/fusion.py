@@ -1,5 +1,13 @@
 """ESM-GearNet: fusion of the ESM-2 protein language model with GearNet (Zhang et al., "A Systematic Study
-of Joint Representation Learning on Protein Sequences and Structures", arXiv 2303.06275, Sec. 3).
+of Joint Representation Learning on Protein Sequences and Structures", arXiv 2303.06275, Sec. 3), and the
+same fusions with any other structure encoder (ESM-CDConv, ...) and ESM-2 alone.
+
+Classes: :class:`ESMModule` (the ESM-2 half: stored features or an in-model, frozen or fine-tuned ESM-2),
+:class:`ESMEncoder` (ESM-2 alone: its per-residue features and their mean; torchdrug ``models.ESM``) and
+:class:`ESMFusion` (``FusionNetwork``: ESM-2 + a structure encoder; :data:`ESMGearNet` is the same class).
+Below, "GearNet" stands for the structure encoder; with CDConv (:mod:`geoplm.models.cdconv`) ``h`` is the
+protein's CDConv feature broadcast to its residues and the structure graph feature its mean readout, exactly
+as the reference's ``FusionNetwork`` receives them from ``models.CDConv``.
 
 Re-implemented in plain torch after DeepGraphLearning/ESM-GearNet @ bc90557bbf9ee2676e87b9fc84570aa126daa808
 (``gearnet/model.py``: ``FusionNetwork``; ``util.py``: ``build_downstream_solver``;
@@ -26,7 +34,7 @@ B proteins with N residues (graph nodes = residues with a Cα) in all:
 
 ESM-2 input: the ESM can run inside the model (fair-esm ``ESM2``, fine-tuned or frozen) or its per-residue
 output can be given precomputed (the workflow's embedding store, :class:`geoplm.esm.EmbeddingStore`).
-See :meth:`ESMGearNet.forward`.
+See :meth:`ESMFusion.forward`.
 
 Deliberate differences from the reference (all documented where they occur):
 
@@ -44,7 +52,8 @@ Deliberate differences from the reference (all documented where they occur):
   ``struct_linear``, ``attn``) are never updated. :func:`param_groups` trains them at the full rate.
 
 state_dict mapping to a torchdrug ``FusionNetwork`` (inside a task, strip the ``model.`` prefix):
-``sequence_model.model.*`` (fair-esm ``ESM2``), ``structure_model.*`` (:class:`~geoplm.models.GearNet`),
+``sequence_model.model.*`` (fair-esm ``ESM2``), ``structure_model.*`` (:class:`~geoplm.models.GearNet`, or
+:class:`~geoplm.models.CDConv` whose names equal ESM-GearNet's ``models.CDConv``),
 ``seq_linear.*``, ``struct_linear.*``, ``attn.{query,key,value}.*``, ``attn.attn.{in_proj_weight,
 in_proj_bias,out_proj.weight,out_proj.bias}`` are identical; torchdrug's ``sequence_model.mapping`` buffer
 (residue id -> ESM token) has no counterpart here: drop it before loading. Checked once (not part of the
@@ -65,10 +74,18 @@ from torch import Tensor, nn
 from geoplm.errors import ConfigError, EmbeddingError
 from geoplm.esm import DEFAULT_STRIDE, DEFAULT_WINDOW, window_starts
 from geoplm.graph import ResidueGraph, residue_one_hot
-from geoplm.models.gearnet import GearNet
 from geoplm.structure import RESIDUE_VOCAB
 
-__all__ = ["ESMGearNet", "FUSIONS", "SelfAttentionBlock", "param_groups", "record_esm_inputs"]
+__all__ = [
+    "ESMEncoder",
+    "ESMFusion",
+    "ESMGearNet",
+    "ESMModule",
+    "FUSIONS",
+    "SelfAttentionBlock",
+    "param_groups",
+    "record_esm_inputs",
+]
 
 #: Fusion schemes; ``"series"`` (the reference's name) is accepted as an alias of ``"serial"``.
 FUSIONS = ("serial", "parallel", "cross")
@@ -79,7 +96,7 @@ def record_esm_inputs(record: dict) -> tuple[str, Tensor]:
     """The ESM inputs of one residue record (:mod:`geoplm.structure`): its full one-letter sequence and the
     ``(L,)`` bool mask of the residues that are graph nodes (those with a Cα, the rows kept by
     :func:`geoplm.graph.record_graph_inputs`), to pass as ``sequences`` / ``residue_mask`` of
-    :meth:`ESMGearNet.forward`."""
+    :meth:`ESMFusion.forward`."""
     mask = ~torch.isnan(record["backbone"][:, 1]).any(dim=-1)
     return record["sequence"], mask
 
@@ -141,29 +158,25 @@ class _SequenceModel(nn.Module):
         self.model = model
 
 
-class ESMGearNet(nn.Module):
-    """ESM-GearNet fusion network (ESM-GearNet ``models.FusionNetwork``; see the module docstring).
+class ESMModule(nn.Module):
+    """The ESM-2 half shared by :class:`ESMEncoder` (ESM-2 alone) and :class:`ESMFusion` (ESM-GearNet,
+    ESM-CDConv, ...): per-residue ESM features either given precomputed (the embedding store) or computed by
+    a fair-esm ESM-2 held as ``sequence_model.model`` (frozen or fine-tuned), with windowing of long chains.
+    :func:`param_groups` gives the in-model ESM of every ``ESMModule`` its learning-rate ratio.
 
     Args:
-        gearnet: the structure encoder. For ``serial`` its ``input_dim`` must equal the ESM width
-            (``esm_dim``, e.g. 1280 for ESM-2 650M); for ``parallel`` / ``cross`` it is the width of the
-            node input (21 for the residue one-hot).
         esm_model: a fair-esm ESM-2 (``geoplm.esm.load_esm2``, ``esm.pretrained``) run inside the model, or
             None when ESM features are always given precomputed.
         esm_alphabet: its fair-esm ``Alphabet`` (required with ``esm_model``).
         esm_dim: width of the ESM features; taken from ``esm_model.embed_dim`` when a model is given.
-        fusion: ``"serial"`` (alias ``"series"``), ``"parallel"`` or ``"cross"``.
         freeze_esm: the in-model ESM is frozen (``requires_grad=False``, always in eval mode, run without
             gradients: the reference's ``*_freeze.yaml``); False fine-tunes it (``requires_grad=True``; use
             :func:`param_groups` for the 0.1 learning-rate ratio). ``esm_model`` itself is modified (it is
             a submodule, not a copy).
         repr_layer: ESM layer whose hidden state is the per-residue feature (``0..num_layers``, negative
             from the end; -1 = last layer after the final layer norm, as torchdrug's ``models.ESM``).
-        cross_dim: token width of the ``cross`` fusion (512 in the reference's ``*_cross.yaml``).
-        num_heads: attention heads of the ``cross`` fusion (8 in the reference).
-        attention_dropout: dropout of the ``cross`` attention maps (0.1 in the reference).
         esm_readout: ``"mean"`` (torchdrug ``models.ESM`` default, used by every ESM-GearNet config) or
-            ``"sum"``: the ESM half of ``graph_feature`` for ``serial`` / ``parallel``.
+            ``"sum"``: how the ESM features of a protein's residues become its ESM graph feature.
         window, stride: windowing of sequences longer than ``window`` residues in the in-model ESM, as
             :func:`geoplm.esm.embed_sequences` (defaults 1,022 / 511).
         toks_per_batch: token budget per ESM forward (windows sorted and packed by fair-esm's
@@ -171,44 +184,33 @@ class ESMGearNet(nn.Module):
             frozen in-model ESM gives the embedding store's numbers).
 
     Raises:
-        ConfigError: unknown fusion, ESM width that does not match the GearNet input (``serial``), a
-            missing ``esm_dim`` / ``esm_alphabet``, ``cross_dim`` not a multiple of ``num_heads``, bad
+        ConfigError: a missing ``esm_dim`` / ``esm_alphabet``, ``esm_dim`` that contradicts the model, bad
             window/stride/readout.
         EmbeddingError: ``repr_layer`` outside the ESM's layers.
     """
 
     def __init__(
         self,
-        gearnet: GearNet,
         esm_model: nn.Module | None = None,
         esm_alphabet: esm.data.Alphabet | None = None,
         esm_dim: int | None = None,
-        fusion: str = "serial",
         freeze_esm: bool = True,
         repr_layer: int = -1,
-        cross_dim: int = 512,
-        num_heads: int = 8,
-        attention_dropout: float = 0.1,
         esm_readout: str = "mean",
         window: int = DEFAULT_WINDOW,
         stride: int = DEFAULT_STRIDE,
         toks_per_batch: int = 4096,
     ):
         super().__init__()
-        fusion = _ALIASES.get(fusion, fusion)
-        if fusion not in FUSIONS:
-            raise ConfigError(f"fusion: unknown scheme {fusion!r} (expected one of {', '.join(FUSIONS)} or 'series')")
         if esm_readout not in ("mean", "sum"):
             raise ConfigError(f"esm_readout: {esm_readout!r} (expected 'mean' or 'sum')")
         if window < 1 or not 1 <= stride <= window or toks_per_batch < 1:
             raise ConfigError(f"invalid ESM windowing: {window=}, {stride=}, {toks_per_batch=}")
-        self.fusion = fusion
         self.freeze_esm = freeze_esm
         self.esm_readout = esm_readout
         self.window = window
         self.stride = stride
         self.toks_per_batch = toks_per_batch
-        self.structure_model = gearnet
 
         if esm_model is not None:
             if esm_alphabet is None:
@@ -239,33 +241,12 @@ class ESMGearNet(nn.Module):
             self.alphabet = None
         self.esm_dim = int(esm_dim)
 
-        if fusion == "serial" and gearnet.input_dim != self.esm_dim:
-            raise ConfigError(
-                f"serial fusion: GearNet input_dim {gearnet.input_dim} must equal the ESM width {self.esm_dim}"
-            )
-        if fusion == "cross":
-            self.cross_dim = cross_dim
-            self.seq_linear = nn.Linear(self.esm_dim, cross_dim)
-            self.struct_linear = nn.Linear(gearnet.output_dim, cross_dim)
-            self.attn = SelfAttentionBlock(cross_dim, num_heads, attention_dropout)
-
-    @property
-    def output_dim(self) -> int:
-        """Width of ``node_feature`` and ``graph_feature``: ``esm_dim + gearnet.output_dim`` (serial,
-        parallel) or ``2 * cross_dim`` (cross)."""
-        if self.fusion == "cross":
-            return 2 * self.cross_dim
-        return self.esm_dim + self.structure_model.output_dim
-
-    def train(self, mode: bool = True) -> ESMGearNet:
+    def train(self, mode: bool = True) -> ESMModule:
         """As ``nn.Module.train``, but a frozen in-model ESM stays in eval mode."""
         super().train(mode)
         if self.sequence_model is not None and self.freeze_esm:
             self.sequence_model.eval()
         return self
-
-    # ------------------------------------------------------------------------------------------------
-    # ESM
 
     def _check_sequence(self, index: int, sequence: str) -> str:
         if not isinstance(sequence, str) or not sequence:
@@ -389,6 +370,150 @@ class ESMGearNet(nn.Module):
 
     # ------------------------------------------------------------------------------------------------
 
+    def sequence_feature(
+        self,
+        graph: ResidueGraph,
+        esm_feature: Tensor | None = None,
+        sequences: Sequence[str] | None = None,
+        residue_mask: Sequence[Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The ESM features of the graph's nodes ``(N, esm_dim)`` and their readout ``(B, esm_dim)``.
+
+        ``esm_feature`` (precomputed rows, node order, residues without a Cα already removed) is used when
+        given; otherwise the in-model ESM runs (:meth:`esm_node_feature`).
+
+        Raises:
+            EmbeddingError: neither ``esm_feature`` nor an in-model ESM; ``esm_feature`` together with
+                ``sequences``; ``esm_feature`` of the wrong shape; and as :meth:`esm_node_feature`.
+        """
+        if esm_feature is not None:
+            if sequences is not None or residue_mask is not None:
+                raise EmbeddingError("give either precomputed esm_feature or sequences/residue_mask, not both")
+            if esm_feature.shape != (graph.num_nodes, self.esm_dim):
+                raise EmbeddingError(
+                    f"esm_feature has shape {tuple(esm_feature.shape)}, expected ({graph.num_nodes}, {self.esm_dim}) "
+                    "(one row per residue with a Cα)"
+                )
+            node = esm_feature.float()
+        elif self.sequence_model is not None:
+            node = self.esm_node_feature(graph, sequences, residue_mask)
+        else:
+            raise EmbeddingError("no ESM features: pass esm_feature (N, esm_dim) or build the model with esm_model")
+        if self.esm_readout == "mean":
+            return node, _scatter_mean(node, graph.node2graph, graph.batch_size)
+        return node, _scatter_sum(node, graph.node2graph, graph.batch_size)
+
+
+class ESMEncoder(ESMModule):
+    """ESM-2 alone as a protein encoder (torchdrug 0.2.1 ``models.ESM``, DeepGraphLearning/torchdrug @
+    6066fbd82360abb5f270cba1eca560af01b8cc90 ``torchdrug/models/esm.py`` ``EvolutionaryScaleModeling``; the
+    ESM-GearNet paper's "ESM-2-650M" row, ESM-GearNet @ bc90557bbf9ee2676e87b9fc84570aa126daa808
+    ``config/{EC,GO}/esm.yaml``).
+
+    ``node_feature`` = the ESM-2 per-residue features ``(N, esm_dim)`` of the graph's nodes; ``graph_feature``
+    = their ``esm_readout`` over each protein's nodes ``(B, esm_dim)`` (torchdrug's default ``readout="mean"``).
+    With precomputed (frozen) features the model has no parameters: it is the readout. With ``esm_model`` and
+    ``freeze_esm=False`` ESM-2 runs inside and is fine-tuned; the reference's ``lr_ratio: 0.1`` (whole ESM at
+    0.1 x lr, task head at lr) is :func:`param_groups` with ``esm_lr_ratio=0.1``. Arguments as
+    :class:`ESMModule`.
+
+    Differences from the reference: the mean runs over the residues that are graph nodes (with a Cα), where
+    torchdrug's ``models.ESM`` (``ProteinView("residue")``, no ``AlphaCarbonNode``) averages over every parsed
+    residue; chains longer than 1,022 residues are windowed, not truncated (see the module docstring).
+    """
+
+    @property
+    def output_dim(self) -> int:
+        """Width of ``node_feature`` and ``graph_feature``: ``esm_dim``."""
+        return self.esm_dim
+
+    def forward(
+        self,
+        graph: ResidueGraph,
+        esm_feature: Tensor | None = None,
+        sequences: Sequence[str] | None = None,
+        residue_mask: Sequence[Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """``{"node_feature": (N, esm_dim), "graph_feature": (B, esm_dim)}``; inputs and errors as
+        :meth:`ESMModule.sequence_feature`."""
+        node, graph_feature = self.sequence_feature(graph, esm_feature, sequences, residue_mask)
+        return {"node_feature": node, "graph_feature": graph_feature}
+
+
+class ESMFusion(ESMModule):
+    """ESM-2 fused with a structure encoder (ESM-GearNet ``models.FusionNetwork``; see the module docstring):
+    ESM-GearNet, ESM-CDConv, ESM-GVP, ... according to ``structure_model``.
+
+    Args:
+        structure_model: the structure encoder: a module with ``input_dim`` and ``output_dim`` attributes whose
+            ``forward(graph, input)`` takes ``(N, input_dim)`` node features and returns ``node_feature`` ``(N,
+            output_dim)`` and ``graph_feature`` ``(B, output_dim)`` (:class:`~geoplm.models.GearNet`,
+            :class:`~geoplm.models.CDConv`). For ``serial`` its ``input_dim`` must equal the ESM width
+            (``esm_dim``, e.g. 1280 for ESM-2 650M); for ``parallel`` / ``cross`` it is the width of the node
+            input (21 for the residue one-hot). Its own outputs are used as they are: GearNet's per-residue
+            features with its ``readout``; CDConv's protein feature broadcast to the residues with its mean
+            readout (so ``serial`` / ``parallel`` ESM-CDConv concatenate each residue's ESM row with its
+            protein's CDConv vector, as the reference).
+        fusion: ``"serial"`` (alias ``"series"``), ``"parallel"`` or ``"cross"``.
+        cross_dim: token width of the ``cross`` fusion (512 in the reference's ``*_cross.yaml``).
+        num_heads: attention heads of the ``cross`` fusion (8 in the reference).
+        attention_dropout: dropout of the ``cross`` attention maps (0.1 in the reference).
+        esm_model, esm_alphabet, esm_dim, freeze_esm, repr_layer, esm_readout, window, stride,
+            toks_per_batch: the ESM half, as :class:`ESMModule`.
+
+    Raises:
+        ConfigError: unknown fusion, ESM width that does not match the structure model's input (``serial``),
+            a structure model without ``input_dim`` / ``output_dim``, ``cross_dim`` not a multiple of
+            ``num_heads``, and as :class:`ESMModule`.
+        EmbeddingError: as :class:`ESMModule`.
+    """
+
+    def __init__(
+        self,
+        structure_model: nn.Module,
+        esm_model: nn.Module | None = None,
+        esm_alphabet: esm.data.Alphabet | None = None,
+        esm_dim: int | None = None,
+        fusion: str = "serial",
+        freeze_esm: bool = True,
+        repr_layer: int = -1,
+        cross_dim: int = 512,
+        num_heads: int = 8,
+        attention_dropout: float = 0.1,
+        esm_readout: str = "mean",
+        window: int = DEFAULT_WINDOW,
+        stride: int = DEFAULT_STRIDE,
+        toks_per_batch: int = 4096,
+    ):
+        fusion = _ALIASES.get(fusion, fusion)
+        if fusion not in FUSIONS:
+            raise ConfigError(f"fusion: unknown scheme {fusion!r} (expected one of {', '.join(FUSIONS)} or 'series')")
+        name = type(structure_model).__name__
+        if not all(hasattr(structure_model, attr) for attr in ("input_dim", "output_dim")):
+            raise ConfigError(f"structure model {name} has no input_dim / output_dim")
+        super().__init__(
+            esm_model, esm_alphabet, esm_dim, freeze_esm, repr_layer, esm_readout, window, stride, toks_per_batch
+        )
+        self.fusion = fusion
+        self.structure_model = structure_model
+        if fusion == "serial" and structure_model.input_dim != self.esm_dim:
+            raise ConfigError(
+                f"serial fusion: {name} input_dim {structure_model.input_dim} must equal the ESM width {self.esm_dim}"
+            )
+        if fusion == "cross":
+            self.cross_dim = cross_dim
+            self.seq_linear = nn.Linear(self.esm_dim, cross_dim)
+            self.struct_linear = nn.Linear(structure_model.output_dim, cross_dim)
+            self.attn = SelfAttentionBlock(cross_dim, num_heads, attention_dropout)
+
+    @property
+    def output_dim(self) -> int:
+        """Width of ``node_feature`` and ``graph_feature``: ``esm_dim + structure_model.output_dim`` (serial,
+        parallel) or ``2 * cross_dim`` (cross)."""
+        if self.fusion == "cross":
+            return 2 * self.cross_dim
+        return self.esm_dim + self.structure_model.output_dim
+
     def forward(
         self,
         graph: ResidueGraph,
@@ -408,55 +533,37 @@ class ESMGearNet(nn.Module):
 
         Args:
             graph: a :class:`~geoplm.graph.ResidueGraph` of B proteins, N nodes (residues with a Cα).
-            node_input: ``(N, gearnet.input_dim)`` GearNet input for ``parallel`` / ``cross``; None = the
-                21-d residue one-hot of ``graph.residue_type`` (:func:`geoplm.graph.residue_one_hot`).
-                Ignored by ``serial`` (GearNet reads the ESM features).
+            node_input: ``(N, structure_model.input_dim)`` structure-model input for ``parallel`` / ``cross``;
+                None = the 21-d residue one-hot of ``graph.residue_type`` (:func:`geoplm.graph.residue_one_hot`).
+                Ignored by ``serial`` (the structure model reads the ESM features).
             esm_feature: precomputed ``(N, esm_dim)`` float ESM features of the nodes (rows in node order,
                 residues without a Cα already removed); if given, the in-model ESM is not run.
             sequences: B chain sequences for the in-model ESM (see :meth:`esm_node_feature`); None = the
                 node sequence from ``graph.residue_type``.
             residue_mask: B bool ``(L_i,)`` masks of the residues that are nodes (see
                 :meth:`esm_node_feature`).
-            line_graph: optional precomputed spatial line graph, passed to GearNet(-Edge).
+            line_graph: optional precomputed spatial line graph, passed to GearNet(-Edge) (only when given).
 
         Returns:
             ``{"node_feature": (N, output_dim), "graph_feature": (B, output_dim)}`` (see the module
             docstring for what each half is).
 
         Raises:
-            EmbeddingError: neither ``esm_feature`` nor an in-model ESM; ``esm_feature`` together with
-                ``sequences``; ``esm_feature`` of the wrong shape; and as :meth:`esm_node_feature`.
+            EmbeddingError: as :meth:`ESMModule.sequence_feature`.
             ValueError: ``node_input`` of the wrong shape.
         """
-        if esm_feature is not None:
-            if sequences is not None or residue_mask is not None:
-                raise EmbeddingError("give either precomputed esm_feature or sequences/residue_mask, not both")
-            if esm_feature.shape != (graph.num_nodes, self.esm_dim):
-                raise EmbeddingError(
-                    f"esm_feature has shape {tuple(esm_feature.shape)}, expected ({graph.num_nodes}, {self.esm_dim}) "
-                    "(one row per residue with a Cα)"
-                )
-            seq_node = esm_feature.float()
-        elif self.sequence_model is not None:
-            seq_node = self.esm_node_feature(graph, sequences, residue_mask)
-        else:
-            raise EmbeddingError("no ESM features: pass esm_feature (N, esm_dim) or build the model with esm_model")
-
-        if self.esm_readout == "mean":
-            seq_graph = _scatter_mean(seq_node, graph.node2graph, graph.batch_size)
-        else:
-            seq_graph = _scatter_sum(seq_node, graph.node2graph, graph.batch_size)
-
+        seq_node, seq_graph = self.sequence_feature(graph, esm_feature, sequences, residue_mask)
         if self.fusion == "serial":
             struct_input = seq_node
         else:
             struct_input = residue_one_hot(graph.residue_type) if node_input is None else node_input.float()
             if struct_input.shape != (graph.num_nodes, self.structure_model.input_dim):
                 raise ValueError(
-                    f"node_input has shape {tuple(struct_input.shape)}, GearNet expects "
-                    f"({graph.num_nodes}, {self.structure_model.input_dim})"
+                    f"node_input has shape {tuple(struct_input.shape)}, {type(self.structure_model).__name__} "
+                    f"expects ({graph.num_nodes}, {self.structure_model.input_dim})"
                 )
-        struct = self.structure_model(graph, struct_input, line_graph=line_graph)
+        extra = {} if line_graph is None else {"line_graph": line_graph}
+        struct = self.structure_model(graph, struct_input, **extra)
         struct_node = struct["node_feature"]
 
         if self.fusion in ("serial", "parallel"):
@@ -490,19 +597,24 @@ class ESMGearNet(nn.Module):
         return torch.cat([out[seq_slot], out[struct_slot]], dim=-1)
 
 
+#: The name ESM-GearNet's code and this project used first; ESM-GearNet is ``ESMFusion(GearNet(...))``.
+ESMGearNet = ESMFusion
+
+
 def param_groups(model: nn.Module, lr: float, esm_lr_ratio: float = 0.1) -> list[dict]:
     """Optimizer parameter groups with ESM-GearNet's ESM learning-rate ratio.
 
-    The parameters of every in-model ESM (the ``sequence_model`` of each :class:`ESMGearNet` inside
-    ``model``) that require gradients get ``lr * esm_lr_ratio`` (ESM-GearNet ``util.py``
-    ``build_downstream_solver`` with ``sequence_model_lr_ratio: 0.1``); every other trainable parameter
-    (GearNet, cross-fusion layers, task heads) gets ``lr``. Frozen parameters (``requires_grad=False``, e.g.
-    a frozen ESM) are left out (the reference's ``*_freeze.yaml`` instead keeps them at ratio 0). Empty
-    groups are omitted. Each group has a ``"name"`` (``"esm"`` or ``"other"``), which torch optimizers
-    keep as an extra key.
+    The parameters of every in-model ESM (the ``sequence_model`` of each :class:`ESMModule` inside
+    ``model``: :class:`ESMFusion`, :class:`ESMEncoder`) that require gradients get ``lr * esm_lr_ratio``
+    (ESM-GearNet ``util.py`` ``build_downstream_solver`` with ``sequence_model_lr_ratio: 0.1`` for the
+    fusions, ``lr_ratio: 0.1`` for ESM-2 alone, whose whole ``model`` is the ESM); every other trainable
+    parameter (GearNet, CDConv, cross-fusion layers, task heads) gets ``lr``. Frozen parameters
+    (``requires_grad=False``, e.g. a frozen ESM) are left out (the reference's ``*_freeze.yaml`` instead keeps
+    them at ratio 0). Empty groups are omitted. Each group has a ``"name"`` (``"esm"`` or ``"other"``),
+    which torch optimizers keep as an extra key.
 
     Args:
-        model: an :class:`ESMGearNet` or any module containing one (e.g. encoder + prediction head).
+        model: an :class:`ESMModule` or any module containing one (e.g. encoder + prediction head).
         lr: base learning rate (> 0).
         esm_lr_ratio: ESM learning rate / base learning rate (>= 0).
 
@@ -519,7 +631,7 @@ def param_groups(model: nn.Module, lr: float, esm_lr_ratio: float = 0.1) -> list
         raise ConfigError(f"esm_lr_ratio must be >= 0, got {esm_lr_ratio}")
     esm_ids = set()
     for module in model.modules():
-        if isinstance(module, ESMGearNet) and module.sequence_model is not None:
+        if isinstance(module, ESMModule) and module.sequence_model is not None:
             esm_ids.update(id(p) for p in module.sequence_model.parameters())
     esm_params: list[nn.Parameter] = []
     other: list[nn.Parameter] = []

@@ -7,12 +7,9 @@ Every encoder built here has one interface, what the training loop calls::
 ``graph`` is a packed batch (:class:`geoplm.graph.ResidueGraph`: Cα ``node_position`` in Å,
 ``residue_type`` (N,), ``node2graph`` (N,), ``edge_list`` (E, 3)); ``node_feature`` is the residue
 one-hot (21) or the ESM-2 per-residue embedding. ``D`` is returned by :func:`build_encoder`. An
-``esm_gearnet`` with ``freeze_esm: false`` also takes ``sequences`` and ``residue_mask`` (each chain's
-sequence for the ESM-2 inside it; :func:`geoplm.models.fusion.record_esm_inputs`).
+``esm`` / ``esm_*`` entry with ``freeze_esm: false`` also takes ``sequences`` and ``residue_mask`` (each
+chain's sequence for the ESM-2 inside it; :func:`geoplm.models.fusion.record_esm_inputs`).
 
-========== =============================================================== ======================
-type       model                                                           graph
-========== =============================================================== ======================
 gearnet    GearNet / GearNet-Edge (Zhang et al., ICLR 2023, Sec. 3.1-3.2;  7 relations (GearNet)
            torchdrug 0.2.1 ``models.GearNet``); ESM-2 input = ESM-GearNet
            serial fusion (Zhang et al. 2023)
@@ -20,13 +17,37 @@ gearnet_ieconv GearNet-IEConv / GearNet-Edge-IEConv (Zhang et al., ICLR    7 rel
            2023, Fold / Reaction rows; DeepGraphLearning/GearNet
            ``GearNetIEConv``): embedding, layer norm, IEConv layers
            (``use_ieconv``), line graph with ``num_angle_bin``
+=======
+=========== ============================================================== =========================
+type        model                                                          graph
+=========== ============================================================== =========================
+gearnet     GearNet / GearNet-Edge (Zhang et al., ICLR 2023, Sec. 3.1-3.2; 7 relations (GearNet)
+            torchdrug 0.2.1 ``models.GearNet``); ESM-2 input = ESM-GearNet
+            serial fusion without the ESM half
+gearnet_iec GearNet-IEConv / GearNet-Edge-IEConv (type ``gearnet_ieconv``;     7 relations (GearNet)
+            Zhang et al., ICLR 2023, Fold / Reaction rows; GearNet's
+            ``GearNetIEConv``): embedding, layer norm, IEConv layers
+            (``use_ieconv``), line graph with ``num_angle_bin``
 esm_gearnet ESM-GearNet serial / parallel / cross fusion (Zhang et al.     7 relations (GearNet)
-           2023, Sec. 3); ESM-2 frozen (stored embeddings) or fine-tuned
-           inside the model (``freeze_esm: false``)
-gvp        GVP-GNN (Jing et al., ICLR 2021) as Wu et al. (2023) use it      Cα r-ball 8 Å / kNN 10
-egnn       EGNN (Satorras et al., ICML 2021) as Wu et al. use it            Cα r-ball 8 Å / kNN 10
-molformer  Molformer (Wu et al., AAAI 2023) as Wu et al. (2023) use it      Cα, full attention
-========== =============================================================== ======================
+            2023, Sec. 3); ESM-2 frozen (stored embeddings) or fine-tuned
+            inside the model (``freeze_esm: false``)
+cdconv      CDConv (Fan et al., ICLR 2023) as ESM-GearNet runs it          its own Cα r-balls 8, 12,
+            (``models.CDConv``, :mod:`geoplm.models.cdconv`); node         16, 20 Å per pooling
+            feature = the protein's feature broadcast to its residues      level (edges ignored)
+esm_cdconv  ESM-CDConv serial / parallel / cross fusion (ESM-GearNet       as cdconv
+            ``config/*/esm_cdconv{,_parallel}.yaml``); ESM as esm_gearnet
+esm         ESM-2 alone (torchdrug ``models.ESM``): residue features and   none
+            their mean; stored, or fine-tuned inside (``freeze_esm:
+            false``, ``config/EC/esm.yaml``)
+gvp         GVP-GNN (Jing et al., ICLR 2021) as Wu et al. (2023) use it    Cα r-ball 8 Å / kNN 10
+egnn        EGNN (Satorras et al., ICML 2021) as Wu et al. use it          Cα r-ball 8 Å / kNN 10
+molformer   Molformer (Wu et al., AAAI 2023) as Wu et al. (2023) use it    Cα, full attention
+=========== ============================================================== =========================
+
+ESM fusions are one registry entry per structure encoder (``esm_gearnet``, ``esm_cdconv``; the structure
+encoder's keys sit at the top level of the entry, next to ``fusion`` / ``cross_dim`` / ``freeze_esm``), each
+built by :func:`build_esm_fusion` from that encoder's builder; a new ``esm_X`` is one more entry here (and in
+:data:`geoplm.config.ESM_TYPES`).
 
 For ``gvp``, ``egnn`` and ``molformer`` (Wu et al.), with ESM-2 features the 1280-d vector
 *replaces* the residue-type input (it is not concatenated); without, the residue type is embedded
@@ -174,15 +195,44 @@ def _build_gearnet_ieconv(spec: Mapping, input_dim: int, plm: bool, name: str, e
         )
     except ValueError as error:
         raise ConfigError(f"models.{name}: {error}") from error
+
+
+#: keys of a CDConv entry (``cdconv``, and the structure half of ``esm_cdconv``)
+CDCONV_KEYS = frozenset(
+    {"embedding_dim", "hidden_dims", "cutoffs", "seq_cutoff", "kernel_dims", "base_width", "batch_norm", "dropout"}
+)
+#: keys of the ESM half (``esm``, ``esm_*`` fusions); ``esm_lr_ratio`` is read by the training loop
+ESM_KEYS = frozenset({"freeze_esm", "esm_lr_ratio"})
+#: keys of the fusion itself (``esm_*``)
+FUSION_KEYS = frozenset({"fusion", "cross_dim"})
+
+
+def _cdconv(spec: Mapping, input_dim: int) -> tuple[nn.Module, int]:
+    """CDConv (:class:`geoplm.models.cdconv.CDConv`) of a ``cdconv`` or ``esm_cdconv`` entry, with the reference's
+    defaults (ESM-GearNet ``config/*/cdconv.yaml``); its output width ``hidden_dims[-1]``."""
+    from geoplm.models.cdconv import CDConv
+
+    encoder = CDConv(
+        input_dim,
+        embedding_dim=spec.get("embedding_dim", 16),
+        hidden_dims=list(spec.get("hidden_dims", [256, 512, 1024, 2048])),
+        cutoffs=list(spec.get("cutoffs", [8.0, 12.0, 16.0, 20.0])),
+        seq_cutoff=spec.get("seq_cutoff", 21),
+        kernel_dims=list(spec.get("kernel_dims", [32])),
+        base_width=spec.get("base_width", 16.0),
+        batch_norm=spec.get("batch_norm", True),
+        dropout=spec.get("dropout", 0.2),
+    )
     return encoder, encoder.output_dim
 
 
 class _FusionEncoder(nn.Module):
-    """ESM-GearNet behind the encoder interface. On stored (frozen) ESM-2 features, ``node_feature`` is the
-    ESM-2 embedding. With ESM-2 inside the model (``freeze_esm: false``), ESM-2 reads each chain's full
-    sequence (``sequences`` / ``residue_mask``, :func:`geoplm.models.fusion.record_esm_inputs`) in every
-    forward pass and ``node_feature`` (the one-hot) is not needed. The GearNet view reads the residue one-hot
-    from the graph (parallel / cross) or the ESM output (serial)."""
+    """An :class:`geoplm.models.fusion.ESMModule` (ESM fusion or ESM-2 alone) behind the encoder interface. On
+    stored (frozen) ESM-2 features, ``node_feature`` is the ESM-2 embedding. With ESM-2 inside the model
+    (``freeze_esm: false``), ESM-2 reads each chain's full sequence (``sequences`` / ``residue_mask``,
+    :func:`geoplm.models.fusion.record_esm_inputs`) in every forward pass and ``node_feature`` (the one-hot) is
+    not needed. A fusion's structure encoder reads the residue one-hot from the graph (parallel / cross) or the
+    ESM output (serial)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -194,10 +244,42 @@ class _FusionEncoder(nn.Module):
         return self.net(graph, sequences=sequences, residue_mask=residue_mask)
 
 
-def build_esm_gearnet(spec: Mapping, esm_dim: int, name: str = "model", esm=None) -> tuple[nn.Module, int]:
-    """ESM-GearNet (Zhang et al. 2023, Sec. 3; DeepGraphLearning/ESM-GearNet ``FusionNetwork``): ``fusion``
-    serial / parallel / cross, GearNet hyperparameters as for ``type: gearnet``, ``cross_dim`` (512) for cross
-    fusion.
+def _esm_half(spec: Mapping, esm_dim: int, name: str, esm) -> dict:
+    """The :class:`geoplm.models.fusion.ESMModule` arguments of an entry: stored features of width ``esm_dim``
+    (``freeze_esm: true``, default) or the ESM-2 ``esm = (model, alphabet, plm settings)`` fine-tuned inside.
+
+    Raises:
+        ConfigError: ``freeze_esm: false`` without an ESM-2.
+    """
+    from geoplm.esm import DEFAULT_STRIDE, DEFAULT_WINDOW
+
+    if spec.get("freeze_esm", True):
+        return {"esm_dim": esm_dim}
+    if esm is None:
+        raise ConfigError(f"models.{name}: freeze_esm: false fine-tunes ESM-2 inside the model; give its checkpoint")
+    esm_model, alphabet, settings = esm
+    return {
+        "esm_model": esm_model,
+        "esm_alphabet": alphabet,
+        "freeze_esm": False,
+        "repr_layer": settings.get("repr_layer", -1),
+        "window": settings.get("window", DEFAULT_WINDOW),
+        "stride": settings.get("stride", DEFAULT_STRIDE),
+        "toks_per_batch": settings.get("toks_per_batch", 4096),
+    }
+
+
+def build_esm_fusion(
+    spec: Mapping,
+    esm_dim: int,
+    structure: Callable[[Mapping, int], tuple[nn.Module, int]],
+    name: str = "model",
+    esm=None,
+) -> tuple[nn.Module, int]:
+    """An ESM fusion (Zhang et al. 2023, Sec. 3; DeepGraphLearning/ESM-GearNet ``FusionNetwork``) of ESM-2 with the
+    structure encoder that ``structure(spec, input_dim) -> (encoder, D)`` builds from the same entry: ``fusion``
+    serial / parallel / cross, ``cross_dim`` (512) for cross fusion. The structure encoder reads the ESM-2
+    output (serial; ``input_dim`` = the ESM width) or the 21-d residue one-hot (parallel, cross).
 
     ``freeze_esm: true`` (default): on the workflow's stored ESM-2 embeddings (ESM frozen; ``esm_dim`` their
     width). ``freeze_esm: false``: ESM-2 (``esm = (model, alphabet, plm settings)``) runs inside the model
@@ -208,34 +290,21 @@ def build_esm_gearnet(spec: Mapping, esm_dim: int, name: str = "model", esm=None
         ConfigError: unknown fusion, ``cross_dim`` not a multiple of the 8 heads, or ``freeze_esm: false``
             without an ESM-2.
     """
-    from geoplm.esm import DEFAULT_STRIDE, DEFAULT_WINDOW
-    from geoplm.models.fusion import ESMGearNet
+    from geoplm.models.fusion import ESMFusion
 
     fusion = spec.get("fusion", "serial")
     if fusion not in ("serial", "series", "parallel", "cross"):
         raise ConfigError(f"models.{name}.fusion: '{fusion}' is not serial, parallel or cross")
-    serial = fusion in ("serial", "series")
-    if spec.get("freeze_esm", True):
-        gearnet, _ = _gearnet(spec, esm_dim if serial else NUM_RESIDUE_TYPES)
-        net = ESMGearNet(gearnet, esm_dim=esm_dim, fusion=fusion, cross_dim=spec.get("cross_dim", 512))
-        return _FusionEncoder(net), net.output_dim
-    if esm is None:
-        raise ConfigError(f"models.{name}: freeze_esm: false fine-tunes ESM-2 inside the model; give its checkpoint")
-    esm_model, alphabet, settings = esm
-    gearnet, _ = _gearnet(spec, int(esm_model.embed_dim) if serial else NUM_RESIDUE_TYPES)
-    net = ESMGearNet(
-        gearnet,
-        esm_model=esm_model,
-        esm_alphabet=alphabet,
-        fusion=fusion,
-        freeze_esm=False,
-        repr_layer=settings.get("repr_layer", -1),
-        cross_dim=spec.get("cross_dim", 512),
-        window=settings.get("window", DEFAULT_WINDOW),
-        stride=settings.get("stride", DEFAULT_STRIDE),
-        toks_per_batch=settings.get("toks_per_batch", 4096),
-    )
+    half = _esm_half(spec, esm_dim, name, esm)
+    width = int(half["esm_model"].embed_dim) if "esm_model" in half else esm_dim
+    encoder, _ = structure(spec, width if fusion in ("serial", "series") else NUM_RESIDUE_TYPES)
+    net = ESMFusion(encoder, fusion=fusion, cross_dim=spec.get("cross_dim", 512), **half)
     return _FusionEncoder(net), net.output_dim
+
+
+def build_esm_gearnet(spec: Mapping, esm_dim: int, name: str = "model", esm=None) -> tuple[nn.Module, int]:
+    """ESM-GearNet: :func:`build_esm_fusion` with GearNet (hyperparameters as for ``type: gearnet``)."""
+    return build_esm_fusion(spec, esm_dim, _gearnet, name, esm)
 
 
 def _build_gearnet(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
@@ -296,12 +365,43 @@ def _build_esm_gearnet(spec: Mapping, input_dim: int, plm: bool, name: str, esm)
     return build_esm_gearnet(spec, input_dim, name, esm)
 
 
+def _build_cdconv(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
+    """``type: cdconv``: CDConv (:class:`geoplm.models.cdconv.CDConv`) on the node features given (one-hot, or
+    ESM-2 features read in place of it)."""
+    _check_keys(spec, name, CDCONV_KEYS)
+    return _cdconv(spec, input_dim)
+
+
+def _build_esm_cdconv(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
+    """``type: esm_cdconv``: ESM-CDConv, :func:`build_esm_fusion` with CDConv (needs ESM-2 features)."""
+    if not plm:
+        raise ConfigError(f"models.{name}: esm_cdconv fuses ESM-2 with CDConv; use it with a plm, not 'none'")
+    _check_keys(spec, name, CDCONV_KEYS | ESM_KEYS | FUSION_KEYS)
+    return build_esm_fusion(spec, input_dim, _cdconv, name, esm)
+
+
+def _build_esm(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
+    """``type: esm``: ESM-2 alone (:class:`geoplm.models.fusion.ESMEncoder`): its residue features and their
+    ``readout`` (``mean``, torchdrug ``models.ESM``'s default); fine-tuned inside the model with ``freeze_esm:
+    false`` (the reference's ``config/EC/esm.yaml``, ``lr_ratio: 0.1`` = ``esm_lr_ratio``)."""
+    from geoplm.models.fusion import ESMEncoder
+
+    if not plm:
+        raise ConfigError(f"models.{name}: type esm is ESM-2 alone; use it with a plm, not 'none'")
+    _check_keys(spec, name, ESM_KEYS | {"readout"})
+    net = ESMEncoder(esm_readout=spec.get("readout", "mean"), **_esm_half(spec, input_dim, name, esm))
+    return _FusionEncoder(net), net.output_dim
+
+
 #: The model registry: ``models`` entry ``type`` -> builder ``(spec, input_dim, plm, name, esm) -> (encoder, D)``.
 #: A new encoder is a module under ``geoplm.models`` plus one entry here (and its keys in ``config/schema.yaml``).
 ENCODERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
     "gearnet": _build_gearnet,
     "gearnet_ieconv": _build_gearnet_ieconv,
     "esm_gearnet": _build_esm_gearnet,
+    "cdconv": _build_cdconv,
+    "esm_cdconv": _build_esm_cdconv,
+    "esm": _build_esm,
     "gvp": _build_gvp,
     "egnn": _build_egnn,
     "molformer": _build_molformer,
@@ -319,17 +419,19 @@ def build_encoder(
         spec: the config entry (``type`` and the model's hyperparameters; see ``config/schema.yaml``).
         input_dim: F, the width of ``node_feature`` (21 for one-hot, the ESM-2 width with a plm).
         plm: whether ``node_feature`` is an ESM-2 embedding (Wu et al.'s models then take it in
-            place of the residue-type input; ``esm_gearnet`` requires it).
+            place of the residue-type input; ``esm``, ``esm_gearnet``, ``esm_cdconv`` require it).
         name: the entry's name, for error messages.
-        esm: ``(model, alphabet, plm settings)`` of the ESM-2 an ``esm_gearnet`` entry with
-            ``freeze_esm: false`` fine-tunes (:func:`build_esm_gearnet`).
+        esm: ``(model, alphabet, plm settings)`` of the ESM-2 an ``esm`` / ``esm_*`` entry with
+            ``freeze_esm: false`` fine-tunes (:func:`build_esm_fusion`).
 
     Raises:
-        ConfigError: an unknown type, keys that do not apply to it, or ``esm_gearnet`` without ESM.
+        ConfigError: an unknown type, keys that do not apply to it, or an ESM type without ESM.
     """
+    from geoplm.config import ESM_TYPES
+
     kind = spec["type"]
-    if kind != "esm_gearnet" and "freeze_esm" in spec:
-        raise ConfigError(f"models.{name}: freeze_esm applies to type esm_gearnet only, not '{kind}'")
+    if kind not in ESM_TYPES and "freeze_esm" in spec:
+        raise ConfigError(f"models.{name}: freeze_esm applies to types {', '.join(ESM_TYPES)} only, not '{kind}'")
     if kind not in ENCODERS:
         raise ConfigError(f"models.{name}: unknown model type '{kind}' (known: {', '.join(ENCODER_TYPES)})")
     return ENCODERS[kind](spec, input_dim, plm, name, esm)
