@@ -18,13 +18,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "config"
 def demo() -> dict:
     full = yaml.safe_load((CONFIG / "config.yaml").read_text())
     demo = yaml.safe_load((CONFIG / "demo.yaml").read_text())
-    merged = copy.deepcopy(full)
-    for key, value in demo.items():  # Snakemake's --configfile merge, one level deep is enough here
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key].update(value)
-        else:
-            merged[key] = value
-    return merged
+    return geoplm_config.merge(copy.deepcopy(full), demo)  # Snakemake's recursive --configfile merge
 
 
 def test_full_config_is_valid():

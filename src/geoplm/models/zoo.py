@@ -10,21 +10,13 @@ one-hot (21) or the ESM-2 per-residue embedding. ``D`` is returned by :func:`bui
 ``esm`` / ``esm_*`` entry with ``freeze_esm: false`` also takes ``sequences`` and ``residue_mask`` (each
 chain's sequence for the ESM-2 inside it; :func:`geoplm.models.fusion.record_esm_inputs`).
 
-gearnet    GearNet / GearNet-Edge (Zhang et al., ICLR 2023, Sec. 3.1-3.2;  7 relations (GearNet)
-           torchdrug 0.2.1 ``models.GearNet``); ESM-2 input = ESM-GearNet
-           serial fusion (Zhang et al. 2023)
-gearnet_ieconv GearNet-IEConv / GearNet-Edge-IEConv (Zhang et al., ICLR    7 relations (GearNet)
-           2023, Fold / Reaction rows; DeepGraphLearning/GearNet
-           ``GearNetIEConv``): embedding, layer norm, IEConv layers
-           (``use_ieconv``), line graph with ``num_angle_bin``
-=======
 =========== ============================================================== =========================
 type        model                                                          graph
 =========== ============================================================== =========================
 gearnet     GearNet / GearNet-Edge (Zhang et al., ICLR 2023, Sec. 3.1-3.2; 7 relations (GearNet)
             torchdrug 0.2.1 ``models.GearNet``); ESM-2 input = ESM-GearNet
             serial fusion without the ESM half
-gearnet_iec GearNet-IEConv / GearNet-Edge-IEConv (type ``gearnet_ieconv``;     7 relations (GearNet)
+gearnet_iec GearNet-IEConv / GearNet-Edge-IEConv (type ``gearnet_ieconv``; 7 relations (GearNet)
             Zhang et al., ICLR 2023, Fold / Reaction rows; GearNet's
             ``GearNetIEConv``): embedding, layer norm, IEConv layers
             (``use_ieconv``), line graph with ``num_angle_bin``
@@ -195,6 +187,7 @@ def _build_gearnet_ieconv(spec: Mapping, input_dim: int, plm: bool, name: str, e
         )
     except ValueError as error:
         raise ConfigError(f"models.{name}: {error}") from error
+    return encoder, encoder.output_dim
 
 
 #: keys of a CDConv entry (``cdconv``, and the structure half of ``esm_cdconv``)
