@@ -1,7 +1,8 @@
 """Protein structure encoders of the three papers; :mod:`geoplm.models.zoo` builds them by config name.
 
 GearNet / GearNet-Edge (:mod:`~geoplm.models.gearnet`), ESM-GearNet fusions (:mod:`~geoplm.models.fusion`),
-GVP-GNN (:mod:`~geoplm.models.gvp`), EGNN (:mod:`~geoplm.models.egnn`), Molformer
+GVP-GNN (:mod:`~geoplm.models.gvp`; ESM-GearNet's variant :mod:`~geoplm.models.gvp_esmgearnet`),
+EGNN (:mod:`~geoplm.models.egnn`), Molformer
 (:mod:`~geoplm.models.molformer`) and EquiDock (:mod:`~geoplm.models.equidock`).
 """
 
@@ -10,6 +11,7 @@ from geoplm.models.equidock import EquiDock
 from geoplm.models.fusion import ESMGearNet, param_groups
 from geoplm.models.gearnet import GearNet
 from geoplm.models.gvp import GVPGNN
+from geoplm.models.gvp_esmgearnet import ESMGearNetGVPGNN
 from geoplm.models.molformer import Molformer
 
-__all__ = ["EGNN", "ESMGearNet", "EquiDock", "GVPGNN", "GearNet", "Molformer", "param_groups"]
+__all__ = ["EGNN", "ESMGearNet", "ESMGearNetGVPGNN", "EquiDock", "GVPGNN", "GearNet", "Molformer", "param_groups"]

@@ -20,6 +20,8 @@ esm_gearnet ESM-GearNet serial / parallel / cross fusion (Zhang et al.     7 rel
            2023, Sec. 3); ESM-2 frozen (stored embeddings) or fine-tuned
            inside the model (``freeze_esm: false``)
 gvp        GVP-GNN (Jing et al., ICLR 2021) as Wu et al. (2023) use it      Cα r-ball 8 Å / kNN 10
+gvp_esmgearnet ESM-GearNet's GVP-GNN (Zhang et al. 2023, "GVP" and      Cα r-ball 10 Å, cap 32
+           serial "ESM-GVP" rows; ``gearnet/gvp.py`` ``GVPGNN``)
 egnn       EGNN (Satorras et al., ICML 2021) as Wu et al. use it            Cα r-ball 8 Å / kNN 10
 molformer  Molformer (Wu et al., AAAI 2023) as Wu et al. (2023) use it      Cα, full attention
 ========== =============================================================== ======================
@@ -198,6 +200,37 @@ def _build_gvp(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tupl
     return CaGraphEncoder(net, "gvp", plm), net.output_dim
 
 
+def _build_gvp_esmgearnet(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
+    """``type: gvp_esmgearnet``: ESM-GearNet's GVP-GNN (:class:`geoplm.models.gvp_esmgearnet.ESMGearNetGVPGNN`) on
+    the node features given (the 21-d one-hot: "GVP"; ESM-2: "ESM-GVP" serial fusion). Keys (ESM-GearNet's names
+    in brackets, defaults from its configs): ``node_dims`` (``node_h_dim``, [256, 16]), ``edge_dims``
+    (``edge_h_dim``, [64, 1]), ``num_rbf`` (``edge_in_dim[0]``, 16), ``num_layers`` (5), ``dropout``
+    (``drop_rate``, 0.1), ``readout`` (mean), ``vector_gate`` (true); ``node_in_dim`` is ``[input_dim, 0]``.
+    Its graph is ``{kind: radius, radius: 10.0, max_num_neighbors: 32}`` (torchdrug ``SpatialEdge(radius=10,
+    min_distance=0)``).
+
+    Raises:
+        ConfigError: keys that do not apply, or hyperparameters the model rejects.
+    """
+    from geoplm.models.gvp_esmgearnet import ESMGearNetGVPGNN
+
+    _check_keys(spec, name, {"node_dims", "edge_dims", "num_rbf", "num_layers", "dropout", "readout", "vector_gate"})
+    try:
+        net = ESMGearNetGVPGNN(
+            node_in_dim=(input_dim, 0),
+            node_h_dim=tuple(spec.get("node_dims", (256, 16))),
+            edge_in_dim=(spec.get("num_rbf", 16), 1),
+            edge_h_dim=tuple(spec.get("edge_dims", (64, 1))),
+            readout=spec.get("readout", "mean"),
+            num_layers=spec.get("num_layers", 5),
+            drop_rate=spec.get("dropout", 0.1),
+            vector_gate=spec.get("vector_gate", True),
+        )
+    except ValueError as error:
+        raise ConfigError(f"models.{name}: {error}") from error
+    return net, net.output_dim
+
+
 def _build_egnn(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
     """``type: egnn``: EGNN (:class:`geoplm.models.egnn.EGNN`) with RBF edge attributes."""
     from geoplm.models.egnn import EGNN
@@ -239,6 +272,7 @@ ENCODERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
     "gearnet": _build_gearnet,
     "esm_gearnet": _build_esm_gearnet,
     "gvp": _build_gvp,
+    "gvp_esmgearnet": _build_gvp_esmgearnet,
     "egnn": _build_egnn,
     "molformer": _build_molformer,
 }
