@@ -36,6 +36,11 @@ ENCODERS = {
     "cdconv": ({"type": "cdconv", **CDCONV}, {}, False),
     "esm_cdconv_parallel": ({"type": "esm_cdconv", "fusion": "parallel", **CDCONV}, {}, True),
     "gvp": ({"type": "gvp", "node_dims": [8, 4], "edge_dims": [8, 1], "num_layers": 2}, {"kind": "radius"}, True),
+    "gvp_esmgearnet": (
+        {"type": "gvp_esmgearnet", "node_dims": [8, 4], "edge_dims": [8, 1], "num_layers": 2},
+        {"kind": "radius", "radius": 10.0, "max_num_neighbors": 32},
+        True,
+    ),
     "egnn": ({"type": "egnn", "hidden_dim": 8, "num_layers": 2}, {"kind": "knn", "k": 10}, False),
     "molformer": ({"type": "molformer", "num_layers": 1, "embed_dim": 8, "num_heads": 2}, {"kind": "radius"}, True),
 }

@@ -185,9 +185,43 @@ def test_esm_gearnet_is_the_same_fusion_class_with_gearnet():
 # registry and configuration
 
 
+@pytest.mark.parametrize("fusion", ["serial", "parallel", "cross"])
+def test_esm_gvp_fuses_esm_with_esm_gearnets_gvp(tiny_esm, fusion):
+    """ESM-GVP (ESM-GearNet config/*/esm_gvp*.yaml): the same fusion with ESM-GearNet's GVP-GNN; serial GVP reads
+    the ESM rows, parallel / cross the residue one-hot; on a 10 Å Cα r-ball capped at 32 neighbours."""
+    from geoplm.graph import build_batch_graph
+    from geoplm.models.gvp_esmgearnet import ESMGearNetGVPGNN
+
+    records = _records(0, 1)
+    packed = _graph(records)
+    graph = build_batch_graph(
+        packed.node_position, packed.residue_type, packed.node2graph, {"kind": "radius", "radius": 10.0,
+                                                                         "max_num_neighbors": 32}
+    )  # fmt: skip
+    feature = _stored(tiny_esm, records)
+    spec = {"type": "esm_gvp", "fusion": fusion, "node_dims": [16, 4], "edge_dims": [8, 1], "num_layers": 2,
+            "cross_dim": 16}  # fmt: skip
+    torch.manual_seed(0)
+    encoder, width = build_encoder(spec, ESM_DIM, plm=True)
+    net = encoder.net.eval()
+    assert isinstance(net.structure_model, ESMGearNetGVPGNN)
+    assert net.structure_model.input_dim == (ESM_DIM if fusion == "serial" else 21)
+    assert width == (2 * 16 if fusion == "cross" else ESM_DIM + 16)
+    with torch.no_grad():
+        out = encoder(graph, feature)
+    assert out["node_feature"].shape == (graph.num_nodes, width) and out["graph_feature"].shape == (2, width)
+    if fusion != "cross":
+        with torch.no_grad():
+            reads = feature if fusion == "serial" else residue_one_hot(graph.residue_type)
+            structure = net.structure_model(graph, reads)
+        torch.testing.assert_close(out["node_feature"], torch.cat([feature, structure["node_feature"]], -1))
+    with pytest.raises(ConfigError, match="use it with a plm"):
+        build_encoder(spec, 21, plm=False, name="m")
+
+
 def test_registry_config_and_schema_know_the_new_types():
     assert {"cdconv", "esm_cdconv", "esm"} <= set(ENCODERS)
-    assert set(ESM_TYPES) == set(NEEDS_PLM) == {"esm", "esm_gearnet", "esm_cdconv"}
+    assert set(ESM_TYPES) == set(NEEDS_PLM) == {"esm", "esm_gearnet", "esm_cdconv", "esm_gvp"}
     assert finetunes_esm({"type": "esm", "freeze_esm": False})
     assert finetunes_esm({"type": "esm_cdconv", "freeze_esm": False})
     assert not finetunes_esm({"type": "esm_cdconv"}) and not finetunes_esm({"type": "cdconv", "freeze_esm": False})

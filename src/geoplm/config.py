@@ -205,7 +205,7 @@ def available_datasets(config: Mapping, raw_dir: str | Path = "resources/raw") -
 
 #: model types that hold an ESM-2 half (:class:`geoplm.models.fusion.ESMModule`): ESM-2 alone and the ESM
 #: fusions. They accept ``freeze_esm`` (stored embeddings, or ESM-2 fine-tuned inside the model).
-ESM_TYPES = ("esm", "esm_gearnet", "esm_cdconv")
+ESM_TYPES = ("esm", "esm_gearnet", "esm_cdconv", "esm_gvp")
 #: model types that need ESM-2 features: no run with ``plm: none``
 NEEDS_PLM = ESM_TYPES
 

@@ -2,9 +2,10 @@
 
 GearNet / GearNet-Edge (:mod:`~geoplm.models.gearnet`), GearNet-(Edge-)IEConv
 (:mod:`~geoplm.models.gearnet_ieconv`), CDConv (:mod:`~geoplm.models.cdconv`), ESM-2 alone and
-its fusions with a structure encoder (ESM-GearNet, ESM-CDConv; :mod:`~geoplm.models.fusion`), GVP-GNN
-(:mod:`~geoplm.models.gvp`), EGNN (:mod:`~geoplm.models.egnn`), Molformer (:mod:`~geoplm.models.molformer`) and
-EquiDock (:mod:`~geoplm.models.equidock`).
+its fusions with a structure encoder (ESM-GearNet, ESM-CDConv, ESM-GVP; :mod:`~geoplm.models.fusion`), GVP-GNN
+(:mod:`~geoplm.models.gvp`; ESM-GearNet's variant :mod:`~geoplm.models.gvp_esmgearnet`), EGNN
+(:mod:`~geoplm.models.egnn`), Molformer (:mod:`~geoplm.models.molformer`) and EquiDock
+(:mod:`~geoplm.models.equidock`).
 """
 
 from geoplm.models.cdconv import CDConv
@@ -14,6 +15,7 @@ from geoplm.models.fusion import ESMEncoder, ESMFusion, ESMGearNet, param_groups
 from geoplm.models.gearnet import GearNet
 from geoplm.models.gearnet_ieconv import GearNetIEConv
 from geoplm.models.gvp import GVPGNN
+from geoplm.models.gvp_esmgearnet import ESMGearNetGVPGNN
 from geoplm.models.molformer import Molformer
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "ESMEncoder",
     "ESMFusion",
     "ESMGearNet",
+    "ESMGearNetGVPGNN",
     "EquiDock",
     "GVPGNN",
     "GearNet",

@@ -32,15 +32,13 @@ esm         ESM-2 alone (torchdrug ``models.ESM``): residue features and   none
             their mean; stored, or fine-tuned inside (``freeze_esm:
             false``, ``config/EC/esm.yaml``)
 gvp         GVP-GNN (Jing et al., ICLR 2021) as Wu et al. (2023) use it    Cα r-ball 8 Å / kNN 10
+gvp_esmgear ESM-GearNet's GVP-GNN (type ``gvp_esmgearnet``; Zhang et al.    Cα r-ball 10 Å, cap 32
+            2023, "GVP" row; ``gearnet/gvp.py`` ``GVPGNN``)
+esm_gvp     ESM-GVP serial / parallel / cross fusion (ESM-GearNet          as gvp_esmgearnet
+            ``config/*/esm_gvp*.yaml``); ESM as esm_gearnet
 egnn        EGNN (Satorras et al., ICML 2021) as Wu et al. use it          Cα r-ball 8 Å / kNN 10
 molformer   Molformer (Wu et al., AAAI 2023) as Wu et al. (2023) use it    Cα, full attention
-=========== ============================================================== =========================
-
-ESM fusions are one registry entry per structure encoder (``esm_gearnet``, ``esm_cdconv``; the structure
-encoder's keys sit at the top level of the entry, next to ``fusion`` / ``cross_dim`` / ``freeze_esm``), each
-built by :func:`build_esm_fusion` from that encoder's builder; a new ``esm_X`` is one more entry here (and in
-:data:`geoplm.config.ESM_TYPES`).
-
+=========== ============================================================== ==================
 For ``gvp``, ``egnn`` and ``molformer`` (Wu et al.), with ESM-2 features the 1280-d vector
 *replaces* the residue-type input (it is not concatenated); without, the residue type is embedded
 (GVP-GNN, Molformer) or one-hot encoded (EGNN's ``in_node_nf``).
@@ -323,6 +321,61 @@ def _build_gvp(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tupl
     return CaGraphEncoder(net, "gvp", plm), net.output_dim
 
 
+#: keys of an ESM-GearNet GVP-GNN entry (``gvp_esmgearnet``, and the structure half of ``esm_gvp``)
+GVP_ESMGEARNET_KEYS = frozenset(
+    {"node_dims", "edge_dims", "num_rbf", "num_layers", "dropout", "readout", "vector_gate"}
+)
+
+
+def _gvp_esmgearnet(spec: Mapping, input_dim: int, name: str = "model") -> tuple[nn.Module, int]:
+    """ESM-GearNet's GVP-GNN (:class:`geoplm.models.gvp_esmgearnet.ESMGearNetGVPGNN`) on ``input_dim``-wide node
+    inputs. Keys (ESM-GearNet's names in brackets, defaults from its configs): ``node_dims`` (``node_h_dim``,
+    [256, 16]), ``edge_dims`` (``edge_h_dim``, [64, 1]), ``num_rbf`` (``edge_in_dim[0]``, 16), ``num_layers`` (5),
+    ``dropout`` (``drop_rate``, 0.1), ``readout`` (mean), ``vector_gate`` (true); ``node_in_dim`` is
+    ``[input_dim, 0]``. Its graph is ``{kind: radius, radius: 10.0, max_num_neighbors: 32}`` (torchdrug
+    ``SpatialEdge(radius=10, min_distance=0)``).
+
+    Raises:
+        ConfigError: hyperparameters the model rejects.
+    """
+    from geoplm.models.gvp_esmgearnet import ESMGearNetGVPGNN
+
+    try:
+        net = ESMGearNetGVPGNN(
+            node_in_dim=(input_dim, 0),
+            node_h_dim=tuple(spec.get("node_dims", (256, 16))),
+            edge_in_dim=(spec.get("num_rbf", 16), 1),
+            edge_h_dim=tuple(spec.get("edge_dims", (64, 1))),
+            readout=spec.get("readout", "mean"),
+            num_layers=spec.get("num_layers", 5),
+            drop_rate=spec.get("dropout", 0.1),
+            vector_gate=spec.get("vector_gate", True),
+        )
+    except ValueError as error:
+        raise ConfigError(f"models.{name}: {error}") from error
+    return net, net.output_dim
+
+
+def _build_gvp_esmgearnet(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
+    """``type: gvp_esmgearnet``: ESM-GearNet's GVP-GNN (:func:`_gvp_esmgearnet`) on the node features given (the
+    21-d one-hot: the "GVP" row; ESM-2 rows read in its place).
+
+    Raises:
+        ConfigError: keys that do not apply, or hyperparameters the model rejects.
+    """
+    _check_keys(spec, name, set(GVP_ESMGEARNET_KEYS))
+    return _gvp_esmgearnet(spec, input_dim, name)
+
+
+def _build_esm_gvp(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
+    """``type: esm_gvp``: ESM-GVP (ESM-GearNet ``config/*/esm_gvp{,_parallel,_cross}.yaml``),
+    :func:`build_esm_fusion` with ESM-GearNet's GVP-GNN (needs ESM-2 features)."""
+    if not plm:
+        raise ConfigError(f"models.{name}: esm_gvp fuses ESM-2 with GVP-GNN; use it with a plm, not 'none'")
+    _check_keys(spec, name, GVP_ESMGEARNET_KEYS | ESM_KEYS | FUSION_KEYS)
+    return build_esm_fusion(spec, input_dim, lambda s, dim: _gvp_esmgearnet(s, dim, name), name, esm)
+
+
 def _build_egnn(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
     """``type: egnn``: EGNN (:class:`geoplm.models.egnn.EGNN`) with RBF edge attributes."""
     from geoplm.models.egnn import EGNN
@@ -396,6 +449,8 @@ ENCODERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
     "esm_cdconv": _build_esm_cdconv,
     "esm": _build_esm,
     "gvp": _build_gvp,
+    "gvp_esmgearnet": _build_gvp_esmgearnet,
+    "esm_gvp": _build_esm_gvp,
     "egnn": _build_egnn,
     "molformer": _build_molformer,
 }
