@@ -816,6 +816,26 @@ def build_ca_graph(
     )
 
 
+def build_node_graph(node_position: Tensor, residue_type: Tensor, node2graph: Tensor) -> ResidueGraph:
+    """The nodes of a packed batch without edges (``kind: none``), for encoders that build their own
+    neighbourhoods (CDConv) and need no residue graph.
+
+    Returns:
+        A :class:`ResidueGraph` with ``(0, 3)`` edges, ``(0, 0)`` edge features and one relation.
+    """
+    device = node_position.device
+    return ResidueGraph(
+        num_nodes=int(node_position.shape[0]),
+        batch_size=int(node2graph.max()) + 1 if len(node2graph) else 0,
+        node_position=node_position,
+        residue_type=residue_type,
+        node2graph=node2graph,
+        edge_list=torch.zeros(0, 3, dtype=torch.long, device=device),
+        edge_feature=torch.zeros(0, 0, device=device),
+        num_relation=1,
+    )
+
+
 #: The graph registry: a ``graphs`` entry's ``kind`` -> (builder on a packed batch, default settings). The
 #: builder is called as ``builder(node_position (N, 3), residue_type (N,), node2graph (N,), **settings)``.
 #: ``gearnet``'s graphs can also be cached per record (``build_graphs`` rule) and packed
@@ -833,6 +853,7 @@ GRAPH_KINDS: dict[str, tuple] = {
     ),
     "radius": (partial(build_ca_graph, kind="radius"), {"radius": 8.0, "max_num_neighbors": None}),
     "knn": (partial(build_ca_graph, kind="knn"), {"k": 10}),
+    "none": (build_node_graph, {}),
 }
 
 

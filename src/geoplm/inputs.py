@@ -22,7 +22,7 @@ import logging
 import os
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -50,6 +50,7 @@ class ProteinInput:
         residue_index: ``(n,)`` long index of each node among the record's L residues (after truncation),
             to place per-residue labels.
         length: L, the record's residues (after truncation).
+        residue_number: ``(n,)`` long author residue numbers of the nodes (CDConv's sequence positions), or None.
         edge_list: ``(E, 3)`` cached ``[node_in, node_out, relation]`` (``build_graphs``), or None to build the
             graph on the packed batch.
         esm_input: for an ESM-2 inside the model: the record's sequence and the ``(L,)`` bool mask of its
@@ -62,6 +63,7 @@ class ProteinInput:
     node_feature: Tensor
     residue_index: Tensor
     length: int
+    residue_number: Tensor | None = None
     edge_list: Tensor | None = None
     esm_input: tuple[str, Tensor] | None = None
 
@@ -85,6 +87,7 @@ class ProteinInput:
             node_feature=self.node_feature[start:end],
             residue_index=self.residue_index[start:end] - first,
             length=last - first,
+            residue_number=None if self.residue_number is None else self.residue_number[start:end],
             esm_input=esm_input,
         )
 
@@ -112,6 +115,11 @@ def concatenate_proteins(proteins: Sequence[ProteinInput], protein_id: str) -> P
         node_feature=torch.cat([p.node_feature for p in proteins]),
         residue_index=torch.cat([p.residue_index + o for p, o in zip(proteins, offsets, strict=True)]),
         length=sum(p.length for p in proteins),
+        residue_number=(
+            torch.cat([p.residue_number for p in proteins])
+            if all(p.residue_number is not None for p in proteins)
+            else None
+        ),
         esm_input=esm_input,
     )
 
@@ -285,6 +293,7 @@ class InputLoader:
             node_feature=node_feature,
             residue_index=torch.nonzero(keep).flatten(),
             length=len(record_view["sequence"]),
+            residue_number=record_view["residue_number"][keep].long() if "residue_number" in record_view else None,
             edge_list=edge_list,
             esm_input=record_esm_inputs(record_view) if self.esm_inputs else None,
         )
@@ -293,21 +302,27 @@ class InputLoader:
 def make_graph(proteins: Sequence[ProteinInput], device: str | torch.device = "cpu", settings: Mapping | None = None):
     """Pack proteins into one residue graph: their cached edge lists when every protein has one (GearNet's
     graph), else the graph of ``settings`` (:func:`geoplm.graph.build_batch_graph`) built on the packed batch.
-    Both give the same graph (``tests/test_train.py``)."""
+    Both give the same graph (``tests/test_train.py``). The nodes' author residue numbers go with the graph
+    (``residue_number``, read by CDConv) when every protein has them."""
     from geoplm.graph import build_batch_graph, graph_kind, pack_graphs
 
     kind, options = graph_kind(settings)
+    numbers = [p.residue_number for p in proteins]
+    residue_numbers = numbers if proteins and all(n is not None for n in numbers) else None
     if kind == "gearnet" and proteins and all(p.edge_list is not None for p in proteins):
         num_relation = 2 * int(options.get("sequential_max_distance", 2)) + 3
         graph = pack_graphs(
             [p.position for p in proteins], [p.residue_type for p in proteins], [p.edge_list for p in proteins],
-            num_relation,
-        )
+            num_relation, residue_numbers=residue_numbers,
+        )  # fmt: skip
         return graph.to(device)
     position = torch.cat([p.position for p in proteins])
     residue_type = torch.cat([p.residue_type for p in proteins])
     node2graph = torch.repeat_interleave(torch.arange(len(proteins)), torch.tensor([p.num_nodes for p in proteins]))
-    return build_batch_graph(position, residue_type, node2graph, settings).to(device)
+    graph = build_batch_graph(position, residue_type, node2graph, settings)
+    if residue_numbers is not None:
+        graph = replace(graph, residue_number=torch.cat(residue_numbers).to(position.device))
+    return graph.to(device)
 
 
 def pack(
