@@ -36,9 +36,7 @@ def train_docking_run(task, model, examples, seed, metrics_path, checkpoint_path
     """EquiDock on given complexes through the one training loop (the docking task's own examples)."""
     docking = RigidDocking({"kind": "docking", **task}, "docking")
     prepared = docking.prepare_examples(examples)
-    input_dim = None
-    if docking.use_esm:
-        input_dim = int(next(e for name in docking.splits for e in examples[name]).receptor_esm.shape[1])
+    input_dim = docking.input_dim(prepared["train"][0]) if prepared["train"] else None
     return fit(docking, model, prepared, seed, metrics_path, checkpoint_path, threads=threads, input_dim=input_dim)
 
 

@@ -50,7 +50,6 @@ from torch import Tensor, nn
 from geoplm import atomic, inputs
 from geoplm.config import finetunes_esm
 from geoplm.errors import GeoplmError
-from geoplm.structure import NUM_RESIDUE_TYPES
 from geoplm.tasks import get_task
 from geoplm.tasks.base import OPTIMIZERS, Task
 
@@ -231,7 +230,7 @@ def fit(
         s, selection = task.settings, task.selection
 
         resume_path = Path(str(checkpoint_path) + ".resume.pt")
-        identity = {name: [getattr(e, "id", None) or e.example.id for e in splits[name]] for name in task.splits}
+        identity = {name: [e.id for e in splits[name]] for name in task.splits}
         settings = settings_hash(dict(s), dict(model), graph_settings, seed, identity, input_dim, extra_settings)
         state = load_resume(resume_path, settings, net, optimizer, run_label, scheduler, task.rng) or {
             "epoch": 0,
@@ -343,11 +342,11 @@ def carve_validation(splits: dict[str, list], fraction: float, seed: int = 0) ->
     """Move a seeded ``fraction`` of the training examples (at least one) to the validation split, by example
     group where examples have one (a CASP target, a complex), for datasets without a validation split."""
     train = splits["train"]
-    units = sorted({getattr(e, "group", "") or getattr(e, "id", "") for e in train})
+    units = sorted({e.group or e.id for e in train})
     random.Random(seed).shuffle(units)
     chosen = set(units[: max(1, int(round(fraction * len(units))))])
-    splits["valid"] = splits.get("valid", []) + [e for e in train if (getattr(e, "group", "") or e.id) in chosen]
-    splits["train"] = [e for e in train if (getattr(e, "group", "") or e.id) not in chosen]
+    splits["valid"] = splits.get("valid", []) + [e for e in train if (e.group or e.id) in chosen]
+    splits["train"] = [e for e in train if (e.group or e.id) not in chosen]
 
 
 def run(*args, **kwargs) -> dict:
@@ -435,7 +434,7 @@ def train_run(
                 f"{manifest}: the {name} split is empty ({sum(len(m) for m in splits.values())} usable examples "
                 f"in all; splits in the manifest: {', '.join(sorted(set(split_of.values())))})"
             )
-    input_dim = _input_dim(splits["train"][0], loader, esm)
+    input_dim = job.input_dim(splits["train"][0])
     return fit(
         job,
         model,
@@ -453,14 +452,3 @@ def train_run(
         extra_settings=(esm_settings, sorted(split_of.items())),
     )
 
-
-def _input_dim(example: Any, loader: inputs.InputLoader, esm) -> int | None:
-    """The node input width of a task's examples: the stored ESM-2 width, else the residue one-hot's (21); for
-    docking complexes, the ESM-2 width or None."""
-    proteins = getattr(example, "proteins", None)
-    if proteins is not None:
-        return int(proteins[0].node_feature.shape[1])
-    receptor_esm = getattr(getattr(example, "example", None), "receptor_esm", None)
-    if receptor_esm is not None:
-        return int(receptor_esm.shape[1])
-    return None if esm is None and not loader.uses_embeddings else NUM_RESIDUE_TYPES

@@ -237,6 +237,10 @@ class Task:
             out[split].append(Example(record["id"], (protein,), target, self.group(record)))
         return out
 
+    def input_dim(self, example) -> int | None:
+        """The node input width of the task's examples (21 for the one-hot, the ESM-2 width with stored rows)."""
+        return int(example.proteins[0].node_feature.shape[1])
+
     def prepare(self, train: Sequence) -> None:
         """Learn what the task needs from the training examples before training (nothing by default)."""
 

@@ -46,6 +46,7 @@ from geoplm.docking import (
 from geoplm.errors import ConfigError, GeoplmError
 from geoplm.inputs import InputLoader
 from geoplm.models.equidock import DEFAULT_CONFIG, DockingSide, EquiDock, build_docking_graph, kabsch, residue_frames
+from geoplm.structure import NUM_RESIDUE_TYPES
 from geoplm.tasks.base import Task
 
 #: docking roles of the ground-truth partners and of a given ligand input pose (geoplm.datasets.docking)
@@ -79,6 +80,8 @@ EQUIDOCK_OPTIONS: dict[str, Any] = {
 
 @dataclass
 class _Prepared:
+    """A complex with what every pose of it shares: residue graphs, local frames, pocket points."""
+
     index: int
     example: ComplexExample
     rec_edges: Tensor
@@ -86,6 +89,14 @@ class _Prepared:
     rec_frames: Tensor | None
     lig_frames: Tensor | None
     pocket: Tensor | None
+
+    @property
+    def id(self) -> str:
+        return self.example.id
+
+    @property
+    def group(self) -> str:
+        return self.example.id
 
 
 def _prepare(index: int, example: ComplexExample, k: int, cutoff: float, pocket_cutoff: float) -> _Prepared:
@@ -243,6 +254,11 @@ class RigidDocking(Task):
                 )
         return prepared
 
+    def input_dim(self, example: _Prepared) -> int | None:
+        """The ESM-2 width when the complexes carry ESM-2 rows, else None (EquiDock embeds residue types)."""
+        esm = example.example.receptor_esm
+        return None if esm is None else int(esm.shape[1])
+
     def batches(self, examples: Sequence[_Prepared], batch_size: int, epoch: int | None) -> list[list[_Prepared]]:
         """Training batches: the complexes permuted by a generator seeded ``(seed, epoch)``; evaluation: in order."""
         if epoch is None:
@@ -316,15 +332,12 @@ class RigidDocking(Task):
         return summarize(dict(gathered["metrics"]))
 
     def report(self, splits: Mapping[str, Sequence], evaluations: Mapping[str, Mapping]) -> dict[str, Any]:
-        input_dim = None
-        if self.use_esm:
-            input_dim = int(next(iter(splits["train"])).example.receptor_esm.shape[1])
         test = self.test_splits[0]
         return {
             "task_kind": "rigid_docking",
             "num_complexes": {name: len(members) for name, members in splits.items()},
             "node_input": "esm" if self.use_esm else "residue_type",
-            "node_input_dim": input_dim if self.use_esm else 21,
+            "node_input_dim": self.input_dim(splits["train"][0]) if self.use_esm else NUM_RESIDUE_TYPES,
             f"{test}_per_complex": dict(evaluations[test]["metrics"]),
         }
 
