@@ -129,6 +129,7 @@ __all__ = [
     "gearnet_edge_feature_dim",
     "knn_graph",
     "radius_graph",
+    "readout",
     "residue_one_hot",
     "spatial_line_graph",
 ]
@@ -768,6 +769,34 @@ def pack_graphs(
     )
 
 
+# --- readout -----------------------------------------------------------------------------------------------
+
+
+def readout(node_feature: Tensor, node2graph: Tensor, batch_size: int, kind: str = "sum") -> Tensor:
+    """Per-protein readout of node features: the sum (torchdrug ``layers.SumReadout``, ``scatter_add``) or the
+    mean (``layers.MeanReadout``, ``scatter_mean``: a protein without nodes reads 0) over each protein's nodes.
+
+    Args:
+        node_feature: ``(N, D)``.
+        node2graph: ``(N,)`` long protein index of every node.
+        batch_size: B, the number of proteins.
+        kind: ``"sum"`` or ``"mean"``.
+
+    Returns:
+        ``(B, D)``.
+
+    Raises:
+        ValueError: an unknown ``kind``.
+    """
+    if kind not in ("sum", "mean"):
+        raise ValueError(f"readout must be 'sum' or 'mean', got {kind!r}")
+    out = node_feature.new_zeros(int(batch_size), node_feature.shape[-1]).index_add(0, node2graph, node_feature)
+    if kind == "mean":
+        count = torch.bincount(node2graph, minlength=int(batch_size)).clamp(min=1)
+        out = out / count.unsqueeze(-1).to(out.dtype)
+    return out
+
+
 # --- graph kinds: the registry every batch is built through -------------------------------------
 
 
@@ -802,8 +831,13 @@ def build_ca_graph(
         edge_index = radius_graph(node_position, float(radius), node2graph, max_num_neighbors=max_num_neighbors)
     else:
         raise ValueError(f"Cα graph kind must be 'radius' or 'knn', got {kind!r}")
+    return _one_relation_graph(node_position, residue_type, node2graph, edge_index)
+
+
+def _one_relation_graph(node_position: Tensor, residue_type: Tensor, node2graph: Tensor, edge_index: Tensor):
+    """A :class:`ResidueGraph` of ``(2, E)`` edges of one relation, without edge features."""
     zeros = torch.zeros(edge_index.shape[1], 1, dtype=torch.long, device=edge_index.device)
-    edge_list = torch.cat([edge_index.t(), zeros], dim=1)
+    edge_list = torch.cat([edge_index.t().long(), zeros], dim=1)
     return ResidueGraph(
         num_nodes=int(node_position.shape[0]),
         batch_size=int(node2graph.max()) + 1 if len(node2graph) else 0,
@@ -823,17 +857,8 @@ def build_node_graph(node_position: Tensor, residue_type: Tensor, node2graph: Te
     Returns:
         A :class:`ResidueGraph` with ``(0, 3)`` edges, ``(0, 0)`` edge features and one relation.
     """
-    device = node_position.device
-    return ResidueGraph(
-        num_nodes=int(node_position.shape[0]),
-        batch_size=int(node2graph.max()) + 1 if len(node2graph) else 0,
-        node_position=node_position,
-        residue_type=residue_type,
-        node2graph=node2graph,
-        edge_list=torch.zeros(0, 3, dtype=torch.long, device=device),
-        edge_feature=torch.zeros(0, 0, device=device),
-        num_relation=1,
-    )
+    no_edges = torch.zeros(2, 0, dtype=torch.long, device=node_position.device)
+    return _one_relation_graph(node_position, residue_type, node2graph, no_edges)
 
 
 #: The graph registry: a ``graphs`` entry's ``kind`` -> (builder on a packed batch, default settings). The

@@ -73,7 +73,7 @@ from torch import Tensor, nn
 
 from geoplm.errors import ConfigError, EmbeddingError
 from geoplm.esm import DEFAULT_STRIDE, DEFAULT_WINDOW, window_starts
-from geoplm.graph import ResidueGraph, residue_one_hot
+from geoplm.graph import ResidueGraph, readout, residue_one_hot
 from geoplm.structure import RESIDUE_VOCAB
 
 __all__ = [
@@ -100,15 +100,6 @@ def record_esm_inputs(record: dict) -> tuple[str, Tensor]:
     mask = ~torch.isnan(record["backbone"][:, 1]).any(dim=-1)
     return record["sequence"], mask
 
-
-def _scatter_sum(value: Tensor, index: Tensor, size: int) -> Tensor:
-    out = value.new_zeros(size, value.shape[-1])
-    return out.index_add(0, index, value)
-
-
-def _scatter_mean(value: Tensor, index: Tensor, size: int) -> Tensor:
-    count = torch.bincount(index, minlength=size).clamp(min=1).unsqueeze(-1).to(value.dtype)
-    return _scatter_sum(value, index, size) / count
 
 
 class SelfAttentionBlock(nn.Module):
@@ -400,8 +391,8 @@ class ESMModule(nn.Module):
         else:
             raise EmbeddingError("no ESM features: pass esm_feature (N, esm_dim) or build the model with esm_model")
         if self.esm_readout == "mean":
-            return node, _scatter_mean(node, graph.node2graph, graph.batch_size)
-        return node, _scatter_sum(node, graph.node2graph, graph.batch_size)
+            return node, readout(node, graph.node2graph, graph.batch_size, "mean")
+        return node, readout(node, graph.node2graph, graph.batch_size, "sum")
 
 
 class ESMEncoder(ESMModule):
@@ -574,7 +565,7 @@ class ESMFusion(ESMModule):
         node_feature = self._cross(graph, self.seq_linear(seq_node), self.struct_linear(struct_node))
         return {
             "node_feature": node_feature,
-            "graph_feature": _scatter_sum(node_feature, graph.node2graph, graph.batch_size),
+            "graph_feature": readout(node_feature, graph.node2graph, graph.batch_size, "sum"),
         }
 
     def _cross(self, graph: ResidueGraph, seq: Tensor, struct: Tensor) -> Tensor:

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from geoplm.graph import LineGraph, ResidueGraph, spatial_line_graph
+from geoplm.graph import LineGraph, ResidueGraph, readout, spatial_line_graph
 from geoplm.models.gearnet import GeometricRelationalGraphConv, RelationalAdjacency
 
 __all__ = [
@@ -415,14 +415,6 @@ class GearNetIEConv(nn.Module):
             self.layer_norms = nn.ModuleList(nn.LayerNorm(d) for d in self.dims[1:])
         self.dropout = nn.Dropout(dropout)
 
-    def _readout(self, graph: ResidueGraph, node_feature: Tensor) -> Tensor:
-        out = node_feature.new_zeros(graph.batch_size, node_feature.shape[-1])
-        out.index_add_(0, graph.node2graph, node_feature)
-        if self.readout == "mean":  # torch_scatter.scatter_mean: empty graphs give 0
-            count = torch.bincount(graph.node2graph, minlength=graph.batch_size).clamp(min=1)
-            out = out / count.unsqueeze(-1).to(out.dtype)
-        return out
-
     def forward(self, graph: ResidueGraph, input: Tensor, line_graph: LineGraph | None = None) -> dict[str, Tensor]:
         """``graph``: a :class:`~geoplm.graph.ResidueGraph` with ``num_relation`` relations (Cα ``node_position``
         in Å; with ``num_angle_bin``, ``edge_feature`` of width ``edge_input_dim``); ``input`` ``(N, input_dim)``.
@@ -473,7 +465,8 @@ class GearNetIEConv(nn.Module):
             layer_input = hidden
 
         node_feature = torch.cat(hiddens, dim=-1) if self.concat_hidden else hiddens[-1]
-        return {"graph_feature": self._readout(graph, node_feature), "node_feature": node_feature}
+        graph_feature = readout(node_feature, graph.node2graph, graph.batch_size, self.readout)
+        return {"graph_feature": graph_feature, "node_feature": node_feature}
 
 
 def load_reference_state_dict(model: GearNetIEConv, state_dict: Mapping[str, Tensor], prefix: str = "") -> None:

@@ -57,10 +57,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from geoplm.graph import readout
 from geoplm.models.gvp import GVP, GVPConvLayer, LayerNorm, rbf
 
 __all__ = [
@@ -211,11 +211,7 @@ class ESMGearNetGVPGNN(nn.Module):
         for layer in self.layers:
             h = layer(h, edge_index, h_edge)
         node = self.W_out(h)
-        node2graph = graph.node2graph.long()
-        pooled = node.new_zeros(int(graph.batch_size), node.shape[-1]).index_add_(0, node2graph, node)
-        if self.readout == "mean":
-            count = torch.bincount(node2graph, minlength=int(graph.batch_size)).clamp(min=1).to(node.dtype)
-            pooled = pooled / count.unsqueeze(-1)
+        pooled = readout(node, graph.node2graph.long(), int(graph.batch_size), self.readout)
         return {"node_feature": node, "graph_feature": pooled}
 
     def load_reference_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:

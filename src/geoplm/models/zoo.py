@@ -96,9 +96,9 @@ class CaGraphEncoder(nn.Module):
             node = self.net(node_feature if self.plm else graph.residue_type, pos, edge_index, graph.node2graph)
         else:
             node = self.net(node_feature if self.plm else graph.residue_type, pos, edge_index)
-        count = torch.bincount(graph.node2graph, minlength=graph.batch_size).clamp(min=1).to(node)
-        pooled = node.new_zeros(graph.batch_size, node.shape[-1]).index_add_(0, graph.node2graph, node)
-        out.update(node_feature=node, graph_feature=pooled / count.unsqueeze(-1))
+        from geoplm.graph import readout
+
+        out.update(node_feature=node, graph_feature=readout(node, graph.node2graph, graph.batch_size, "mean"))
         return out
 
 
