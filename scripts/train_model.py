@@ -15,6 +15,7 @@ with steps.logged(sm.log[0]):
     train.run(
         task=sm.params.task,
         task_name=sm.wildcards.task,
+        model_name=sm.wildcards.model,
         model=sm.params.model,
         manifest=sm.input.manifest,
         records=list(sm.input.records),

@@ -104,3 +104,30 @@ def test_default_target_takes_the_datasets_the_mirror_holds(shared_data, monkeyp
     chosen = geoplm_config.available_datasets(dict(full, mirror=str(shared_data)), tmp_path)
     assert {"db5_sample", "pdbbind_sample", "casp_sample", "ec_sample"} <= set(chosen)
     assert "afdb_v2" not in chosen and "ec" not in chosen  # proteome tarballs, EnzymeCommission.zip
+
+
+@pytest.mark.parametrize("which", ["full", "demo"])
+def test_every_model_entry_builds(which, demo, tmp_path):
+    """Every ``models`` entry of the full config and of the demo merged over it builds through the zoo (or
+    EquiDock): keys merged from both files must belong to the entry's type. ESM-2 inside a model is a tiny
+    random ESM-2 here."""
+    import torch
+
+    from geoplm.config import NO_PLM, finetunes_esm, table_rows
+    from geoplm.esm import load_esm2, write_random_esm2_checkpoint
+    from geoplm.models.equidock import EquiDock
+    from geoplm.models.zoo import build_encoder
+
+    config = demo if which == "demo" else yaml.safe_load((CONFIG / "config.yaml").read_text())
+    path, _ = write_random_esm2_checkpoint(tmp_path / "esm2_t2_tiny.pt", num_layers=2, embed_dim=16, seed=0)
+    model, alphabet = load_esm2(path)
+    with_plm = {m for table in config["tables"].values() for m, plm in table_rows(table) if plm != NO_PLM}
+    for name, spec in config["models"].items():
+        if spec["type"] == "equidock":
+            EquiDock(None, **{k: v for k, v in spec.items() if k != "type"})
+            continue
+        esm = (model, alphabet, {"repr_layer": 2}) if finetunes_esm(spec) else None
+        plm = name in with_plm or spec["type"].startswith("esm")
+        with torch.device("meta"):  # the paper's sizes need no memory to check
+            encoder, width = build_encoder(spec, 16 if plm else 21, plm=plm, name=name, esm=esm)
+        assert width > 0, name

@@ -147,6 +147,7 @@ def _run(args: argparse.Namespace) -> None:
             esm_checkpoint=args.esm_checkpoint,
             esm_settings=config["plms"][args.plm] if args.plm else None,
             task_name=args.task,
+            model_name=args.model,
         )
 
 

@@ -190,6 +190,7 @@ def fit(
     esm=None,
     graph_settings: Mapping | None = None,
     extra_settings: Any = None,
+    model_name: str = "model",
 ) -> dict:
     """Train one run of ``task`` on prepared examples and write its metrics (JSON) and weights (see the module
     docstring), with PyTorch's deterministic algorithms on.
@@ -204,6 +205,7 @@ def fit(
         esm: ``(model, alphabet, settings)`` of an ESM-2 fine-tuned inside the model.
         graph_settings: the model's graph (:func:`geoplm.config.graph_settings`).
         extra_settings: anything else that changes the run (hashed into the resume settings).
+        model_name: the ``models`` entry's name, for messages.
 
     Returns:
         The metrics dictionary written to ``metrics_path``.
@@ -223,7 +225,7 @@ def fit(
         torch.manual_seed(seed)
         task.bind(device, graph_settings, seed)
         task.prepare(splits["train"])
-        net = task.build_model(model, input_dim, plm, esm=esm).to(device)
+        net = task.build_model(model, input_dim, plm, esm=esm, name=model_name).to(device)
         optimizer = build_optimizer(task, net, float(model.get("esm_lr_ratio", 0.1)))
         scheduler = build_scheduler(task, optimizer)
         per_epoch = bool(scheduler is not None and SCHEDULERS[task.settings["scheduler"].get("type", "plateau")][1])
@@ -371,6 +373,7 @@ def train_run(
     esm_checkpoint: str | os.PathLike | None = None,
     esm_settings: Mapping | None = None,
     task_name: str | None = None,
+    model_name: str | None = None,
 ) -> dict:
     """Train one run of a ``tasks`` entry on a dataset's files and write its metrics and best weights
     (:func:`fit`); resume after an interruption.
@@ -389,7 +392,7 @@ def train_run(
             ``esm_lr_ratio`` (0.1) times the learning rate; the stored embeddings are not used.
         esm_settings: the plm's settings (``repr_layer``, ``window``, ``stride``, ``toks_per_batch``,
             ``checksum``) for ``esm_checkpoint``.
-        task_name: the entry's name, for messages.
+        task_name, model_name: the ``tasks`` and ``models`` entries' names, for messages.
 
     Returns:
         The metrics dictionary written to ``metrics_path``.
@@ -450,5 +453,6 @@ def train_run(
         esm=esm,
         graph_settings=graph_settings,
         extra_settings=(esm_settings, sorted(split_of.items())),
+        model_name=model_name or "model",
     )
 

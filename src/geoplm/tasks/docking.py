@@ -271,10 +271,12 @@ class RigidDocking(Task):
     def build_model(self, model_spec: Mapping, input_dim: int | None, plm: bool, esm=None, name: str = "model"):
         model_cfg = {k: v for k, v in model_spec.items() if k not in ("type", "name")}
         if model_spec.get("type", "equidock") != "equidock":
-            raise ConfigError(f"models: type must be 'equidock' for docking, got {model_spec.get('type')!r}")
+            raise ConfigError(f"models.{name}: type must be 'equidock' for docking, got {model_spec.get('type')!r}")
         unknown = set(model_cfg) - set(DEFAULT_CONFIG)
         if unknown:
-            raise ConfigError(f"models: unknown EquiDock option(s) {sorted(unknown)} (known: {sorted(DEFAULT_CONFIG)})")
+            raise ConfigError(
+                f"models.{name}: unknown EquiDock option(s) {sorted(unknown)} (known: {sorted(DEFAULT_CONFIG)})"
+            )
         return EquiDock(input_dim if self.use_esm else None, **model_cfg)
 
     # --- loss and evaluation
