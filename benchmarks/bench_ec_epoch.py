@@ -46,7 +46,9 @@ Timed, per round and side (two numbers each):
   not timed (torchdrug's ``train`` does neither).
 
 Not timed: model, optimizer and ``Engine`` construction, done once; the rounds keep training the same two
-models. A warm-up round on the first 4 chains first (numba's cached kernels, allocator).
+models; a garbage collection before each parse and before the epochs (else the previous epoch's garbage is
+collected in whichever parse comes first). A warm-up round on the first 4 chains first (numba's cached
+kernels, allocator).
 
 Interleaving: the load of the shared 2-core machine changes within seconds, so the two epochs run in lockstep,
 batch by batch: batch i of torchdrug, then batch i of geoplm (alternating which goes first), with the same two
@@ -71,6 +73,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import gzip
 import inspect
 import io
@@ -406,9 +409,11 @@ def run_round(theirs, ours, paths, records, ours_first: bool) -> dict:
     sides = (ours, theirs) if ours_first else (theirs, ours)
     parse, parsed = {}, {}
     for side in sides:
+        gc.collect()  # not timed: the garbage of the previous epoch is collected before either side parses
         start = time.perf_counter()
         parsed[side.name] = side.parse(paths, records)
         parse[side.name] = time.perf_counter() - start
+    gc.collect()
     order = ours.order(len(records))
     epochs = {theirs.name: theirs.epoch(parsed[theirs.name], order), ours.name: ours.epoch(parsed[ours.name])}
     total = {name: 0.0 for name in epochs}
