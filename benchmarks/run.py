@@ -12,17 +12,21 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TORCHDRUG_PYTHON = HERE.parents[1] / "tdenv" / "bin" / "python"
+#: (title, script, options) of the benchmarks run in the torchdrug environment, with their short default runs
+TORCHDRUG_BENCHMARKS = (
+    ("GearNet vs torchdrug 0.2.1", "bench_gearnet.py", ()),
+    ("EC fine-tuning epoch of GearNet-Edge vs torchdrug 0.2.1 (16 chains, 128 x 4)", "bench_ec_epoch.py", ()),
+)
 
 
 def main() -> int:
     failures = 0
     print("== parsing: throughput and peak memory, 1x vs 10x")
     failures += subprocess.run([sys.executable, str(HERE / "bench_parse.py")]).returncode != 0
-    gearnet = HERE / "bench_gearnet.py"
-    if gearnet.exists():
-        print("== GearNet vs torchdrug 0.2.1")
+    for title, script, options in TORCHDRUG_BENCHMARKS:
+        print(f"== {title}")
         if TORCHDRUG_PYTHON.exists():
-            failures += subprocess.run([str(TORCHDRUG_PYTHON), str(gearnet)]).returncode != 0
+            failures += subprocess.run([str(TORCHDRUG_PYTHON), str(HERE / script), *options]).returncode != 0
         else:
             print(f"skipped: no torchdrug environment at {TORCHDRUG_PYTHON} (benchmarks/torchdrug_env.sh builds it)")
     return 1 if failures else 0
