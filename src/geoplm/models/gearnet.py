@@ -182,6 +182,7 @@ class RelationalAdjacency:
         self.num_source = num_source
         self._matrices: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
         self._blocks: dict[tuple[torch.dtype, int], list[tuple[int, Tensor, Tensor, Tensor]]] = {}
+        self._relation_rows: dict[torch.dtype, tuple] = {}
 
     @classmethod
     def from_graph(cls, graph: ResidueGraph | LineGraph) -> RelationalAdjacency:
@@ -208,12 +209,11 @@ class RelationalAdjacency:
             )
         return self._matrices[dtype]
 
-    def blocks(self, dtype: torch.dtype, max_rows: int) -> list[tuple[int, Tensor, Tensor, Tensor]]:
-        """The non-empty rows of ``A``, relation by relation, in blocks of at most ``max_rows``:
-        ``[(relation, targets (t,), A_b (t, num_source), A_b^T)]``, CSR of ``dtype`` holding edge multiplicities."""
-        cache_key = (dtype, max_rows)
-        if cache_key not in self._blocks:
-            # A with its rows in relation-major order (relation * num_target + target); its empty rows are dropped
+    def _relation_major(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, list[int]]:
+        """``A`` with its rows in relation-major order (``relation * num_target + target``) and its empty rows
+        dropped, built once per dtype: ``(row, entries, start, col, count, rows per relation)`` -- the kept rows,
+        their entry counts and CSR offsets, column indices, edge multiplicities."""
+        if dtype not in self._relation_rows:
             relation = self.row % self.num_relation
             target = torch.div(self.row, self.num_relation, rounding_mode="floor")
             num_rows = self.num_relation * self.num_target
@@ -226,6 +226,17 @@ class RelationalAdjacency:
             torch.cumsum(entries, 0, out=start[1:])
             row_relation = torch.div(row, self.num_target, rounding_mode="floor")
             per_relation = torch.bincount(row_relation, minlength=self.num_relation).tolist()
+            self._relation_rows[dtype] = (row, entries, start, col, count, per_relation)
+        return self._relation_rows[dtype]
+
+    def blocks(self, dtype: torch.dtype, max_rows: int) -> list[tuple[int, Tensor, Tensor, Tensor]]:
+        """The non-empty rows of ``A``, relation by relation, in blocks of at most ``max_rows``:
+        ``[(relation, targets (t,), A_b (t, num_source), A_b^T)]``, CSR of ``dtype`` holding edge multiplicities.
+        The relation-major matrix behind them is built once per dtype (:meth:`_relation_major`), whatever the
+        block size a layer asks for."""
+        cache_key = (dtype, max_rows)
+        if cache_key not in self._blocks:
+            row, entries, start, col, count, per_relation = self._relation_major(dtype)
             blocks, first = [], 0
             for r, rows in enumerate(per_relation):
                 for a in range(first, first + rows, max_rows):
