@@ -297,18 +297,21 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(out["graph_feature"].cpu(), ref["graph_feature"], rtol=1e-4, atol=1e-2)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["counting_sort", "torch_sort"])
 @pytest.mark.parametrize("kind", ["line_graph", "edge_to_node", "residue_graph"])
-def test_fused_aggregate_linear_matches_unfused_autograd(kind, monkeypatch):
+def test_fused_aggregate_linear_matches_unfused_autograd(kind, compiled, monkeypatch):
     """RelationalAdjacency.linear (block-sparse over non-empty (target, relation) rows, in several small
     blocks here) gives the values and the input / weight / bias gradients of F.linear over the dense
     per-relation aggregate, in float64, on a real protein's graphs (including empty rows and, in the line
-    graph, repeated (source, target, relation) entries)."""
+    graph, repeated (source, target, relation) entries), with the blocks built by the compiled counting sorts
+    (CPU) and by the sort-based construction used on other devices."""
     from torch.nn import functional as F
 
     from geoplm.models import gearnet as gearnet_module
     from geoplm.models.gearnet import RelationalAdjacency, relational_aggregate
 
     monkeypatch.setattr(gearnet_module, "_CHUNK_ELEMENTS", 64 * 8)  # blocks of 64 rows
+    monkeypatch.setattr(gearnet_module, "COMPILED_ADJACENCY", compiled)
     pos, rtype = _load(SMALL)
     graph = build_gearnet_graph(pos, rtype)
     if kind == "line_graph":
@@ -352,3 +355,47 @@ def test_fused_aggregate_linear_matches_unfused_autograd(kind, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     without_bias = adjacency.linear(inputs[0], inputs[1])
     torch.testing.assert_close(without_bias, results[1][0] - inputs[2], rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_adjacency_blocks_equal_sorted_construction(monkeypatch):
+    """The counting-sort construction of RelationalAdjacency's blocks (CPU) gives exactly the blocks of the
+    sort-based one (targets, CSR rows / columns / multiplicities and their transposes), on a real line graph with
+    repeated entries and on random multigraphs with many duplicates and empty rows, at several block sizes."""
+    from geoplm.models import gearnet as gearnet_module
+    from geoplm.models.gearnet import RelationalAdjacency
+
+    pos, rtype = _load(SMALL)
+    line_graph = spatial_line_graph(build_gearnet_graph(pos, rtype), 8)
+    generator = torch.Generator().manual_seed(0)
+    cases = [
+        (
+            line_graph.edge_list[:, 1],
+            line_graph.edge_list[:, 2],
+            line_graph.edge_list[:, 0],
+            line_graph.num_nodes,
+            8,
+            line_graph.num_nodes,
+        )
+    ]
+    for num_target, num_relation, num_source, num_edges in [(30, 3, 40, 500), (7, 5, 3, 200), (50, 2, 60, 10)]:
+        cases.append((
+            torch.randint(num_target, (num_edges,), generator=generator),
+            torch.randint(num_relation, (num_edges,), generator=generator),
+            torch.randint(num_source, (num_edges,), generator=generator),
+            num_target, num_relation, num_source,
+        ))  # fmt: skip
+    for target, relation, source, num_target, num_relation, num_source in cases:
+        built = {}
+        for compiled in (True, False):
+            monkeypatch.setattr(gearnet_module, "COMPILED_ADJACENCY", compiled)
+            adjacency = RelationalAdjacency(target, relation, source, num_target, num_relation, num_source)
+            built[compiled] = [adjacency.blocks(torch.float32, rows) for rows in (5, 64, 1 << 20)]
+        for ours, theirs in zip(built[True], built[False], strict=True):
+            assert len(ours) == len(theirs)
+            for (r1, t1, a1, at1), (r2, t2, a2, at2) in zip(ours, theirs, strict=True):
+                assert r1 == r2 and torch.equal(t1, t2)
+                for m1, m2 in ((a1, a2), (at1, at2)):
+                    assert m1.shape == m2.shape
+                    assert torch.equal(m1.crow_indices(), m2.crow_indices())
+                    assert torch.equal(m1.col_indices(), m2.col_indices())
+                    assert torch.equal(m1.values(), m2.values())

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["edge_features", "gearnet_edges", "knn_lists", "radius_lists"]
+__all__ = ["csr_transpose", "edge_features", "gearnet_edges", "knn_lists", "radius_lists", "relation_major_csr"]
 
 _JIT = dict(cache=True, nogil=True)
 
@@ -390,3 +390,97 @@ def edge_features(node_in, node_out, relation, xyz, residue_type, num_relation, 
             dz = xyz[node_in[e], 2] - xyz[node_out[e], 2]
             out[e, width - 1] = np.sqrt(dx * dx + dy * dy + dz * dz)
     return out
+
+
+# --- sparse relational adjacencies (geoplm.models.gearnet.RelationalAdjacency) ---------------------------
+
+
+@njit(**_JIT)
+def relation_major_csr(row, col, num_target, num_relation, num_source):
+    """The non-empty rows of a relational adjacency in relation-major order, as CSR with edge multiplicities.
+
+    ``row`` ``(E,)`` int64 ``target * num_relation + relation`` (torchdrug's flattening), ``col`` ``(E,)`` int64
+    source in ``[0, num_source)``. Row ``relation * num_target + target`` of the relation-major matrix counts the
+    pairs ``(row, col)``. Two stable counting sorts (by ``col``, then by relation-major row), ``O(E + num_target *
+    num_relation + num_source)``; the same matrix as sorting the keys ``row' * num_source + col`` and counting
+    equal keys (what :func:`geoplm.models.gearnet._csr` does with ``np.sort``), without the sort.
+
+    Returns ``(kept, start, column, count)``: ``kept`` ``(K,)`` the relation-major indices of the non-empty rows,
+    ascending; ``start`` ``(K + 1,)`` their CSR offsets; ``column`` ``(M,)`` ascending within each row; ``count``
+    ``(M,)`` int64 multiplicities (``M <= E``).
+    """
+    num_edges = row.shape[0]
+    num_rows = num_target * num_relation
+    col_start = np.zeros(num_source + 1, np.int64)
+    for e in range(num_edges):
+        col_start[col[e] + 1] += 1
+    for c in range(num_source):
+        col_start[c + 1] += col_start[c]
+    by_col = np.empty(num_edges, np.int64)
+    for e in range(num_edges):
+        by_col[col_start[col[e]]] = e
+        col_start[col[e]] += 1
+    key = np.empty(num_edges, np.int64)
+    row_start = np.zeros(num_rows + 1, np.int64)
+    for e in range(num_edges):
+        k = (row[e] % num_relation) * num_target + row[e] // num_relation
+        key[e] = k
+        row_start[k + 1] += 1
+    for r in range(num_rows):
+        row_start[r + 1] += row_start[r]
+    order = np.empty(num_edges, np.int64)
+    fill = row_start[:-1].copy()
+    for i in range(num_edges):
+        e = by_col[i]
+        order[fill[key[e]]] = e
+        fill[key[e]] += 1
+    kept = np.empty(num_rows, np.int64)
+    start = np.empty(num_rows + 1, np.int64)
+    column = np.empty(num_edges, np.int64)
+    count = np.empty(num_edges, np.int64)
+    num_kept = 0
+    m = 0
+    for r in range(num_rows):
+        a, b = row_start[r], row_start[r + 1]
+        if a == b:
+            continue
+        kept[num_kept] = r
+        start[num_kept] = m
+        num_kept += 1
+        previous = -1
+        for i in range(a, b):
+            c = col[order[i]]
+            if c == previous:
+                count[m - 1] += 1
+            else:
+                column[m] = c
+                count[m] = 1
+                m += 1
+                previous = c
+    start[num_kept] = m
+    return kept[:num_kept], start[: num_kept + 1], column[:m], count[:m]
+
+
+@njit(**_JIT)
+def csr_transpose(start, column, num_columns):
+    """Transpose of the ``(R, num_columns)`` CSR pattern ``(start (R + 1,), column (M,))``: ``(crow
+    (num_columns + 1,), row (M,), position (M,))`` with ``row`` ascending within each column and ``position`` the
+    index of each entry in the input (to carry its value). A stable counting sort by column, ``O(M + R +
+    num_columns)``."""
+    num_rows = start.shape[0] - 1
+    m = column.shape[0]
+    crow = np.zeros(num_columns + 1, np.int64)
+    for i in range(m):
+        crow[column[i] + 1] += 1
+    for c in range(num_columns):
+        crow[c + 1] += crow[c]
+    fill = crow[:-1].copy()
+    row = np.empty(m, np.int64)
+    position = np.empty(m, np.int64)
+    for r in range(num_rows):
+        for i in range(start[r], start[r + 1]):
+            p = fill[column[i]]
+            row[p] = r
+            position[p] = i
+            fill[column[i]] += 1
+    return crow, row, position

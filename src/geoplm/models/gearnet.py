@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from geoplm import graph_kernels
 from geoplm.graph import LineGraph, ResidueGraph, readout, spatial_line_graph
 
 __all__ = ["GearNet", "GeometricRelationalGraphConv", "RelationalAdjacency", "relational_aggregate"]
@@ -91,6 +92,16 @@ class _SparseMatmul(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         grad_input = _spmm(ctx.transpose, grad.contiguous()) if ctx.needs_input_grad[2] else None
         return None, None, grad_input
+
+
+#: Build :class:`RelationalAdjacency`'s blocks with the compiled counting sorts of :mod:`geoplm.graph_kernels` on CPU
+#: (the tests switch it off to compare with the sort-based construction used on other devices).
+COMPILED_ADJACENCY = True
+
+
+def _compiled(index: Tensor) -> bool:
+    """Whether the adjacency of ``index`` is built by the compiled CPU kernels."""
+    return COMPILED_ADJACENCY and index.device.type == "cpu"
 
 
 #: Rows per block of the fused aggregate + linear: about this many floats (8 MB) of ``(rows, d)`` aggregate. Below
@@ -214,16 +225,28 @@ class RelationalAdjacency:
         dropped, built once per dtype: ``(row, entries, start, col, count, rows per relation)`` -- the kept rows,
         their entry counts and CSR offsets, column indices, edge multiplicities."""
         if dtype not in self._relation_rows:
-            relation = self.row % self.num_relation
-            target = torch.div(self.row, self.num_relation, rounding_mode="floor")
-            num_rows = self.num_relation * self.num_target
-            matrix = _csr(relation * self.num_target + target, self.col, num_rows, self.num_source, dtype)
-            col, count = matrix.col_indices(), matrix.values()
-            entries = matrix.crow_indices().diff()
-            row = torch.nonzero(entries).squeeze(1)
-            entries = entries[row]
-            start = torch.zeros(len(row) + 1, dtype=torch.long, device=row.device)
-            torch.cumsum(entries, 0, out=start[1:])
+            if _compiled(self.row):  # counting sorts, no comparison sort
+                kept = graph_kernels.relation_major_csr(
+                    self.row.contiguous().numpy(),
+                    self.col.contiguous().numpy(),
+                    self.num_target,
+                    self.num_relation,
+                    self.num_source,
+                )
+                row, start, col, count = (torch.from_numpy(array) for array in kept)
+                count = count.to(dtype)
+                entries = start.diff()
+            else:
+                relation = self.row % self.num_relation
+                target = torch.div(self.row, self.num_relation, rounding_mode="floor")
+                num_rows = self.num_relation * self.num_target
+                matrix = _csr(relation * self.num_target + target, self.col, num_rows, self.num_source, dtype)
+                col, count = matrix.col_indices(), matrix.values()
+                entries = matrix.crow_indices().diff()
+                row = torch.nonzero(entries).squeeze(1)
+                entries = entries[row]
+                start = torch.zeros(len(row) + 1, dtype=torch.long, device=row.device)
+                torch.cumsum(entries, 0, out=start[1:])
             row_relation = torch.div(row, self.num_target, rounding_mode="floor")
             per_relation = torch.bincount(row_relation, minlength=self.num_relation).tolist()
             self._relation_rows[dtype] = (row, entries, start, col, count, per_relation)
@@ -248,14 +271,27 @@ class RelationalAdjacency:
                         block = torch.sparse_csr_tensor(
                             crow, col[lo:hi], count[lo:hi], (b - a, self.num_source), check_invariants=False
                         )
-                    local_row = torch.repeat_interleave(
-                        torch.arange(b - a, device=row.device), entries[a:b], output_size=hi - lo
-                    )
-                    transpose = _csr(col[lo:hi], local_row, self.num_source, b - a, dtype, count[lo:hi])
+                    transpose = self._transpose(crow, col[lo:hi], count[lo:hi], entries[a:b], dtype)
                     blocks.append((r, row[a:b] - r * self.num_target, block, transpose))
                 first += rows
             self._blocks[cache_key] = blocks
         return self._blocks[cache_key]
+
+    def _transpose(self, crow: Tensor, col: Tensor, count: Tensor, entries: Tensor, dtype: torch.dtype) -> Tensor:
+        """CSR ``(num_source, t)`` transpose of the block ``(crow (t + 1,), col, count)`` with ``entries`` ``(t,)``
+        per row: a compiled counting sort on CPU, a sort elsewhere."""
+        num_rows = crow.shape[0] - 1
+        if _compiled(crow):
+            tcrow, trow, position = (
+                torch.from_numpy(a) for a in graph_kernels.csr_transpose(crow.numpy(), col.numpy(), self.num_source)
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.sparse_csr_tensor(
+                    tcrow, trow, count[position], (self.num_source, num_rows), check_invariants=False
+                )
+        local_row = torch.repeat_interleave(torch.arange(num_rows, device=crow.device), entries, output_size=len(col))
+        return _csr(col, local_row, self.num_source, num_rows, dtype, count)
 
     def linear(self, input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """``F.linear(self(input), weight, bias)`` without materialising ``self(input)``.
