@@ -63,15 +63,24 @@ def settings_hash(*objects) -> str:
 
 @contextlib.contextmanager
 def deterministic() -> Iterator[None]:
-    """PyTorch's deterministic algorithms on (warn only) for the duration; the previous setting is
+    """PyTorch's deterministic algorithms on (warn only) for the duration; the previous settings are
     restored afterwards. Multi-threaded CPU kernels otherwise sum in a varying order, and two runs
-    with the same seed drift apart in the last digits."""
+    with the same seed drift apart in the last digits.
+
+    ``torch.utils.deterministic.fill_uninitialized_memory`` is switched off meanwhile: with deterministic
+    algorithms on, torch otherwise fills every ``torch.empty`` with NaN, a debugging aid for code that reads
+    memory it never wrote. No result here reads such memory (with the fill on, a NaN would have reached the
+    tests' outputs, which compare runs bit for bit); the fill cost a few percent of a GearNet-Edge EC
+    epoch (``benchmarks/bench_ec_epoch.py``)."""
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def load_resume(
