@@ -116,8 +116,9 @@ class _AggregateLinear(torch.autograd.Function):
     Block ``(r, targets, A_b, A_b^T)`` holds rows of one relation ``r``: its aggregate ``A_b @ input`` ``(t, d)``
     is multiplied by ``W_r = weight[:, r * d:(r + 1) * d]`` and added to the targets' outputs. Rows of ``A``
     without any edge (a quarter of GearNet-Edge's line-graph ``(edge, angle bin)`` pairs) cost nothing, and
-    the ``(T, R * d)`` aggregate is never allocated, neither in the forward pass nor in the backward pass,
-    which recomputes the block aggregates for the weight gradient.
+    the ``(T, R * d)`` aggregate is never allocated as one tensor. The block aggregates are kept for the weight
+    gradient when the weight needs one (torchdrug's ``F.linear`` keeps its whole ``(T, R * d)`` aggregate for
+    it; these are its non-empty rows only), so the backward pass multiplies by ``A_b^T`` only.
     """
 
     @staticmethod
@@ -130,9 +131,12 @@ class _AggregateLinear(torch.autograd.Function):
         else:
             output = bias.expand(num_target, weight.shape[0]).contiguous()
         d = input.shape[1]
+        ctx.aggregates = [] if ctx.needs_input_grad[3] else None
         for relation, targets, adjacency, _ in blocks:
-            update = _spmm(adjacency, input) @ weight[:, relation * d : (relation + 1) * d].t()
-            output.index_add_(0, targets, update)
+            aggregate = _spmm(adjacency, input)
+            if ctx.aggregates is not None:
+                ctx.aggregates.append(aggregate)
+            output.index_add_(0, targets, aggregate @ weight[:, relation * d : (relation + 1) * d].t())
         return output
 
     @staticmethod
@@ -144,12 +148,13 @@ class _AggregateLinear(torch.autograd.Function):
         num_relation = weight.shape[1] // d
         grad_input = input.new_zeros(input.shape) if need_input else None
         grad_weight = [weight.new_zeros(weight.shape[0], d) for _ in range(num_relation)] if need_weight else None
-        for relation, targets, adjacency, transpose in ctx.blocks:
+        for block, (relation, targets, _, transpose) in enumerate(ctx.blocks):
             grad_block = grad.index_select(0, targets)
             if need_weight:
-                grad_weight[relation].addmm_(grad_block.t(), _spmm(adjacency, input))
+                grad_weight[relation].addmm_(grad_block.t(), ctx.aggregates[block])
             if need_input:
                 grad_input.addmm_(transpose, grad_block @ weight[:, relation * d : (relation + 1) * d])
+        ctx.aggregates = None
         if need_weight:
             grad_weight = torch.cat(grad_weight, dim=1)
         grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[4] else None
