@@ -383,7 +383,11 @@ def test_large_protein():
     assert torch.bincount(g.edge_list[:, 2], minlength=7)[2] == len(pos)
 
 
-def test_spatial_line_graph_brute_force():
+@pytest.mark.parametrize("compiled", [True, False], ids=["kernel", "torch"])
+def test_spatial_line_graph_brute_force(compiled, monkeypatch):
+    """Both constructions of the line graph (the compiled pair enumeration on CPU, the torch one used on other
+    devices) against a brute-force enumeration and float64 angles."""
+    monkeypatch.setattr(G, "COMPILED_LINE_GRAPH", compiled)
     pos, rtype, _ = _load(SMALL)
     g = G.build_gearnet_graph(pos, rtype)
     lg = G.spatial_line_graph(g, num_angle_bin=8)
@@ -412,6 +416,23 @@ def test_spatial_line_graph_brute_force():
     self_loops = np.nonzero(el[:, 0] == el[:, 1])[0]
     pairs = {(int(a), int(b)): int(r) for a, b, r in got}
     assert all(pairs[(e, e)] == 0 for e in self_loops)
+
+
+def test_spatial_line_graph_kernel_equals_torch_construction(monkeypatch):
+    """On a batch of two real proteins (one with a self-loop-free graph, sequential_max_distance 0) the compiled
+    pair enumeration gives exactly the torch construction's line graph: edges, order and angle bins."""
+    pos, rtype, _ = _load(SMALL)
+    batch = torch.cat([pos, pos[:40] + 1000.0]), torch.cat([rtype, rtype[:40]])
+    node2graph = torch.cat([torch.zeros(len(pos), dtype=torch.long), torch.ones(40, dtype=torch.long)])
+    for distance in (2, 0):
+        g = G.build_gearnet_graph(*batch, node2graph, sequential_max_distance=distance)
+        lines = {}
+        for compiled in (True, False):
+            monkeypatch.setattr(G, "COMPILED_LINE_GRAPH", compiled)
+            lines[compiled] = G.spatial_line_graph(g, 8)
+        assert torch.equal(lines[True].edge_list, lines[False].edge_list)
+        assert torch.equal(lines[True].node2graph, lines[False].node2graph)
+        assert lines[True].edge_list.shape[0] > 10 * g.num_edges
 
 
 def test_graph_to_device_roundtrip():

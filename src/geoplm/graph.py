@@ -619,6 +619,11 @@ def _gearnet_edges(
     )
 
 
+#: Enumerate :func:`spatial_line_graph`'s edge pairs with the compiled kernel on CPU (the tests switch it off to
+#: compare with the torch construction used on other devices).
+COMPILED_LINE_GRAPH = True
+
+
 def spatial_line_graph(graph: ResidueGraph, num_angle_bin: int = 8) -> LineGraph:
     """GearNet-Edge's spatial line graph (torchdrug ``SpatialLineGraph`` + ``PackedGraph.line_graph``).
 
@@ -632,29 +637,35 @@ def spatial_line_graph(graph: ResidueGraph, num_angle_bin: int = 8) -> LineGraph
 
     Line-graph edges are ordered by (j, a, b), with ``a`` and ``b`` ascending edge indices. The node
     feature of the line graph is ``graph.edge_feature``. Memory is ``O(sum_j indeg(j) * outdeg(j))``.
+    On CPU the pairs come from a compiled kernel (:func:`geoplm.graph_kernels.line_graph_pairs`; the
+    angles are computed by the same torch operations on every device).
     """
     node_in, node_out = graph.edge_list[:, 0], graph.edge_list[:, 1]
     device = graph.edge_list.device
     n = graph.num_nodes
     num_edges = node_in.shape[0]
-    incoming = torch.sort(node_out, stable=True).indices  # edges grouped by their target j
-    outgoing = torch.sort(node_in, stable=True).indices  # edges grouped by their source j
-    deg_incoming = torch.bincount(node_out, minlength=n)
-    deg_outgoing = torch.bincount(node_in, minlength=n)
-    size = deg_incoming * deg_outgoing
-    total = int(size.sum())
-    centre = torch.repeat_interleave(torch.arange(n, device=device), size)
-    local = torch.arange(total, device=device) - (torch.cumsum(size, 0) - size)[centre]
-    inner = deg_outgoing[centre]
-    start_incoming = (torch.cumsum(deg_incoming, 0) - deg_incoming)[centre]
-    start_outgoing = (torch.cumsum(deg_outgoing, 0) - deg_outgoing)[centre]
-    edge_a = incoming[start_incoming + torch.div(local, inner, rounding_mode="floor")]
-    edge_b = outgoing[start_outgoing + local % inner]
+    if COMPILED_LINE_GRAPH and device.type == "cpu":
+        pairs = graph_kernels.line_graph_pairs(node_in.contiguous().numpy(), node_out.contiguous().numpy(), n)
+        edge_a, edge_b, node_i, node_j, node_k = (torch.from_numpy(array) for array in pairs)
+    else:
+        incoming = torch.sort(node_out, stable=True).indices  # edges grouped by their target j
+        outgoing = torch.sort(node_in, stable=True).indices  # edges grouped by their source j
+        deg_incoming = torch.bincount(node_out, minlength=n)
+        deg_outgoing = torch.bincount(node_in, minlength=n)
+        size = deg_incoming * deg_outgoing
+        total = int(size.sum())
+        centre = torch.repeat_interleave(torch.arange(n, device=device), size)
+        local = torch.arange(total, device=device) - (torch.cumsum(size, 0) - size)[centre]
+        inner = deg_outgoing[centre]
+        start_incoming = (torch.cumsum(deg_incoming, 0) - deg_incoming)[centre]
+        start_outgoing = (torch.cumsum(deg_outgoing, 0) - deg_outgoing)[centre]
+        edge_a = incoming[start_incoming + torch.div(local, inner, rounding_mode="floor")]
+        edge_b = outgoing[start_outgoing + local % inner]
+        node_i = node_out[edge_b]
+        node_j = node_in[edge_b]
+        node_k = node_in[edge_a]
 
     pos = graph.node_position
-    node_i = node_out[edge_b]
-    node_j = node_in[edge_b]
-    node_k = node_in[edge_a]
     v1 = pos[node_i] - pos[node_j]
     v2 = pos[node_k] - pos[node_j]
     angle = torch.atan2(torch.linalg.cross(v1, v2).norm(dim=-1), (v1 * v2).sum(dim=-1))
