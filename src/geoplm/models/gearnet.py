@@ -265,6 +265,9 @@ class RelationalAdjacency:
         cache_key = (dtype, max_rows)
         if cache_key not in self._blocks:
             row, entries, start, col, count, per_relation = self._relation_major(dtype)
+            # MKL's sparse products take 32-bit indices; torch converts 64-bit ones on every call otherwise
+            narrow = _compiled(col) and max(len(col), self.num_source, self.num_target) < torch.iinfo(torch.int32).max
+            index = col.to(torch.int32) if narrow else col
             blocks, first = [], 0
             for r, rows in enumerate(per_relation):
                 for a in range(first, first + rows, max_rows):
@@ -274,17 +277,20 @@ class RelationalAdjacency:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", UserWarning)
                         block = torch.sparse_csr_tensor(
-                            crow, col[lo:hi], count[lo:hi], (b - a, self.num_source), check_invariants=False
-                        )
-                    transpose = self._transpose(crow, col[lo:hi], count[lo:hi], entries[a:b], dtype)
+                            crow.to(index.dtype), index[lo:hi], count[lo:hi], (b - a, self.num_source),
+                            check_invariants=False,
+                        )  # fmt: skip
+                    transpose = self._transpose(crow, col[lo:hi], count[lo:hi], entries[a:b], dtype, index.dtype)
                     blocks.append((r, row[a:b] - r * self.num_target, block, transpose))
                 first += rows
             self._blocks[cache_key] = blocks
         return self._blocks[cache_key]
 
-    def _transpose(self, crow: Tensor, col: Tensor, count: Tensor, entries: Tensor, dtype: torch.dtype) -> Tensor:
+    def _transpose(
+        self, crow: Tensor, col: Tensor, count: Tensor, entries: Tensor, dtype: torch.dtype, index_dtype: torch.dtype
+    ) -> Tensor:
         """CSR ``(num_source, t)`` transpose of the block ``(crow (t + 1,), col, count)`` with ``entries`` ``(t,)``
-        per row: a compiled counting sort on CPU, a sort elsewhere."""
+        per row: a compiled counting sort on CPU (indices of ``index_dtype``), a sort elsewhere."""
         num_rows = crow.shape[0] - 1
         if _compiled(crow):
             tcrow, trow, position = (
@@ -293,8 +299,9 @@ class RelationalAdjacency:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 return torch.sparse_csr_tensor(
-                    tcrow, trow, count[position], (self.num_source, num_rows), check_invariants=False
-                )
+                    tcrow.to(index_dtype), trow.to(index_dtype), count[position], (self.num_source, num_rows),
+                    check_invariants=False,
+                )  # fmt: skip
         local_row = torch.repeat_interleave(torch.arange(num_rows, device=crow.device), entries, output_size=len(col))
         return _csr(col, local_row, self.num_source, num_rows, dtype, count)
 
