@@ -108,6 +108,10 @@ def _compiled(index: Tensor) -> bool:
 #: glibc's mmap threshold the buffers are reused between blocks instead of being freshly mapped (page faults).
 _CHUNK_ELEMENTS = 1 << 21
 
+#: A relation whose non-empty ``(target, relation)`` rows cover at least this share of the targets is multiplied
+#: over all of its rows (see :meth:`RelationalAdjacency.blocks`).
+DENSE_COVERAGE = 0.9
+
 
 class _AggregateLinear(torch.autograd.Function):
     """``F.linear((A @ input).view(T, R * d), weight, bias)`` computed block by block of non-empty ``(target,
@@ -115,10 +119,11 @@ class _AggregateLinear(torch.autograd.Function):
 
     Block ``(r, targets, A_b, A_b^T)`` holds rows of one relation ``r``: its aggregate ``A_b @ input`` ``(t, d)``
     is multiplied by ``W_r = weight[:, r * d:(r + 1) * d]`` and added to the targets' outputs. Rows of ``A``
-    without any edge (a quarter of GearNet-Edge's line-graph ``(edge, angle bin)`` pairs) cost nothing, and
-    the ``(T, R * d)`` aggregate is never allocated as one tensor. The block aggregates are kept for the weight
-    gradient when the weight needs one (torchdrug's ``F.linear`` keeps its whole ``(T, R * d)`` aggregate for
-    it; these are its non-empty rows only), so the backward pass multiplies by ``A_b^T`` only.
+    without any edge (a quarter of GearNet-Edge's line-graph ``(edge, angle bin)`` pairs, most of them in the
+    sparsely covered angle bins) cost nothing unless their relation is multiplied over all of its rows
+    (``targets`` a slice), and the ``(T, R * d)`` aggregate is never allocated as one tensor. The block
+    aggregates are kept for the weight gradient when the weight needs one (torchdrug's ``F.linear`` keeps its
+    whole ``(T, R * d)`` aggregate for it), so the backward pass multiplies by ``A_b^T`` only.
     """
 
     @staticmethod
@@ -136,7 +141,11 @@ class _AggregateLinear(torch.autograd.Function):
             aggregate = _spmm(adjacency, input)
             if ctx.aggregates is not None:
                 ctx.aggregates.append(aggregate)
-            output.index_add_(0, targets, aggregate @ weight[:, relation * d : (relation + 1) * d].t())
+            weight_t = weight[:, relation * d : (relation + 1) * d].t()
+            if isinstance(targets, slice):  # all targets of a range: a view, no scatter
+                output[targets].addmm_(aggregate, weight_t)
+            else:
+                output.index_add_(0, targets, aggregate @ weight_t)
         return output
 
     @staticmethod
@@ -149,7 +158,7 @@ class _AggregateLinear(torch.autograd.Function):
         grad_input = input.new_zeros(input.shape) if need_input else None
         grad_weight = [weight.new_zeros(weight.shape[0], d) for _ in range(num_relation)] if need_weight else None
         for block, (relation, targets, _, transpose) in enumerate(ctx.blocks):
-            grad_block = grad.index_select(0, targets)
+            grad_block = grad[targets] if isinstance(targets, slice) else grad.index_select(0, targets)
             if need_weight:
                 grad_weight[relation].addmm_(grad_block.t(), ctx.aggregates[block])
             if need_input:
@@ -257,11 +266,16 @@ class RelationalAdjacency:
             self._relation_rows[dtype] = (row, entries, start, col, count, per_relation)
         return self._relation_rows[dtype]
 
-    def blocks(self, dtype: torch.dtype, max_rows: int) -> list[tuple[int, Tensor, Tensor, Tensor]]:
-        """The non-empty rows of ``A``, relation by relation, in blocks of at most ``max_rows``:
-        ``[(relation, targets (t,), A_b (t, num_source), A_b^T)]``, CSR of ``dtype`` holding edge multiplicities.
-        The relation-major matrix behind them is built once per dtype (:meth:`_relation_major`), whatever the
-        block size a layer asks for."""
+    def blocks(self, dtype: torch.dtype, max_rows: int) -> list[tuple[int, Tensor | slice, Tensor, Tensor]]:
+        """The rows of ``A``, relation by relation, in blocks of at most ``max_rows``: ``[(relation, targets, A_b
+        (t, num_source), A_b^T)]``, CSR of ``dtype`` holding edge multiplicities.
+
+        A relation whose non-empty rows cover at least :data:`DENSE_COVERAGE` of the targets (the residue graph's,
+        most angle bins of the line graph) takes all its rows, empty ones included: ``targets`` is then a
+        ``slice`` of consecutive targets, whose outputs and gradients are views (no gather, no scatter; the empty
+        rows cost their share of the dense products instead). Other relations take their non-empty rows only,
+        ``targets`` ``(t,)`` long. The relation-major matrix behind them is built once per dtype
+        (:meth:`_relation_major`), whatever the block size a layer asks for."""
         cache_key = (dtype, max_rows)
         if cache_key not in self._blocks:
             row, entries, start, col, count, per_relation = self._relation_major(dtype)
@@ -269,19 +283,33 @@ class RelationalAdjacency:
             narrow = _compiled(col) and max(len(col), self.num_source, self.num_target) < torch.iinfo(torch.int32).max
             index = col.to(torch.int32) if narrow else col
             blocks, first = [], 0
+
+            def add(relation, targets, a, b, crow, entries):
+                lo, hi = int(start[a]), int(start[b])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    block = torch.sparse_csr_tensor(
+                        crow.to(index.dtype), index[lo:hi], count[lo:hi], (len(crow) - 1, self.num_source),
+                        check_invariants=False,
+                    )  # fmt: skip
+                transpose = self._transpose(crow, col[lo:hi], count[lo:hi], entries, dtype, index.dtype)
+                blocks.append((relation, targets, block, transpose))
+
             for r, rows in enumerate(per_relation):
-                for a in range(first, first + rows, max_rows):
-                    b = min(a + max_rows, first + rows)
-                    lo, hi = int(start[a]), int(start[b])
-                    crow = start[a : b + 1] - lo
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", UserWarning)
-                        block = torch.sparse_csr_tensor(
-                            crow.to(index.dtype), index[lo:hi], count[lo:hi], (b - a, self.num_source),
-                            check_invariants=False,
-                        )  # fmt: skip
-                    transpose = self._transpose(crow, col[lo:hi], count[lo:hi], entries[a:b], dtype, index.dtype)
-                    blocks.append((r, row[a:b] - r * self.num_target, block, transpose))
+                target = row[first : first + rows] - r * self.num_target
+                if rows >= DENSE_COVERAGE * self.num_target:
+                    for t0 in range(0, self.num_target, max_rows):
+                        t1 = min(t0 + max_rows, self.num_target)
+                        a, b = (first + int(i) for i in torch.searchsorted(target, torch.tensor([t0, t1])))
+                        full = torch.zeros(t1 - t0, dtype=torch.long, device=row.device)
+                        full[target[a - first : b - first] - t0] = entries[a:b]
+                        crow = torch.zeros(t1 - t0 + 1, dtype=torch.long, device=row.device)
+                        torch.cumsum(full, 0, out=crow[1:])
+                        add(r, slice(t0, t1), a, b, crow, full)
+                else:
+                    for a in range(first, first + rows, max_rows):
+                        b = min(a + max_rows, first + rows)
+                        add(r, target[a - first : b - first], a, b, start[a : b + 1] - start[a], entries[a:b])
                 first += rows
             self._blocks[cache_key] = blocks
         return self._blocks[cache_key]
