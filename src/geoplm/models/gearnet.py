@@ -114,8 +114,8 @@ DENSE_COVERAGE = 0.9
 
 
 class _AggregateLinear(torch.autograd.Function):
-    """``F.linear((A @ input).view(T, R * d), weight, bias)`` computed block by block of non-empty ``(target,
-    relation)`` rows of ``A``.
+    """``F.linear((A @ input).view(T, R * d), weight, bias)`` computed block by block of ``(target, relation)`` rows
+    of ``A`` (:meth:`RelationalAdjacency.blocks`).
 
     Block ``(r, targets, A_b, A_b^T)`` holds rows of one relation ``r``: its aggregate ``A_b @ input`` ``(t, d)``
     is multiplied by ``W_r = weight[:, r * d:(r + 1) * d]`` and added to the targets' outputs. Rows of ``A``
@@ -300,7 +300,8 @@ class RelationalAdjacency:
                 if rows >= DENSE_COVERAGE * self.num_target:
                     for t0 in range(0, self.num_target, max_rows):
                         t1 = min(t0 + max_rows, self.num_target)
-                        a, b = (first + int(i) for i in torch.searchsorted(target, torch.tensor([t0, t1])))
+                        bounds = torch.searchsorted(target, torch.tensor([t0, t1], device=target.device))
+                        a, b = (first + int(i) for i in bounds)
                         full = torch.zeros(t1 - t0, dtype=torch.long, device=row.device)
                         full[target[a - first : b - first] - t0] = entries[a:b]
                         crow = torch.zeros(t1 - t0 + 1, dtype=torch.long, device=row.device)
