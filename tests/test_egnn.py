@@ -132,3 +132,40 @@ def test_egnn_input_validation():
         model(torch.zeros(5, 3), torch.zeros(5, 3), torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, 3))
     with pytest.raises(ValueError):
         E_GCL(4, 5, 8)  # residual with different widths
+
+
+def test_zoo_egnn_is_ggnn_meets_plm_egnn(ca):
+    """The zoo's ``egnn`` is GGNN_Meets_PLM's EGNN (``egnn/egnn_clean.py``): an ``nn.Embedding`` of the residue
+    type (or the PLM vector itself) into the E_GCL layers, no input / output linear, and messages aggregated at
+    ``edge_index[0]`` of torch_cluster's kNN graph ``[neighbour, centre]``. A residue far from the protein is no
+    residue's neighbour, so it receives no message there: its coordinates stay put while the centres move (with
+    the aggregation at the centre it would move, its ten neighbours sending to it)."""
+    from types import SimpleNamespace
+
+    from geoplm.models.zoo import build_encoder
+
+    pos = torch.cat([ca, ca[:1] + 100.0]).float()  # one residue 100 Å away
+    n = len(pos)
+    edge_index = knn_graph(pos, 10)
+    graph = SimpleNamespace(
+        edge_list=torch.stack([edge_index[0], edge_index[1], torch.zeros_like(edge_index[0])], dim=1),
+        node_position=pos,
+        residue_type=torch.arange(n) % 20,
+        node2graph=torch.zeros(n, dtype=torch.long),
+        batch_size=1,
+    )
+    assert (edge_index[1] == n - 1).sum() == 10 and not (edge_index[0] == n - 1).any()
+    for plm_width in (None, 12):
+        torch.manual_seed(0)
+        spec = {"type": "egnn", "hidden_dim": 16, "num_layers": 2}
+        encoder, width = build_encoder(spec, plm_width or 21, plm=plm_width is not None, name="egnn")
+        assert width == (plm_width or 16)
+        assert not any("embedding_in" in k or "embedding_out" in k for k in encoder.state_dict())
+        assert ("embed.weight" in encoder.state_dict()) == (plm_width is None)
+        for layer in encoder.net.layers:  # a visible coordinate update (the reference's gain is 0.001)
+            torch.nn.init.normal_(layer.coord_mlp[2].weight, std=0.1)
+        node_feature = torch.randn(n, plm_width) if plm_width else torch.zeros(n, 21)
+        out = encoder(graph, node_feature)
+        assert out["node_feature"].shape == (n, width)
+        assert torch.equal(out["position"][-1], pos[-1])
+        assert (out["position"][:-1] - pos[:-1]).abs().max() > 1e-3

@@ -164,8 +164,11 @@ def test_wu_models_train_with_and_without_esm(dataset, esm_index, tmp_path, name
     assert metrics["test"]["rmse"] > 0 and len(metrics["history"]) == 2
     weights = torch.load(tmp_path / "model.pt", weights_only=True)["model"]
     embedding = [k for k in weights if "embed" in k and k.endswith("weight") and weights[k].ndim == 2]
-    if name == "egnn":  # one-hot (21) or the ESM-2 vector (32 here) is EGNN's node input
-        assert weights["encoder.net.embedding_in.weight"].shape[1] == (32 if with_esm else 21)
+    if name == "egnn":  # GGNN_Meets_PLM's EGNN: no input layer; ESM-2-wide (32 here) layers, or the hidden width
+        assert not [k for k in weights if "embedding_in" in k or "embedding_out" in k]
+        width = 32 if with_esm else 8
+        assert weights["encoder.net.layers.0.node_mlp.2.weight"].shape == (width, width)
+        assert ("encoder.embed.weight" in weights) != with_esm
     if name in ("gvp", "molformer"):
         # the residue-type embedding exists only without ESM: the PLM vector replaces it
         assert bool([k for k in embedding if "net.embed" in k]) != with_esm

@@ -8,11 +8,13 @@ Behaviour read from (nothing copied):
   signature of :class:`EGNN` (``embedding_in`` / ``embedding_out`` linear maps around the layers).
 * smiles724/GGNN_Meets_PLM @ bb4524b99962ecd8b71c57e5b6cc9abbebc25225, ``egnn/egnn_clean.py`` (Wu et
   al. 2023, "Integration of pre-trained protein language models into geometric deep learning
-  networks"): the same ``E_GCL`` (identical maths), used on residue-level Cα graphs with
-  ``hidden_nf=32``, ``n_layers=4``, ``in_edge_nf=16`` (the 16 RBF edge scalars of
-  :func:`geoplm.models.gvp.edge_features`), ``residual=True``, ``attention=False``,
-  ``normalize=False``, ``tanh=False``, SiLU; with PLM features the 1280-d ESM-2 vector is the node
-  input (``in_node_nf=1280``).
+  networks"): the same ``E_GCL`` (identical maths) in an ``EGNN`` *without* the linear input / output
+  embeddings, on residue-level Cα graphs: ``n_layers=4``, ``in_edge_nf=16`` (the 16 RBF edge scalars of
+  :func:`geoplm.models.gvp.edge_features`), ``residual=True``, ``attention=False``, ``normalize=False``,
+  ``tanh=False``, SiLU. The node features are ``nn.Embedding(residue types, 32)`` of the residue type
+  (``hidden_nf=32``), or, with PLM features, the 1280-d ESM-2 vector itself, so that every layer is then
+  1280 wide (``hidden_nf = 1280``). That is :class:`EGNN` with ``embedding_in_out=False``, as
+  :mod:`geoplm.models.zoo` builds it; the reference aggregates at ``edge_index[0]`` (below).
 
 One layer (:class:`E_GCL`), for an edge ``j -> i`` (``edge_index = [source j, target i]``)::
 
@@ -30,7 +32,9 @@ alternative. The node aggregation is always a sum.
 Edge direction convention: the reference aggregates at ``edge_index[0]`` (``row``). geoplm graphs
 (:func:`geoplm.graph.knn_graph`, :func:`geoplm.graph.radius_graph`) are ``[source, target]`` with
 messages flowing ``source -> target``, so here node ``i`` (the receiver) is ``edge_index[1]``. On a
-symmetric graph (radius graph) the two conventions coincide.
+symmetric graph (radius graph) the two conventions coincide; on torch_cluster's kNN graph, which Wu et al.
+pass unchanged (``[neighbour, centre]``), the reference's messages flow from each centre to its ``k``
+neighbours, so :mod:`geoplm.models.zoo` passes Wu et al.'s EGNN the flipped ``edge_index``.
 """
 
 from __future__ import annotations
@@ -140,13 +144,16 @@ class E_GCL(nn.Module):  # noqa: N801 - the reference's name
 
 
 class EGNN(nn.Module):
-    """Stack of :class:`E_GCL` layers between linear input / output embeddings (vgsatorras/egnn).
+    """Stack of :class:`E_GCL` layers between linear input / output embeddings (vgsatorras/egnn), or without
+    them (``embedding_in_out=False``: GGNN_Meets_PLM's ``EGNN``; then ``in_node_nf``, ``hidden_nf`` and
+    ``out_node_nf`` must be equal, else ``ValueError``).
 
     ``forward(h (N, in_node_nf), x (N, 3), edge_index (2, E) [source, target], edge_attr (E,
     in_edge_nf) | None) -> (h (N, out_node_nf), x (N, 3))``. Node features are E(3)-invariant and
     output coordinates equivariant (``R x + t`` in, ``R x' + t`` out). Wu et al.'s residue-level
-    setting: ``EGNN(in_node_nf=1280 (ESM-2) or a residue one-hot, hidden_nf=32, out_node_nf=...,
-    in_edge_nf=16)`` with the RBF edge scalars of :func:`geoplm.models.gvp.edge_features`.
+    setting: ``EGNN(32, 32, 32, in_edge_nf=16, embedding_in_out=False)`` on embedded residue types, or
+    ``EGNN(1280, 1280, 1280, ...)`` on ESM-2 vectors, with the RBF edge scalars of
+    :func:`geoplm.models.gvp.edge_features`.
     """
 
     def __init__(
@@ -162,16 +169,22 @@ class EGNN(nn.Module):
         tanh: bool = False,
         act_fn: nn.Module | None = None,
         coords_agg: str = "mean",
+        embedding_in_out: bool = True,
     ):
         super().__init__()
+        if not embedding_in_out and not in_node_nf == hidden_nf == out_node_nf:
+            raise ValueError(
+                f"without input / output embeddings in_node_nf, hidden_nf and out_node_nf must be equal, got "
+                f"{in_node_nf}, {hidden_nf}, {out_node_nf}"
+            )
         self.in_node_nf = in_node_nf
         self.hidden_nf = hidden_nf
         self.out_node_nf = out_node_nf
         self.in_edge_nf = in_edge_nf
         self.n_layers = n_layers
         act_fn = act_fn if act_fn is not None else nn.SiLU()
-        self.embedding_in = nn.Linear(in_node_nf, hidden_nf)
-        self.embedding_out = nn.Linear(hidden_nf, out_node_nf)
+        self.embedding_in = nn.Linear(in_node_nf, hidden_nf) if embedding_in_out else nn.Identity()
+        self.embedding_out = nn.Linear(hidden_nf, out_node_nf) if embedding_in_out else nn.Identity()
         self.layers = nn.ModuleList(
             E_GCL(
                 hidden_nf,

@@ -41,7 +41,7 @@ molformer   Molformer (Wu et al., AAAI 2023) as Wu et al. (2023) use it    Cα, 
 =========== ============================================================== ==================
 For ``gvp``, ``egnn`` and ``molformer`` (Wu et al.), with ESM-2 features the 1280-d vector
 *replaces* the residue-type input (it is not concatenated); without, the residue type is embedded
-(GVP-GNN, Molformer) or one-hot encoded (EGNN's ``in_node_nf``).
+(``nn.Embedding``). EGNN has no other input layer: with ESM-2 all its layers are 1280 wide.
 """
 
 from __future__ import annotations
@@ -68,18 +68,30 @@ class CaGraphEncoder(nn.Module):
         plm: True when ``node_feature`` is a PLM embedding that replaces the residue-type input.
         num_rbf, d_max: EGNN's edge attributes, the RBFs of the Cα distance (16 over 0-8 Å, as the
             GVP edge scalars in GGNN_Meets_PLM).
+        embed: EGNN's residue-type embedding (``nn.Embedding``; None with ``plm``). EGNN receives the graph's
+            edges flipped: GGNN_Meets_PLM's ``E_GCL`` aggregates at ``edge_index[0]``, which on a kNN graph is
+            each centre's neighbour (see :mod:`geoplm.models.egnn`).
 
     ``forward(graph, node_feature)`` returns ``{"node_feature": (N, D), "graph_feature": (B, D)}``
     (graph feature: mean over each protein's residues) and, for EGNN, ``"position"`` (N, 3).
     """
 
-    def __init__(self, net: nn.Module, kind: str, plm: bool, num_rbf: int = 16, d_max: float = 8.0):
+    def __init__(
+        self,
+        net: nn.Module,
+        kind: str,
+        plm: bool,
+        num_rbf: int = 16,
+        d_max: float = 8.0,
+        embed: nn.Module | None = None,
+    ):
         super().__init__()
         self.net = net
         self.kind = kind
         self.plm = plm
         self.num_rbf = num_rbf
         self.d_max = d_max
+        self.embed = embed
 
     def forward(self, graph, node_feature: torch.Tensor) -> dict[str, torch.Tensor]:
         edge_index = graph.edge_list[:, :2].t().long()
@@ -88,10 +100,11 @@ class CaGraphEncoder(nn.Module):
         if self.kind == "egnn":
             from geoplm.models.gvp import rbf
 
-            h = node_feature if self.plm else nn.functional.one_hot(graph.residue_type, NUM_RESIDUE_TYPES).to(pos)
+            h = node_feature if self.plm else self.embed(graph.residue_type)
             distance = (pos[edge_index[0]] - pos[edge_index[1]]).norm(dim=-1)
             edge_attr = rbf(distance, 0.0, self.d_max, self.num_rbf)
-            node, out["position"] = self.net(h, pos, edge_index, edge_attr)
+            # GGNN_Meets_PLM's E_GCL aggregates at edge_index[0] of the [source, target] graph it is given
+            node, out["position"] = self.net(h, pos, edge_index.flip(0), edge_attr)
         elif self.kind == "molformer":
             node = self.net(node_feature if self.plm else graph.residue_type, pos, edge_index, graph.node2graph)
         else:
@@ -377,22 +390,26 @@ def _build_esm_gvp(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> 
 
 
 def _build_egnn(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
-    """``type: egnn``: EGNN (:class:`geoplm.models.egnn.EGNN`) with RBF edge attributes."""
+    """``type: egnn``: GGNN_Meets_PLM's EGNN (:class:`geoplm.models.egnn.EGNN` without input / output
+    embeddings): ``nn.Embedding(residue types, hidden_dim)`` of the residue type, or the PLM vector itself (every
+    layer ``input_dim`` wide), with RBF edge attributes; ``egnn/egnn_clean.py`` ``EGNN(hidden_nf=32, n_layers=4,
+    in_edge_nf=16)``."""
     from geoplm.models.egnn import EGNN
 
-    _check_keys(spec, name, {"hidden_dim", "output_dim", "num_layers", "num_rbf", "d_max", "attention"})
-    hidden = spec.get("hidden_dim", 32)
-    output_dim = spec.get("output_dim", hidden)
+    _check_keys(spec, name, {"hidden_dim", "num_layers", "num_rbf", "d_max", "attention"})
+    width = input_dim if plm else spec.get("hidden_dim", 32)
     num_rbf = spec.get("num_rbf", 16)
     net = EGNN(
-        in_node_nf=input_dim if plm else NUM_RESIDUE_TYPES,
-        hidden_nf=hidden,
-        out_node_nf=output_dim,
+        in_node_nf=width,
+        hidden_nf=width,
+        out_node_nf=width,
         in_edge_nf=num_rbf,
         n_layers=spec.get("num_layers", 4),
         attention=spec.get("attention", False),
+        embedding_in_out=False,
     )
-    return CaGraphEncoder(net, "egnn", plm, num_rbf=num_rbf, d_max=spec.get("d_max", 8.0)), output_dim
+    embed = None if plm else nn.Embedding(NUM_RESIDUE_TYPES, width)
+    return CaGraphEncoder(net, "egnn", plm, num_rbf=num_rbf, d_max=spec.get("d_max", 8.0), embed=embed), width
 
 
 def _build_molformer(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
