@@ -785,13 +785,16 @@ def pack_graphs(
 
 def readout(node_feature: Tensor, node2graph: Tensor, batch_size: int, kind: str = "sum") -> Tensor:
     """Per-protein readout of node features: the sum (torchdrug ``layers.SumReadout``, ``scatter_add``) or the
-    mean (``layers.MeanReadout``, ``scatter_mean``: a protein without nodes reads 0) over each protein's nodes.
+    mean (``layers.MeanReadout``, ``scatter_mean``: a protein without nodes reads 0) over each protein's nodes,
+    or ``"padded_mean"``: the sum divided by the largest protein's node count in the batch, the mean over the
+    padded ``(B, L_max)`` positions that Wu et al.'s Molformer head takes (GGNN_Meets_PLM
+    ``molformer/tr_spe.py`` ``Generator3D``: ``mean(x * mask, dim=1)``).
 
     Args:
         node_feature: ``(N, D)``.
         node2graph: ``(N,)`` long protein index of every node.
         batch_size: B, the number of proteins.
-        kind: ``"sum"`` or ``"mean"``.
+        kind: ``"sum"``, ``"mean"`` or ``"padded_mean"``.
 
     Returns:
         ``(B, D)``.
@@ -799,12 +802,14 @@ def readout(node_feature: Tensor, node2graph: Tensor, batch_size: int, kind: str
     Raises:
         ValueError: an unknown ``kind``.
     """
-    if kind not in ("sum", "mean"):
-        raise ValueError(f"readout must be 'sum' or 'mean', got {kind!r}")
+    if kind not in ("sum", "mean", "padded_mean"):
+        raise ValueError(f"readout must be 'sum', 'mean' or 'padded_mean', got {kind!r}")
     out = node_feature.new_zeros(int(batch_size), node_feature.shape[-1]).index_add(0, node2graph, node_feature)
     if kind == "mean":
         count = torch.bincount(node2graph, minlength=int(batch_size)).clamp(min=1)
         out = out / count.unsqueeze(-1).to(out.dtype)
+    elif kind == "padded_mean":
+        out = out / torch.bincount(node2graph, minlength=int(batch_size)).max().clamp(min=1).to(out.dtype)
     return out
 
 

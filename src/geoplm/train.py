@@ -464,4 +464,3 @@ def train_run(
         extra_settings=(esm_settings, sorted(split_of.items())),
         model_name=model_name or "model",
     )
-

@@ -101,7 +101,6 @@ def record_esm_inputs(record: dict) -> tuple[str, Tensor]:
     return record["sequence"], mask
 
 
-
 class SelfAttentionBlock(nn.Module):
     """torchdrug ``layers.SelfAttentionBlock`` (Vaswani et al. 2017 multi-head self-attention) over padded
     token sets: ``out = MHA(query(x), key(x), value(x), key_padding_mask=~mask)``.

@@ -71,9 +71,12 @@ class CaGraphEncoder(nn.Module):
         embed: EGNN's residue-type embedding (``nn.Embedding``; None with ``plm``). EGNN receives the graph's
             edges flipped: GGNN_Meets_PLM's ``E_GCL`` aggregates at ``edge_index[0]``, which on a kNN graph is
             each centre's neighbour (see :mod:`geoplm.models.egnn`).
+        readout: the graph feature (:func:`geoplm.graph.readout`): ``mean`` over each protein's residues (GVP-GNN's
+            and EGNN's ``scatter_mean``), or ``padded_mean`` (Wu et al.'s Molformer head, over the batch's padded
+            length).
 
     ``forward(graph, node_feature)`` returns ``{"node_feature": (N, D), "graph_feature": (B, D)}``
-    (graph feature: mean over each protein's residues) and, for EGNN, ``"position"`` (N, 3).
+    (graph feature: ``readout`` over each protein's residues) and, for EGNN, ``"position"`` (N, 3).
     """
 
     def __init__(
@@ -84,8 +87,10 @@ class CaGraphEncoder(nn.Module):
         num_rbf: int = 16,
         d_max: float = 8.0,
         embed: nn.Module | None = None,
+        readout: str = "mean",
     ):
         super().__init__()
+        self.readout = readout
         self.net = net
         self.kind = kind
         self.plm = plm
@@ -111,7 +116,7 @@ class CaGraphEncoder(nn.Module):
             node = self.net(node_feature if self.plm else graph.residue_type, pos, edge_index)
         from geoplm.graph import readout
 
-        out.update(node_feature=node, graph_feature=readout(node, graph.node2graph, graph.batch_size, "mean"))
+        out.update(node_feature=node, graph_feature=readout(node, graph.node2graph, graph.batch_size, self.readout))
         return out
 
 
@@ -413,12 +418,16 @@ def _build_egnn(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tup
 
 
 def _build_molformer(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
-    """``type: molformer``: Molformer (:class:`geoplm.models.molformer.Molformer`)."""
+    """``type: molformer``: Molformer (:class:`geoplm.models.molformer.Molformer`); ``readout`` (``mean``, or Wu
+    et al.'s ``padded_mean``) makes the graph feature."""
     from geoplm.models import molformer
 
-    options = {k: v for k, v in spec.items() if k not in ("type", "graph")}
+    options = {k: v for k, v in spec.items() if k not in ("type", "graph", "readout")}
+    readout = spec.get("readout", "mean")
+    if readout not in ("mean", "padded_mean"):
+        raise ConfigError(f"models.{name}.readout: {readout!r} is not a Molformer readout (mean, padded_mean)")
     net = molformer.Molformer(plm_dim=input_dim if plm else None, **options)
-    return CaGraphEncoder(net, "molformer", plm), net.output_dim
+    return CaGraphEncoder(net, "molformer", plm, readout=readout), net.output_dim
 
 
 def _build_esm_gearnet(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:

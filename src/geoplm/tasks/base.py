@@ -126,6 +126,54 @@ def torchdrug_head(input_dim: int, hidden_dim: int, num_outputs: int, num_mlp_la
     return MLP(input_dim, [hidden_dim] * (int(num_mlp_layer) - 1) + [num_outputs], **options)
 
 
+#: Wu et al.'s loop (GGNN_Meets_PLM ``main.py``: Adam, ``ReduceLROnPlateau('min', 0.6, 5, min_lr=5e-7)`` on the
+#: validation loss, early stopping after 8 epochs without a new best, its counter never reset)
+WU_LOOP = {
+    "optimizer": "adam",
+    "scheduler": {"type": "plateau", "factor": 0.6, "patience": 5, "min_lr": 5e-7, "mode": "min"},
+    "patience": 8,
+    "patience_resets": False,
+}
+
+
+class WuHead(nn.Module):
+    """The prediction head of Wu et al.'s models (GGNN_Meets_PLM): ``Linear(D, h) -> ReLU -> Dropout(0.1) ->
+    Linear(h, C)`` with ``h = hidden_factor * D``, then a ReLU with ``final_relu``; ``(N, D) -> (N, C)``.
+
+    ``hidden_factor`` 2 is GVP-GNN's and EGNN's ``dense`` (``gvp/atom3d.py`` ``BaseModel``, ``TOYModel``;
+    ``egnn/egnn_clean.py`` ``BaseModel``, ``TOYModel``), 1 Molformer's ``Generator3D.proj``
+    (``molformer/tr_spe.py``), whose weights the reference initialises Xavier-uniform with the rest of the model
+    (``xavier_init``; tr_cpe.py ``PSRModel``). ``final_relu``: the toy relative-position head.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        num_outputs: int,
+        hidden_factor: int = 2,
+        final_relu: bool = False,
+        xavier_init: bool = False,
+    ):
+        super().__init__()
+        hidden = int(hidden_factor) * int(input_dim)
+        layers: list[nn.Module] = [
+            nn.Linear(input_dim, hidden),
+            nn.ReLU(),
+            nn.Dropout(p=0.1),
+            nn.Linear(hidden, num_outputs),
+        ]
+        if final_relu:
+            layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+        if xavier_init:
+            for parameter in self.parameters():
+                if parameter.dim() > 1:
+                    nn.init.xavier_uniform_(parameter)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self.net(input)
+
+
 class TaskModel(nn.Module):
     """An encoder of the model zoo with a task's head: ``head(encoder(graph, node_feature)[...])``.
 
@@ -198,7 +246,8 @@ class Task:
     def input_loader(self, **options) -> InputLoader:
         """The loader of this task's protein inputs (truncation from the settings)."""
         return InputLoader(
-            max_length=self.settings.get("truncate"), random_start=bool(self.settings.get("truncate_random")),
+            max_length=self.settings.get("truncate"),
+            random_start=bool(self.settings.get("truncate_random")),
             **options,
         )
 
@@ -305,9 +354,11 @@ class Task:
         dimension, lists extended), the batch's summed loss and its count (the split loss is their ratio)."""
         output, target = self.forward(model, batch), self.targets(batch)
         loss = float(self.criterion(output, target))
-        return {"pred": output.detach().cpu(), "target": target.cpu(), "group": [e.group for e in batch]}, (
-            loss * len(batch)
-        ), float(len(batch))
+        return (
+            {"pred": output.detach().cpu(), "target": target.cpu(), "group": [e.group for e in batch]},
+            (loss * len(batch)),
+            float(len(batch)),
+        )
 
     def evaluate(self, gathered: Mapping[str, Any]) -> dict[str, float]:
         """The metrics of a whole gathered split (without ``loss``: the loop adds it)."""

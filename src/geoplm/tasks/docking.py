@@ -342,4 +342,3 @@ class RigidDocking(Task):
             "node_input_dim": self.input_dim(splits["train"][0]) if self.use_esm else NUM_RESIDUE_TYPES,
             f"{test}_per_complex": dict(evaluations[test]["metrics"]),
         }
-

@@ -28,15 +28,7 @@ from torch import Tensor, nn
 from geoplm.errors import GeoplmError
 from geoplm.inputs import ProteinInput
 from geoplm.metrics import accuracy, rmse
-from geoplm.tasks.base import Example, Task
-
-#: Wu et al.'s loop (GGNN_Meets_PLM main.py)
-WU_LOOP = {
-    "optimizer": "adam",
-    "scheduler": {"type": "plateau", "factor": 0.6, "patience": 5, "min_lr": 5e-7, "mode": "min"},
-    "patience": 8,
-    "patience_resets": False,
-}
+from geoplm.tasks.base import WU_LOOP, Example, Task, WuHead
 
 
 def position_labels(kind: str, n: int) -> Tensor:
@@ -55,26 +47,6 @@ def position_labels(kind: str, n: int) -> Tensor:
     if kind == "relative_position":
         return torch.minimum(index, n - index).float()
     raise GeoplmError(f"unknown position task kind '{kind}' (absolute_position, relative_position)")
-
-
-class ToyHead(nn.Module):
-    """GGNN_Meets_PLM ``TOYModel``'s head: ``Linear(D, 2D) -> ReLU -> Dropout(0.1) -> Linear(2D, C)`` (+ ReLU
-    for a regression); ``(N, D) -> (N, C)``."""
-
-    def __init__(self, output_dim: int, num_outputs: int, regression: bool):
-        super().__init__()
-        layers: list[nn.Module] = [
-            nn.Linear(output_dim, 2 * output_dim),
-            nn.ReLU(),
-            nn.Dropout(p=0.1),
-            nn.Linear(2 * output_dim, num_outputs),
-        ]
-        if regression:
-            layers.append(nn.ReLU())
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, input: Tensor) -> Tensor:
-        return self.net(input)
 
 
 class _Position(Task):
@@ -111,7 +83,7 @@ class AbsolutePosition(_Position):
     options = {"num_classes": 9000}
 
     def head(self, output_dim: int) -> nn.Module:
-        return ToyHead(output_dim, int(self.settings["num_classes"]), regression=False)
+        return WuHead(output_dim, int(self.settings["num_classes"]))
 
     def targets(self, batch: Sequence[Example]) -> Tensor:
         label = super().targets(batch)
@@ -141,7 +113,7 @@ class RelativePosition(_Position):
     kind = "relative_position"
 
     def head(self, output_dim: int) -> nn.Module:
-        return nn.Sequential(ToyHead(output_dim, 1, regression=True), nn.Flatten(0))
+        return nn.Sequential(WuHead(output_dim, 1, final_relu=True), nn.Flatten(0))
 
     def criterion(self, output: Tensor, target: Tensor) -> Tensor:
         return nn.functional.mse_loss(output, target)

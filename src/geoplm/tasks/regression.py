@@ -10,7 +10,10 @@ torchdrug 0.2.1 ``tasks.PropertyPrediction`` with ``criterion: mse`` and ``norma
 * normalisation: the mean and standard deviation (``torch.std``, unbiased) of the training targets; the loss is
   ``MSE((pred - mean) / std, (target - mean) / std)`` and the prediction ``head(graph_feature) * std + mean``
   (``normalization: false`` drops both);
-* head: ``MLP(D, [D] * (num_mlp_layer - 1) + [1])`` on the graph feature (3 layers);
+* head: ``MLP(D, [D] * (num_mlp_layer - 1) + [1])`` on the graph feature (3 layers); ``head: wu`` takes Wu et
+  al.'s instead (:class:`~geoplm.tasks.base.WuHead`: ``Linear(D, h D) -> ReLU -> Dropout(0.1) -> Linear(h D, 1)``,
+  ``h = head_hidden_factor``; GGNN_Meets_PLM's PSR / LBA models), with ``normalization: false`` and Wu et al.'s
+  loop (``tasks.wu_mqa`` in ``config/config.yaml``);
 * metrics on a whole split, on the de-normalised predictions: the global Spearman over all examples pooled
   (ESM-GearNet's ``spearmanr [gdt_ts]``, the selection metric), Pearson, Kendall, RMSE and MAE; and per group
   (a CASP target: ``group``, or the part of it matched by ``group_pattern``) the mean over groups of the
@@ -30,7 +33,7 @@ from torch import Tensor, nn
 from geoplm.errors import ConfigError, GeoplmError
 from geoplm.inputs import ProteinInput
 from geoplm.metrics import first_rank_loss, kendall, mae, pearson, per_group, rmse, spearman
-from geoplm.tasks.base import Task, label_value, torchdrug_head
+from geoplm.tasks.base import Task, WuHead, label_value, torchdrug_head
 
 
 class Regression(Task):
@@ -38,10 +41,22 @@ class Regression(Task):
 
     Settings: ``label`` (``gdt_ts``), ``normalization`` (true), ``num_mlp_layer`` (3), ``group_pattern`` (a
     regular expression; the group is its first match in the record's group, e.g. the CASP target in an
-    ATOM3D PSR item id).
+    ATOM3D PSR item id), ``head`` (``torchdrug`` or ``wu``), ``head_hidden_factor`` (2) and
+    ``head_xavier_init`` (false) of the ``wu`` head.
+
+    Raises:
+        ConfigError: an invalid ``group_pattern`` or ``head``.
     """
 
-    options = {"label": "gdt_ts", "normalization": True, "num_mlp_layer": 3, "group_pattern": None}
+    options = {
+        "label": "gdt_ts",
+        "normalization": True,
+        "num_mlp_layer": 3,
+        "group_pattern": None,
+        "head": "torchdrug",
+        "head_hidden_factor": 2,
+        "head_xavier_init": False,
+    }
     default_selection = {"metric": "spearman", "mode": "max"}
 
     def __init__(self, spec: Mapping, name: str = "task"):
@@ -51,6 +66,10 @@ class Regression(Task):
             self.group_pattern = re.compile(pattern) if pattern else None
         except re.error as error:
             raise ConfigError(f"config key 'tasks.{name}.group_pattern': {error}") from error
+        if self.settings["head"] not in ("torchdrug", "wu"):
+            raise ConfigError(
+                f"config key 'tasks.{name}.head': {self.settings['head']!r} is not a head (torchdrug, wu)"
+            )
         self.mean, self.std = 0.0, 1.0
 
     def target(self, record: Mapping, protein: ProteinInput) -> Tensor | None:
@@ -80,7 +99,12 @@ class Regression(Task):
         self.mean, self.std = float(values.mean()), std
 
     def head(self, output_dim: int) -> nn.Module:
-        return nn.Sequential(torchdrug_head(output_dim, output_dim, 1, self.settings["num_mlp_layer"]), nn.Flatten(0))
+        if self.settings["head"] == "wu":
+            settings = self.settings
+            head = WuHead(output_dim, 1, settings["head_hidden_factor"], xavier_init=settings["head_xavier_init"])
+        else:
+            head = torchdrug_head(output_dim, output_dim, 1, self.settings["num_mlp_layer"])
+        return nn.Sequential(head, nn.Flatten(0))
 
     def forward(self, model: nn.Module, batch: Sequence) -> Tensor:
         """De-normalised predictions ``(B,)``."""
