@@ -381,3 +381,30 @@ def test_metrics_module_is_what_the_tasks_report(ec_records, tmp_path):
     scores, gathered = evaluate_split(task, net, split)
     assert scores["f1_max"] == pytest.approx(metrics.f1_max(gathered["pred"], gathered["target"]))
     assert scores["f1_max"] == pytest.approx(result["test"]["f1_max"])
+
+
+def test_wu_heads_of_the_configured_toy_and_mqa_tasks():
+    """config/config.yaml's Wu et al. tasks build the references' heads: GVP-GNN / EGNN ``dense`` (D -> 2D -> C, a
+    final ReLU for the relative position), Molformer's ``Generator3D`` (D -> D -> C, no ReLU, Xavier-uniform
+    weights: bounded by sqrt(6 / (fan_in + fan_out)))."""
+    config = geoplm_config.load_config(REPO / "config" / "config.yaml")
+    d = 16
+    expected = {  # task: (hidden width, outputs, final ReLU, Xavier)
+        "toy_absolute_position": (2 * d, 9000, False, False),
+        "toy_relative_position": (2 * d, 1, True, False),
+        "toy_absolute_position_molformer": (d, 9000, False, True),
+        "toy_relative_position_molformer": (d, 1, False, True),
+        "wu_mqa": (2 * d, 1, False, False),
+        "wu_mqa_molformer": (d, 1, False, True),
+    }
+    for name, (hidden, outputs, relu, xavier) in expected.items():
+        torch.manual_seed(0)
+        head = get_task(config["tasks"][name], name).head(d)
+        layers = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+        assert [(lin.in_features, lin.out_features) for lin in layers] == [(d, hidden), (hidden, outputs)], name
+        last = [m for m in head.modules() if isinstance(m, (torch.nn.Linear, torch.nn.ReLU))][-1]
+        assert isinstance(last, torch.nn.ReLU if relu else torch.nn.Linear), name
+        first = layers[0].weight
+        bound = math.sqrt(6 / (d + hidden))
+        assert first.abs().max() <= bound
+        assert (first.abs().max() > 0.9 * bound) == xavier, name  # nn.Linear's default is bounded by 1 / sqrt(d)

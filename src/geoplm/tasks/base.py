@@ -136,6 +136,11 @@ WU_LOOP = {
 }
 
 
+#: settings of a task with :class:`WuHead` (the toy tasks; regression with ``head: wu``): its hidden width factor
+#: and Molformer's Xavier initialisation
+WU_HEAD_OPTIONS: dict[str, Any] = {"head_hidden_factor": 2, "head_xavier_init": False}
+
+
 class WuHead(nn.Module):
     """The prediction head of Wu et al.'s models (GGNN_Meets_PLM): ``Linear(D, h) -> ReLU -> Dropout(0.1) ->
     Linear(h, C)`` with ``h = hidden_factor * D``, then a ReLU with ``final_relu``; ``(N, D) -> (N, C)``.
@@ -169,6 +174,12 @@ class WuHead(nn.Module):
             for parameter in self.parameters():
                 if parameter.dim() > 1:
                     nn.init.xavier_uniform_(parameter)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping, input_dim: int, num_outputs: int, final_relu: bool = False) -> WuHead:
+        """The head a task's :data:`WU_HEAD_OPTIONS` settings describe."""
+        factor, xavier = settings["head_hidden_factor"], settings["head_xavier_init"]
+        return cls(input_dim, num_outputs, factor, final_relu=final_relu, xavier_init=xavier)
 
     def forward(self, input: Tensor) -> Tensor:
         return self.net(input)

@@ -11,7 +11,10 @@ that have a Cα) and ``TOYModel`` (head), ``main.py`` (loop):
   chain end as the reference defines it, mean squared error; metric: RMSE (residues).
 
 Head (``TOYModel``): ``Linear(D, 2D) -> ReLU -> Dropout(0.1) -> Linear(2D, C)``, with a final ReLU for the
-(non-negative) relative-position regression. Loop (``main.py``): Adam, ``ReduceLROnPlateau(mode="min",
+(non-negative) relative-position regression (:class:`~geoplm.tasks.base.WuHead`); Molformer's ``TOYModel``
+(``molformer/tr_cpe.py``, ``Generator3D``) is ``Linear(D, D) -> ReLU -> Dropout -> Linear(D, C)`` without the
+ReLU, Xavier-initialised: ``head_hidden_factor: 1``, ``head_xavier_init: true``, ``head_final_relu: false``
+(config ``toy_*_molformer``). Loop (``main.py``): Adam, ``ReduceLROnPlateau(mode="min",
 factor=0.6, patience=5, min_lr=5e-7)`` stepped on the validation loss, early stopping once the validation loss
 has failed to improve ``patience`` (8) times -- the reference's counter is never reset, and neither is ours --
 and the test set evaluated with the weights of the epoch with the lowest validation loss.
@@ -28,7 +31,7 @@ from torch import Tensor, nn
 from geoplm.errors import GeoplmError
 from geoplm.inputs import ProteinInput
 from geoplm.metrics import accuracy, rmse
-from geoplm.tasks.base import WU_LOOP, Example, Task, WuHead
+from geoplm.tasks.base import WU_HEAD_OPTIONS, WU_LOOP, Example, Task, WuHead
 
 
 def position_labels(kind: str, n: int) -> Tensor:
@@ -80,10 +83,10 @@ class AbsolutePosition(_Position):
     """``absolute_position``: cross-entropy over ``num_classes`` residue-index classes; accuracy (residues)."""
 
     kind = "absolute_position"
-    options = {"num_classes": 9000}
+    options = {"num_classes": 9000, **WU_HEAD_OPTIONS}
 
     def head(self, output_dim: int) -> nn.Module:
-        return WuHead(output_dim, int(self.settings["num_classes"]))
+        return WuHead.from_settings(self.settings, output_dim, int(self.settings["num_classes"]))
 
     def targets(self, batch: Sequence[Example]) -> Tensor:
         label = super().targets(batch)
@@ -111,9 +114,11 @@ class RelativePosition(_Position):
     """``relative_position``: MSE on ``min(i, n - i)``; RMSE (residues)."""
 
     kind = "relative_position"
+    options = {**WU_HEAD_OPTIONS, "head_final_relu": True}
 
     def head(self, output_dim: int) -> nn.Module:
-        return nn.Sequential(WuHead(output_dim, 1, final_relu=True), nn.Flatten(0))
+        head = WuHead.from_settings(self.settings, output_dim, 1, final_relu=self.settings["head_final_relu"])
+        return nn.Sequential(head, nn.Flatten(0))
 
     def criterion(self, output: Tensor, target: Tensor) -> Tensor:
         return nn.functional.mse_loss(output, target)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from geoplm.errors import ConfigError, GeoplmError
 from geoplm.inputs import ProteinInput
 from geoplm.metrics import first_rank_loss, kendall, mae, pearson, per_group, rmse, spearman
-from geoplm.tasks.base import Task, WuHead, label_value, torchdrug_head
+from geoplm.tasks.base import WU_HEAD_OPTIONS, Task, WuHead, label_value, torchdrug_head
 
 
 class Regression(Task):
@@ -54,8 +54,7 @@ class Regression(Task):
         "num_mlp_layer": 3,
         "group_pattern": None,
         "head": "torchdrug",
-        "head_hidden_factor": 2,
-        "head_xavier_init": False,
+        **WU_HEAD_OPTIONS,
     }
     default_selection = {"metric": "spearman", "mode": "max"}
 
@@ -100,8 +99,7 @@ class Regression(Task):
 
     def head(self, output_dim: int) -> nn.Module:
         if self.settings["head"] == "wu":
-            settings = self.settings
-            head = WuHead(output_dim, 1, settings["head_hidden_factor"], xavier_init=settings["head_xavier_init"])
+            head = WuHead.from_settings(self.settings, output_dim, 1)
         else:
             head = torchdrug_head(output_dim, output_dim, 1, self.settings["num_mlp_layer"])
         return nn.Sequential(head, nn.Flatten(0))
