@@ -21,6 +21,24 @@ rule make_table:
         "../scripts/make_table.py"
 
 
+rule make_figure:
+    input:
+        csv=f"{RESULTS}/tables/{{table}}.csv",
+    output:
+        png=report(f"{RESULTS}/figures/{{table}}.png", category="Figures"),
+    log:
+        "logs/figures/{table}.log",
+    benchmark:
+        "benchmarks/figures/{table}.tsv"
+    localrule: True
+    conda:
+        "../envs/tables.yaml"
+    params:
+        table=lambda wildcards: config["tables"][wildcards.table],
+    script:
+        "../scripts/make_figure.py"
+
+
 for _table in config["tables"]:
 
     rule:
@@ -30,4 +48,9 @@ for _table in config["tables"]:
         input:
             f"{RESULTS}/tables/{_table}.csv",
             f"{RESULTS}/tables/{_table}.md",
+            (
+                [f"{RESULTS}/figures/{_table}.png"]
+                if "figure" in config["tables"][_table]
+                else []
+            ),
         localrule: True

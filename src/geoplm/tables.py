@@ -12,8 +12,10 @@ import json
 import logging
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -207,3 +209,64 @@ def make_table(
     atomic.write_text(markdown_path, to_markdown(name, spec, table))
     log.info("table %s: %d rows -> %s", name, len(table), csv_path)
     return table
+
+
+# --- figures ------------------------------------------------------------------------------------------------
+
+
+def plot_scale(spec: Mapping, table: pd.DataFrame, png_path: str | os.PathLike) -> Any:
+    """Wu et al. Fig. 2b: one line per model of a table column (mean ± std over seeds, error bars) against the
+    size of the node features' ESM-2 (``figure.x``: plm -> parameters; log axis), written as PNG.
+
+    ``spec["figure"]``: ``{"kind": "scale", "column": <a column's label or metric>, "x": {plm: number},
+    "x_label": ..., "title": ...}``. Rows whose plm has no ``x`` are left out. Returns the matplotlib figure.
+
+    Raises:
+        GeoplmError: the column is not in the table, or no row has an ``x``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure_spec = spec["figure"]
+    column = figure_spec["column"]
+    if f"{column} mean" not in table.columns:
+        raise GeoplmError(
+            f"figure column {column!r} is not a column of the table: {[column_name(c) for c in spec['columns']]}"
+        )
+    x_of = figure_spec["x"]
+    rows = table[table["node_features"].isin(list(x_of))]
+    if rows.empty:
+        raise GeoplmError(f"no row of the table has node features in figure.x ({sorted(x_of)})")
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for model, group in rows.groupby("model", sort=False):
+        group = group.assign(x=group["node_features"].map(x_of)).sort_values("x")
+        ax.errorbar(group["x"], group[f"{column} mean"], yerr=group[f"{column} std"].fillna(0.0), marker="o",
+                    capsize=3, label=str(model))  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel(figure_spec.get("x_label", "ESM-2 parameters"))
+    ax.set_ylabel(column)
+    ax.set_title(textwrap.fill(figure_spec.get("title", spec.get("title", "")), 60), fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic.atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
+    plt.close(fig)
+    return fig
+
+
+#: figure kinds a table's ``figure`` entry may ask for
+FIGURES = {"scale": plot_scale}
+
+
+def make_figure(spec: Mapping, csv_path: str | os.PathLike, png_path: str | os.PathLike) -> Any:
+    """The figure of a table (``spec["figure"]["kind"]`` in :data:`FIGURES`) from its CSV, as PNG.
+
+    Raises:
+        GeoplmError: an unknown figure kind, or what the figure's function raises.
+    """
+    kind = spec["figure"].get("kind")
+    if kind not in FIGURES:
+        raise GeoplmError(f"unknown figure kind {kind!r} ({', '.join(FIGURES)})")
+    return FIGURES[kind](spec, pd.read_csv(csv_path), png_path)
