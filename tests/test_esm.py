@@ -431,3 +431,31 @@ def test_store_errors(tmp_path, loaded):
     store.put("insB", INSULIN_B, torch.ones(len(INSULIN_B), EMBED_DIM))
     assert store.has(INSULIN_B)
     assert not store.has(INSULIN_B[:-1])
+
+
+@pytest.mark.parametrize("name", ["esm2_t6_8M_UR50D", "esm2_t12_35M_UR50D", "esm2_t30_150M_UR50D"])
+def test_real_architectures_load_through_fair_esm_and_embed_at_their_width(tmp_path, name):
+    """Wu et al.'s scale ablation (Fig. 2b) uses ESM-2 of every size: a random checkpoint of each real
+    architecture (layers, width, heads of fair-esm's model list) loads through the real loading path and embeds
+    a real sequence at the last layer with the width the scale table's node features have (320, 480, 640).
+    The 650M, 3B and 15B architectures (2.6 to 60 GB of weights) are built on the meta device only."""
+    entry = ESM2_MODELS[name]
+    layers, width, heads = entry["num_layers"], entry["embed_dim"], entry["attention_heads"]
+    path, _ = write_random_esm2_checkpoint(tmp_path / f"{name}.pt", layers, width, heads, seed=0)
+    model, alphabet = load_esm2(path)
+    assert (model.num_layers, model.embed_dim, model.attention_heads) == (layers, width, heads)
+    tokens = alphabet.get_batch_converter()([("p53", "MEEPQSDPSVEPPLSQETFSDLWKLL")])[2]
+    with torch.no_grad():
+        representation = model(tokens, repr_layers=[layers])["representations"][layers]
+    assert representation.shape == (1, 26 + 2, width) and torch.isfinite(representation).all()
+    sizes = {"esm2_t6_8M_UR50D": 7.5e6, "esm2_t12_35M_UR50D": 3.4e7, "esm2_t30_150M_UR50D": 1.48e8}
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(sizes[name], rel=0.05)
+
+
+def test_large_architectures_have_their_published_sizes():
+    """The 650M, 3B and 15B entries of the model list build (on the meta device: no memory) to their names' sizes."""
+    for name, size in (("esm2_t33_650M_UR50D", 6.5e8), ("esm2_t36_3B_UR50D", 2.8e9), ("esm2_t48_15B_UR50D", 1.5e10)):
+        entry = ESM2_MODELS[name]
+        with torch.device("meta"):
+            model = esm.model.esm2.ESM2(entry["num_layers"], entry["embed_dim"], entry["attention_heads"])
+        assert sum(p.numel() for p in model.parameters()) == pytest.approx(size, rel=0.1), name
