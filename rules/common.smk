@@ -123,7 +123,17 @@ def train_inputs(wildcards):
             f"{EMBEDDINGS}/{wildcards.plm}/index/{dataset}/{{shard}}.tsv",
             shard=geoplm_config.dataset_shards(config, dataset),
         )
+    pretrain = geoplm_config.pretrain_run(config, dict(wildcards.items()))
+    if pretrain is not None:  # start from that run's weights (a `pretrained` entry)
+        inputs["init_checkpoint"] = f"{train_dir(pretrain)}/model.pt"
     return inputs
+
+
+def train_pretrain_params(wildcards):
+    """The `pretrained` entry a run starts from (empty for a run trained from scratch)."""
+    if wildcards.pretrain == geoplm_config.NO_PRETRAIN:
+        return {}
+    return {"part": "model", **config["pretrained"][wildcards.pretrain]}
 
 
 def train_dir(job):

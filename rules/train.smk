@@ -25,5 +25,6 @@ rule train_model:
             config, config["models"][wildcards.model].get("graph", "gearnet")
         ),
         esm=train_esm_params,
+        pretrain=train_pretrain_params,
     script:
         "../scripts/train_model.py"

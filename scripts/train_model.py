@@ -30,4 +30,6 @@ with steps.logged(sm.log[0]):
         run_name="/".join([sm.wildcards.task, sm.wildcards.model, sm.wildcards.plm, sm.wildcards.pretrain]),
         device=steps.device(),
         threads=sm.threads,
+        init_checkpoint=sm.input.get("init_checkpoint"),
+        init_part=sm.params.pretrain.get("part", "model"),
     )

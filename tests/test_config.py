@@ -95,6 +95,30 @@ def test_table_grid(demo):
     assert not [job for job in jobs if job["model"] in fusions and job["plm"] == "none"]
 
 
+def test_pretrained_rows_need_their_pretraining_run():
+    """A table row with ``pretrain`` (Wu et al. Table 3: EquiDock pretrained on DIPS, fine-tuned on DB5.5) runs
+    under results/train/{task}/{model}/{plm}/{pretrain}/...; the run it starts from is the ``pretrained`` entry's
+    task with the same model, plm and seed, trained from scratch; names that do not exist are config errors."""
+    full = geoplm_config.load_config(CONFIG / "config.yaml")
+    jobs = geoplm_config.table_jobs(full, "wu_docking")
+    pretrained = [job for job in jobs if job["pretrain"] != "none"]
+    assert len(jobs) == 4 * len(full["seeds"]) and len(pretrained) == 2 * len(full["seeds"])
+    assert {job["task"] for job in pretrained} == {"docking_db5_finetune"}
+    start = geoplm_config.pretrain_run(full, pretrained[0])
+    assert start == {**pretrained[0], "task": "docking_dips", "pretrain": "none"}
+    assert geoplm_config.pretrain_run(full, jobs[0]) is None
+    with pytest.raises(ConfigError, match="pretrain 'mae' is not an entry of 'pretrained'"):
+        geoplm_config.pretrain_run(full, {**jobs[0], "pretrain": "mae"})
+    broken = copy.deepcopy(full)
+    broken["tables"]["wu_docking"]["rows"][2]["pretrain"] = "mae"
+    with pytest.raises(ConfigError, match=r"tables\.wu_docking\.rows': no pretrained entry named 'mae'"):
+        geoplm_config.check_references(broken)
+    broken = copy.deepcopy(full)
+    broken["pretrained"]["dips"]["task"] = "docking_dipz"
+    with pytest.raises(ConfigError, match=r"pretrained\.dips\.task': no task named 'docking_dipz'"):
+        geoplm_config.check_references(broken)
+
+
 def test_default_target_takes_the_datasets_the_mirror_holds(shared_data, monkeypatch, tmp_path):
     """`snakemake --config mirror=...` prepares the datasets the mirror holds files of; without a
     mirror every dataset is a target."""
@@ -121,7 +145,7 @@ def test_every_model_entry_builds(which, demo, tmp_path):
     config = demo if which == "demo" else yaml.safe_load((CONFIG / "config.yaml").read_text())
     path, _ = write_random_esm2_checkpoint(tmp_path / "esm2_t2_tiny.pt", num_layers=2, embed_dim=16, seed=0)
     model, alphabet = load_esm2(path)
-    with_plm = {m for table in config["tables"].values() for m, plm in table_rows(table) if plm != NO_PLM}
+    with_plm = {m for table in config["tables"].values() for m, plm, _ in table_rows(table) if plm != NO_PLM}
     for name, spec in config["models"].items():
         if spec["type"] == "equidock":
             EquiDock(None, **{k: v for k, v in spec.items() if k != "type"})

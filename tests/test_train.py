@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from geoplm import atomic, esm, graph, steps, structure, train
+from geoplm.errors import GeoplmError
 from geoplm.tasks.position import position_labels
 
 AF = ["AF-P76011-F1-model_v4.pdb", "AF-Q9Y5P2-F1-model_v4.pdb", "AF-A0A1W2PQ64-F1-model_v4.pdb"]
@@ -274,3 +275,27 @@ def test_equidock_trains_through_train_model_with_and_without_esm(shared_data, t
         assert results[name]["test"]["complexes"] == 1
         assert results[name]["test"]["complex_rmsd_median"] > 0
     assert results["none"]["test"] != results["esm"]["test"]  # the ESM-2 input changes the model
+
+
+def test_a_run_starts_from_a_finished_runs_weights(dataset, tmp_path):
+    """``init_checkpoint`` (the workflow's ``pretrain``): a run with no epoch to train, started from another run's
+    model.pt, evaluates exactly that run's weights; ``encoder`` takes the encoder only (the head starts afresh);
+    weights of another architecture are refused, naming the file and the keys."""
+    root, _ = dataset
+    first = run(root, tmp_path / "a")
+    source = tmp_path / "a" / "model.pt"
+    again = run(root, tmp_path / "b", dict(TASK, epochs=0), init_checkpoint=source)
+    assert again["test"] == first["test"] and again["initialised_from"] == f"{source} (model)"
+    weights = torch.load(source, weights_only=True)["model"]
+    started = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["model"]
+    assert started.keys() == weights.keys() and all(torch.equal(v, weights[k]) for k, v in started.items())
+    encoder_only = run(root, tmp_path / "c", dict(TASK, epochs=0), init_checkpoint=source, init_part="encoder")
+    saved = torch.load(tmp_path / "c" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(saved[k], v) for k, v in weights.items() if k.startswith("encoder."))
+    assert not all(torch.equal(saved[k], v) for k, v in weights.items() if k.startswith("head."))
+    assert encoder_only["test"] != first["test"]
+    wider = dict(MODEL, hidden_dims=[8, 8])
+    with pytest.raises(GeoplmError, match=r"model\.pt \(model\): its weights do not fit model .*other shapes"):
+        run(root, tmp_path / "d", dict(TASK, epochs=0), model=wider, init_checkpoint=source)
+    with pytest.raises(GeoplmError, match="not a training run's model.pt"):
+        run(root, tmp_path / "e", TASK, init_checkpoint=root / "manifest.tsv")

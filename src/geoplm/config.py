@@ -71,7 +71,8 @@ def validate_schema(config: Any, source: str = "config", schema_path: Path = SCH
 def _require(config: Mapping, section: str, name: str, where: str) -> None:
     if name not in config.get(section, {}):
         known = ", ".join(sorted(config.get(section, {}))) or "none"
-        raise ConfigError(f"config key '{where}': no {section[:-1]} named '{name}' (known: {known})")
+        singular = section[:-1] if section.endswith("s") else f"{section} entry"
+        raise ConfigError(f"config key '{where}': no {singular} named '{name}' (known: {known})")
 
 
 def check_references(config: Mapping) -> None:
@@ -100,11 +101,15 @@ def check_references(config: Mapping) -> None:
             _require(config, "graphs", model["graph"], f"models.{name}.graph")
     for name, task in config["tasks"].items():
         _require(config, "datasets", task["dataset"], f"tasks.{name}.dataset")
+    for name, entry in config.get("pretrained", {}).items():
+        _require(config, "tasks", entry["task"], f"pretrained.{name}.task")
     for name, table in config["tables"].items():
-        for model, plm in table_rows(table):
+        for model, plm, pretrain in table_rows(table):
             _require(config, "models", model, f"tables.{name}.models")
             if plm != NO_PLM:
                 _require(config, "plms", plm, f"tables.{name}.plms")
+            if pretrain != NO_PRETRAIN:
+                _require(config, "pretrained", pretrain, f"tables.{name}.rows")
         for i, column in enumerate(table["columns"]):
             _require(config, "tasks", column["task"], f"tables.{name}.columns[{i}].task")
             for model, task in column.get("tasks", {}).items():
@@ -216,11 +221,27 @@ def finetunes_esm(model: Mapping) -> bool:
     return model.get("type") in ESM_TYPES and not model.get("freeze_esm", True)
 
 
-def table_rows(spec: Mapping) -> list[tuple[str, str]]:
-    """The (model, plm) rows of a ``tables`` entry: its explicit ``rows``, else every model with every plm."""
+def table_rows(spec: Mapping) -> list[tuple[str, str, str]]:
+    """The (model, plm, pretrain) rows of a ``tables`` entry: its explicit ``rows`` (``pretrain``: a
+    ``pretrained`` entry, :data:`NO_PRETRAIN` by default), else every model with every plm, trained from scratch."""
     if spec.get("rows"):
-        return [(row["model"], row["plm"]) for row in spec["rows"]]
-    return [(model, plm) for model in spec["models"] for plm in spec["plms"]]
+        return [(row["model"], row["plm"], row.get("pretrain", NO_PRETRAIN)) for row in spec["rows"]]
+    return [(model, plm, NO_PRETRAIN) for model in spec["models"] for plm in spec["plms"]]
+
+
+def pretrain_run(config: Mapping, job: Mapping) -> dict[str, Any] | None:
+    """The run whose weights a training job starts from (its ``pretrain`` names a ``pretrained`` entry: the
+    entry's task with the job's model, plm and seed, trained from scratch), or None for :data:`NO_PRETRAIN`.
+
+    Raises:
+        ConfigError: an unknown ``pretrained`` entry.
+    """
+    if job["pretrain"] == NO_PRETRAIN:
+        return None
+    entry = config.get("pretrained", {}).get(job["pretrain"])
+    if entry is None:
+        raise ConfigError(f"pretrain '{job['pretrain']}' is not an entry of 'pretrained' in the config")
+    return {**job, "task": entry["task"], "pretrain": NO_PRETRAIN}
 
 
 def column_task(column: Mapping, model: str) -> str:
@@ -236,12 +257,12 @@ def table_jobs(config: Mapping, table: str) -> list[dict[str, Any]]:
     """
     spec = config["tables"][table]
     jobs: dict[tuple, dict[str, Any]] = {}
-    for model, plm in table_rows(spec):
+    for model, plm, pretrain in table_rows(spec):
         if plm == NO_PLM and config["models"][model]["type"] in NEEDS_PLM:
             continue
         for column in spec["columns"]:
             task = column_task(column, model)
             for seed in config["seeds"]:
-                job = {"task": task, "model": model, "plm": plm, "pretrain": NO_PRETRAIN, "seed": seed}
+                job = {"task": task, "model": model, "plm": plm, "pretrain": pretrain, "seed": seed}
                 jobs.setdefault(tuple(job.values()), job)
     return list(jobs.values())

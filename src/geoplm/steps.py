@@ -321,10 +321,10 @@ def gather_records(
     """Join shard manifests into the dataset manifest, assigning splits; join skipped reports.
 
     Args:
-        split: ``{"seed": int, "fractions": {"train", "valid", "test"}, "unit": "group" | "id"}``; entries
-            that already carry a split (from the dataset's own split files) keep it; the others are split by
-            ``group`` (all records of a complex or CASP target on the same side), else by id (``unit: id``:
-            always by id).
+        split: ``{"seed": int, "fractions": {"train", "valid", "test"}, "unit": "group" | "id", "override":
+            bool}``; entries that already carry a split (from the dataset's own split files) keep it unless
+            ``override``; the others are split by ``group`` (all records of a complex or CASP target on the same
+            side), else by id (``unit: id``: always by id).
 
     Raises:
         GeoplmError: the same record id appears in two shards.
@@ -337,6 +337,8 @@ def gather_records(
         if column not in frame:
             frame[column] = "{}" if column == "labels" else ""
     todo = frame["split"] == ""
+    if split.get("override"):  # e.g. a sample drawn from one split of its dataset
+        todo[:] = True
     if todo.any():
         # the unit of a split is the group (a complex, a CASP target) where records have one, unless the
         # config splits by record (unit: id; e.g. the models of a single CASP target)

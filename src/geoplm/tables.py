@@ -126,7 +126,8 @@ def read_metrics(path: str | os.PathLike) -> dict:
 
 
 def build_table(spec: Mapping, metrics_paths: Sequence[str | os.PathLike], published: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, node features); per column the reproduced and published values.
+    """One row per (model, node features, pretraining); per column the reproduced and published values (a
+    ``pretraining`` column when a row starts from a ``pretrained`` entry).
 
     Args:
         spec: a ``tables`` config entry.
@@ -143,16 +144,18 @@ def build_table(spec: Mapping, metrics_paths: Sequence[str | os.PathLike], publi
         if len(parts) < 6 or not parts[-2].startswith("seed"):
             raise GeoplmError(f"{path}: not a results/train/{{task}}/{{model}}/{{plm}}/{{pretrain}}/seed{{seed}} path")
         task, model, plm, pretrain = parts[-6:-2]
-        if pretrain == NO_PRETRAIN:
-            runs.setdefault((task, model, plm), []).append(read_metrics(path))
+        runs.setdefault((task, model, plm, pretrain), []).append(read_metrics(path))
     rows = []
-    for model, plm in table_rows(spec):
-        if not any((column_task(column, model), model, plm) in runs for column in spec["columns"]):
+    pretrained_rows = any(pretrain != NO_PRETRAIN for _, _, pretrain in table_rows(spec))
+    for model, plm, pretrain in table_rows(spec):
+        if not any((column_task(column, model), model, plm, pretrain) in runs for column in spec["columns"]):
             continue  # a combination the workflow does not run (a fusion model without ESM-2)
         row: dict = {"model": model, "node_features": "residue one-hot" if plm == NO_PLM else plm}
+        if pretrained_rows:
+            row["pretraining"] = pretrain
         published_model, published_setting = published_row(spec, model, plm)
         for column in spec["columns"]:
-            values = [run_value(run, column) for run in runs.get((column_task(column, model), model, plm), [])]
+            values = [run_value(run, column) for run in runs.get((column_task(column, model), model, plm, pretrain), [])]
             mean, std, n = summarize(values)
             name = column_name(column)
             row[f"{name} (reproduced)"] = format_cell(mean, std, n)
@@ -175,7 +178,7 @@ def build_table(spec: Mapping, metrics_paths: Sequence[str | os.PathLike], publi
 
 def to_markdown(name: str, spec: Mapping, table: pd.DataFrame) -> str:
     """The table as Markdown: title, reproduced/published columns, and the sources below."""
-    shown = ["model", "node_features"] + [
+    shown = ["model", "node_features", *(["pretraining"] if "pretraining" in table.columns else [])] + [
         c for c in table.columns if c.endswith("(reproduced)") or c.endswith("(published)")
     ]
     lines = [f"# {spec.get('title', name)}", ""]

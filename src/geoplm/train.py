@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -200,6 +201,7 @@ def fit(
     graph_settings: Mapping | None = None,
     extra_settings: Any = None,
     model_name: str = "model",
+    init: tuple[str, Mapping[str, Tensor]] | None = None,
 ) -> dict:
     """Train one run of ``task`` on prepared examples and write its metrics (JSON) and weights (see the module
     docstring), with PyTorch's deterministic algorithms on.
@@ -215,12 +217,16 @@ def fit(
         graph_settings: the model's graph (:func:`geoplm.config.graph_settings`).
         extra_settings: anything else that changes the run (hashed into the resume settings).
         model_name: the ``models`` entry's name, for messages.
+        init: ``(source, weights)``: start from these weights (a state dict of the whole model, or of its
+            ``encoder.*`` part only) instead of the seeded initialisation -- fine-tuning after a pretraining run
+            (:func:`load_init`); ``source`` names it in messages and in ``metrics.json`` (``initialised_from``).
 
     Returns:
         The metrics dictionary written to ``metrics_path``.
 
     Raises:
-        GeoplmError: an empty split. ConfigError: a bad model or task setting.
+        GeoplmError: an empty split; ``init`` weights that do not fit the model (named keys and shapes).
+        ConfigError: a bad model or task setting.
     """
     run_label = run_name or "run"
     for name in task.splits:
@@ -235,6 +241,8 @@ def fit(
         task.bind(device, graph_settings, seed)
         task.prepare(splits["train"])
         net = task.build_model(model, input_dim, plm, esm=esm, name=model_name).to(device)
+        if init is not None:
+            load_weights(net, init[1], init[0], model_name)
         optimizer = build_optimizer(task, net, float(model.get("esm_lr_ratio", 0.1)))
         scheduler = build_scheduler(task, optimizer)
         per_epoch = bool(scheduler is not None and SCHEDULERS[task.settings["scheduler"].get("type", "plateau")][1])
@@ -331,6 +339,7 @@ def fit(
             "node_input_dim": input_dim,
             "train_seconds": round(time.time() - started, 2),
             "device": str(device),
+            "initialised_from": None if init is None else init[0],
         }
         metrics.update(task.report(splits, evaluations))
         atomic.torch_save(
@@ -347,6 +356,47 @@ def fit(
         resume_path.unlink(missing_ok=True)
         log.info("%s %s: %s", run_label, test, results[test])
         return metrics
+
+
+def load_init(path: str | os.PathLike, part: str = "model") -> tuple[str, dict[str, Tensor]]:
+    """The weights of a finished run's ``model.pt`` to start another run from: ``part`` ``"model"`` (encoder and
+    head: fine-tuning the same task family, e.g. EquiDock pretrained on DIPS then trained on DB5.5, Wu et al.
+    Table 3) or ``"encoder"`` (the ``encoder.*`` weights; the new task's head starts afresh).
+
+    Raises:
+        GeoplmError: the file is not a run's checkpoint, or ``part`` is neither.
+    """
+    if part not in ("model", "encoder"):
+        raise GeoplmError(f"{path}: cannot start from part {part!r} of it (model, encoder)")
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as error:
+        raise GeoplmError(f"{path}: not a training run's model.pt ({error})") from error
+    if part == "encoder":
+        weights = {k: v for k, v in weights.items() if k.startswith("encoder.")}
+    return f"{path} ({part})", weights
+
+
+def load_weights(net: nn.Module, weights: Mapping[str, Tensor], source: str, model_name: str = "model") -> None:
+    """Load ``weights`` into ``net``: all of its parameters and buffers, or (keys all ``encoder.*``) all of its
+    encoder's.
+
+    Raises:
+        GeoplmError: keys missing or unexpected, or shapes that differ, named with ``source``.
+    """
+    own = net.state_dict()
+    expected = (
+        {k for k in own if k.startswith("encoder.")} if all(k.startswith("encoder.") for k in weights) else set(own)
+    )
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in set(weights) & expected
+              if weights[k].shape != own[k].shape]  # fmt: skip
+    if missing or unexpected or shapes:
+        raise GeoplmError(
+            f"{source}: its weights do not fit model {model_name}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"other shapes {sorted(shapes)[:5]}"
+        )
+    net.load_state_dict({**own, **weights})
 
 
 def carve_validation(splits: dict[str, list], fraction: float, seed: int = 0) -> None:
@@ -383,6 +433,8 @@ def train_run(
     esm_settings: Mapping | None = None,
     task_name: str | None = None,
     model_name: str | None = None,
+    init_checkpoint: str | os.PathLike | None = None,
+    init_part: str = "model",
 ) -> dict:
     """Train one run of a ``tasks`` entry on a dataset's files and write its metrics and best weights
     (:func:`fit`); resume after an interruption.
@@ -402,6 +454,8 @@ def train_run(
         esm_settings: the plm's settings (``repr_layer``, ``window``, ``stride``, ``toks_per_batch``,
             ``checksum``) for ``esm_checkpoint``.
         task_name, model_name: the ``tasks`` and ``models`` entries' names, for messages.
+        init_checkpoint, init_part: start from a finished run's weights (:func:`load_init`; the workflow's
+            ``pretrain`` wildcard, a ``pretrained`` config entry).
 
     Returns:
         The metrics dictionary written to ``metrics_path``.
@@ -461,6 +515,7 @@ def train_run(
         plm=loader.uses_embeddings or esm is not None,
         esm=esm,
         graph_settings=graph_settings,
-        extra_settings=(esm_settings, sorted(split_of.items())),
+        extra_settings=(esm_settings, sorted(split_of.items()), str(init_checkpoint), init_part),
         model_name=model_name or "model",
+        init=None if init_checkpoint is None else load_init(init_checkpoint, init_part),
     )
