@@ -165,8 +165,12 @@ def machine_facts(threads: int) -> list[str]:
         f"threads: torch {torch.get_num_threads()} (--threads {threads}), interop {torch.get_num_interop_threads()}; "
         + ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in OPENMP_VARIABLES),
         f"torch build: {torch.__version__} (git {torch.version.git_version[:10]}), BLAS {blas}, "
-        "parallel: " + "; ".join(line.strip() for line in torch.__config__.parallel_info().splitlines()
-                                 if line.startswith(("OpenMP", "ATen parallel backend", "Intel(R) oneAPI"))),
+        "parallel: "
+        + "; ".join(
+            line.strip()
+            for line in torch.__config__.parallel_info().splitlines()
+            if line.startswith(("OpenMP", "ATen parallel backend", "Intel(R) oneAPI"))
+        ),
         "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f", python {platform.python_version()}",
         f"geoplm commit: {commit}",
     ]

@@ -155,7 +155,8 @@ def build_table(spec: Mapping, metrics_paths: Sequence[str | os.PathLike], publi
             row["pretraining"] = pretrain
         published_model, published_setting = published_row(spec, model, plm)
         for column in spec["columns"]:
-            values = [run_value(run, column) for run in runs.get((column_task(column, model), model, plm, pretrain), [])]
+            key = (column_task(column, model), model, plm, pretrain)
+            values = [run_value(run, column) for run in runs.get(key, [])]
             mean, std, n = summarize(values)
             name = column_name(column)
             row[f"{name} (reproduced)"] = format_cell(mean, std, n)
