@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 DEMO_TABLES = table_toy_position table_docking_db5 table_gearnet_function table_gearnet_fold table_esm_gearnet_fusion \
-	table_wu_mqa
+	table_wu_mqa table_wu_docking table_wu_scale
 
 # The demo's small training jobs run single-threaded, $(CORES) at a time: faster than one two-threaded job on
 # small graphs, and immune to OpenMP's spinning waiters when other jobs share the cores (benchmarks/README.md).
@@ -29,7 +29,7 @@ demo: install
 	GEOPLM_MIRROR=$$( [ -d "$(MIRROR)" ] && echo "$(MIRROR)" ) \
 	  $(SNAKEMAKE) $(DEMO_TABLES) --cores $(CORES) --configfile config/demo.yaml --set-threads train_model=1
 	@for table in $(DEMO_TABLES:table_%=%); do echo; cat results/tables/$$table.md; done
-	@echo "Tables written to results/tables/ (CSV and Markdown)"
+	@echo "Tables written to results/tables/ (CSV and Markdown), figures to results/figures/"
 
 test: install
 	$(VENV)/bin/pytest -q
