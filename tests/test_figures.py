@@ -47,6 +47,25 @@ def test_figure_errors_name_the_problem(tmp_path):
         tables.make_figure({**SPEC, "figure": {**SPEC["figure"], "column": "Global Spearman"}}, csv, tmp_path / "a.png")
     with pytest.raises(GeoplmError, match="no row of the table has node features in figure.x"):
         tables.make_figure({**SPEC, "figure": {**SPEC["figure"], "x": {"other": 1.0}}}, csv, tmp_path / "b.png")
-    with pytest.raises(GeoplmError, match="unknown figure kind 'bars'"):
-        tables.make_figure({**SPEC, "figure": {**SPEC["figure"], "kind": "bars"}}, csv, tmp_path / "c.png")
+    with pytest.raises(GeoplmError, match="unknown figure kind 'pie'"):
+        tables.make_figure({**SPEC, "figure": {**SPEC["figure"], "kind": "pie"}}, csv, tmp_path / "c.png")
     assert not list(tmp_path.glob("*.png"))  # nothing half-written
+
+
+def test_bars_figure_groups_node_features_per_model(tmp_path):
+    """Wu et al. Fig. 2a: one group of bars per model, one bar per node features, heights the seed means."""
+    spec = {**SPEC, "figure": {"kind": "bars", "column": "Mean Spearman"}}
+    figure = tables.make_figure(spec, _table(tmp_path), tmp_path / "bars.png")
+    (ax,) = figure.axes
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == ["esm_large", "esm_small", "residue one-hot"]
+    from matplotlib.container import BarContainer
+
+    bars = [container for container in ax.containers if isinstance(container, BarContainer)]
+    heights = {label: [bar.get_height() for bar in container] for container, label in zip(bars, labels, strict=True)}
+    assert heights["esm_small"] == [0.4, 0.3] and heights["esm_large"] == [0.6, 0.5]  # gvp, egnn
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["gvp", "egnn"]
+    with pytest.raises(GeoplmError, match="needs 'x'"):
+        tables.make_figure(
+            {**SPEC, "figure": {"kind": "scale", "column": "Mean Spearman"}}, _table(tmp_path), tmp_path / "x.png"
+        )

@@ -235,6 +235,8 @@ def plot_scale(spec: Mapping, table: pd.DataFrame, png_path: str | os.PathLike) 
 
     figure_spec = spec["figure"]
     column = figure_spec["column"]
+    if "x" not in figure_spec:
+        raise GeoplmError("a scale figure needs 'x' (plm -> ESM-2 parameters)")
     if f"{column} mean" not in table.columns:
         raise GeoplmError(
             f"figure column {column!r} is not a column of the table: {[column_name(c) for c in spec['columns']]}"
@@ -260,8 +262,48 @@ def plot_scale(spec: Mapping, table: pd.DataFrame, png_path: str | os.PathLike) 
     return fig
 
 
+def plot_bars(spec: Mapping, table: pd.DataFrame, png_path: str | os.PathLike) -> Any:
+    """Wu et al. Fig. 2a: grouped bars of a table column (mean ± std over seeds), one group per model, one bar per
+    node features (residue one-hot, ESM-2), written as PNG. ``spec["figure"]``: ``{"kind": "bars", "column": <a
+    column's label>, "title": ...}``. Returns the matplotlib figure.
+
+    Raises:
+        GeoplmError: the column is not in the table, or the table is empty.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    column = spec["figure"]["column"]
+    if f"{column} mean" not in table.columns:
+        raise GeoplmError(
+            f"figure column {column!r} is not a column of the table: {[column_name(c) for c in spec['columns']]}"
+        )
+    if table.empty:
+        raise GeoplmError("the table has no row to draw")
+    models = list(dict.fromkeys(table["model"]))
+    features = list(dict.fromkeys(table["node_features"]))
+    width = 0.8 / len(features)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.3 * len(models), 3.6))
+    for i, feature in enumerate(features):
+        rows = table[table["node_features"] == feature].set_index("model").reindex(models)
+        positions = np.arange(len(models)) + (i - (len(features) - 1) / 2) * width
+        ax.bar(positions, rows[f"{column} mean"], width, yerr=rows[f"{column} std"].fillna(0.0), capsize=3,
+               label=str(feature))  # fmt: skip
+    ax.set_xticks(np.arange(len(models)), models)
+    ax.set_ylabel(column)
+    ax.set_title(textwrap.fill(spec["figure"].get("title", spec.get("title", "")), 60), fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic.atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
+    plt.close(fig)
+    return fig
+
+
 #: figure kinds a table's ``figure`` entry may ask for
-FIGURES = {"scale": plot_scale}
+FIGURES = {"scale": plot_scale, "bars": plot_bars}
 
 
 def make_figure(spec: Mapping, csv_path: str | os.PathLike, png_path: str | os.PathLike) -> Any:

@@ -15,6 +15,7 @@ classification      Fold, Reaction (GearNet): cross-entropy, accuracy           
 regression          PSR (ESM-GearNet): GDT-TS, normalised MSE, Spearman          :mod:`~geoplm.tasks.regression`
 mutation_pair       MSP (ESM-GearNet): wild type / mutant pairs, BCE, AUROC      :mod:`~geoplm.tasks.pairs`
 docking             rigid docking with EquiDock (Ganea et al.; Wu et al.)        :mod:`~geoplm.tasks.docking`
+interface_residues  PPI (Wu et al.): interface residues of a pair, BCE, AUROC    :mod:`~geoplm.tasks.interface`
 =================== ============================================================ ===============================
 
 A new task is a module with a :class:`~geoplm.tasks.base.Task` subclass plus one entry in :data:`TASKS`
@@ -37,6 +38,7 @@ TASKS: dict[str, str] = {
     "regression": "geoplm.tasks.regression:Regression",
     "mutation_pair": "geoplm.tasks.pairs:MutationPair",
     "docking": "geoplm.tasks.docking:RigidDocking",
+    "interface_residues": "geoplm.tasks.interface:InterfaceResidues",
 }
 
 

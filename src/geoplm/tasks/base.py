@@ -63,6 +63,8 @@ LOOP_DEFAULTS: dict[str, Any] = {
     # torchdrug TruncateProtein: keep at most `truncate` residues (the first ones, or a random window)
     "truncate": None,
     "truncate_random": False,
+    # shuffle the training batches every epoch (Wu et al.'s PPI does not)
+    "shuffle": True,
     # carve a seeded validation split of this fraction out of the training split (datasets without one)
     "valid_fraction": None,
     # the splits tested, each reported under its name (Fold: test_fold, test_superfamily, test_family)
@@ -306,9 +308,10 @@ class Task:
 
     def batches(self, examples: Sequence, batch_size: int, epoch: int | None) -> list[list]:
         """The batches of an epoch: shuffled by the run's Python generator (:attr:`rng`, seeded by the run's
-        seed and saved with the resume state) for training (``epoch`` given), in order for evaluation."""
+        seed and saved with the resume state) for training (``epoch`` given; unless ``shuffle: false``), in order
+        for evaluation."""
         order = list(range(len(examples)))
-        if epoch is not None:
+        if epoch is not None and self.settings.get("shuffle", True):
             self.rng.shuffle(order)
         return [[examples[i] for i in order[start : start + batch_size]] for start in range(0, len(order), batch_size)]
 
