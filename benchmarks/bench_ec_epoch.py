@@ -243,8 +243,8 @@ class TorchdrugSide:
     name = "torchdrug"
 
     def __init__(self, hidden_dims: list[int]):
-        from torchdrug import core, data, layers, models, tasks, transforms, utils
-        from torchdrug.layers import geometry
+        from torchdrug import core, data, models, tasks, transforms, utils
+        from torchdrug_reference import graph_construction
 
         logging.getLogger("torchdrug").setLevel(logging.ERROR)  # "Preprocess training set", config dumps
 
@@ -279,15 +279,7 @@ class TorchdrugSide:
         model = models.GearNet(input_dim=21, hidden_dims=hidden_dims, num_relation=7, edge_input_dim=59,
                                num_angle_bin=8, batch_norm=True, concat_hidden=True, short_cut=True,
                                readout="sum")  # fmt: skip
-        construction = layers.GraphConstruction(
-            node_layers=[geometry.AlphaCarbonNode()],
-            edge_layers=[
-                geometry.SequentialEdge(max_distance=2),
-                geometry.SpatialEdge(radius=10.0, min_distance=5),
-                geometry.KNNEdge(k=10, min_distance=5),
-            ],
-            edge_feature="gearnet",
-        )
+        construction = graph_construction()  # torchdrug_reference.py: GearNet's GraphConstruction
         self.task = tasks.MultipleBinaryClassification(
             model, task=list(range(NUM_CLASSES)), criterion="bce", metric=("auprc@micro", "f1_max"),
             num_mlp_layer=3, graph_construction_model=construction,

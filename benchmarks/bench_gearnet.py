@@ -82,8 +82,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from torchdrug import data, layers, models
-    from torchdrug.layers import geometry
+    from torchdrug import data, models
+    from torchdrug_reference import graph_construction
 
     from geoplm.graph import ResidueGraph, build_gearnet_graph, residue_one_hot
     from geoplm.models import GearNet
@@ -97,15 +97,7 @@ def main(argv=None) -> int:
         protein.view = "residue"
         proteins.append(protein)
     td_batch = data.Protein.pack(proteins)
-    construction = layers.GraphConstruction(
-        node_layers=[geometry.AlphaCarbonNode()],
-        edge_layers=[
-            geometry.SequentialEdge(max_distance=2),
-            geometry.SpatialEdge(radius=10.0, min_distance=5),
-            geometry.KNNEdge(k=10, min_distance=5),
-        ],
-        edge_feature="gearnet",
-    )
+    construction = graph_construction()  # torchdrug_reference.py: GearNet's GraphConstruction
 
     positions, types = [], []
     for path in paths:

@@ -218,6 +218,43 @@ def make_table(
 # --- figures ------------------------------------------------------------------------------------------------
 
 
+def _figure_column(spec: Mapping, table: pd.DataFrame) -> str:
+    """The heading of the column a table's ``figure`` draws.
+
+    Raises:
+        GeoplmError: the column is not in the table.
+    """
+    column = spec["figure"]["column"]
+    if f"{column} mean" not in table.columns:
+        raise GeoplmError(
+            f"figure column {column!r} is not a column of the table: {[column_name(c) for c in spec['columns']]}"
+        )
+    return column
+
+
+def _new_axes(size: tuple[float, float]) -> tuple[Any, Any]:
+    """A new matplotlib figure and axes of ``size`` inches (the Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt.subplots(figsize=size)
+
+
+def _save_figure(spec: Mapping, fig: Any, ax: Any, png_path: str | os.PathLike) -> Any:
+    """Title, legend and layout of a table's figure, written as PNG (atomically) and closed; returns ``fig``."""
+    from matplotlib import pyplot as plt
+
+    ax.set_title(textwrap.fill(spec["figure"].get("title", spec.get("title", "")), 60), fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic.atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
+    plt.close(fig)
+    return fig
+
+
 def plot_scale(spec: Mapping, table: pd.DataFrame, png_path: str | os.PathLike) -> Any:
     """Wu et al. Fig. 2b: one line per model of a table column (mean ± std over seeds, error bars) against the
     size of the node features' ESM-2 (``figure.x``: plm -> parameters; log axis), written as PNG.
@@ -226,26 +263,17 @@ def plot_scale(spec: Mapping, table: pd.DataFrame, png_path: str | os.PathLike) 
     "x_label": ..., "title": ...}``. Rows whose plm has no ``x`` are left out. Returns the matplotlib figure.
 
     Raises:
-        GeoplmError: the column is not in the table, or no row has an ``x``.
+        GeoplmError: no ``x``, the column is not in the table, or no row has an ``x``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     figure_spec = spec["figure"]
-    column = figure_spec["column"]
     if "x" not in figure_spec:
         raise GeoplmError("a scale figure needs 'x' (plm -> ESM-2 parameters)")
-    if f"{column} mean" not in table.columns:
-        raise GeoplmError(
-            f"figure column {column!r} is not a column of the table: {[column_name(c) for c in spec['columns']]}"
-        )
+    column = _figure_column(spec, table)
     x_of = figure_spec["x"]
     rows = table[table["node_features"].isin(list(x_of))]
     if rows.empty:
         raise GeoplmError(f"no row of the table has node features in figure.x ({sorted(x_of)})")
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = _new_axes((5, 3.6))
     for model, group in rows.groupby("model", sort=False):
         group = group.assign(x=group["node_features"].map(x_of)).sort_values("x")
         ax.errorbar(group["x"], group[f"{column} mean"], yerr=group[f"{column} std"].fillna(0.0), marker="o",
@@ -253,13 +281,7 @@ def plot_scale(spec: Mapping, table: pd.DataFrame, png_path: str | os.PathLike) 
     ax.set_xscale("log")
     ax.set_xlabel(figure_spec.get("x_label", "ESM-2 parameters"))
     ax.set_ylabel(column)
-    ax.set_title(textwrap.fill(figure_spec.get("title", spec.get("title", "")), 60), fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic.atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=150)
-    plt.close(fig)
-    return fig
+    return _save_figure(spec, fig, ax, png_path)
 
 
 def plot_bars(spec: Mapping, table: pd.DataFrame, png_path: str | os.PathLike) -> Any:
@@ -270,22 +292,13 @@ def plot_bars(spec: Mapping, table: pd.DataFrame, png_path: str | os.PathLike) -
     Raises:
         GeoplmError: the column is not in the table, or the table is empty.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    column = spec["figure"]["column"]
-    if f"{column} mean" not in table.columns:
-        raise GeoplmError(
-            f"figure column {column!r} is not a column of the table: {[column_name(c) for c in spec['columns']]}"
-        )
+    column = _figure_column(spec, table)
     if table.empty:
         raise GeoplmError("the table has no row to draw")
     models = list(dict.fromkeys(table["model"]))
     features = list(dict.fromkeys(table["node_features"]))
     width = 0.8 / len(features)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.3 * len(models), 3.6))
+    fig, ax = _new_axes((1.2 + 1.3 * len(models), 3.6))
     for i, feature in enumerate(features):
         rows = table[table["node_features"] == feature].set_index("model").reindex(models)
         positions = np.arange(len(models)) + (i - (len(features) - 1) / 2) * width
@@ -293,13 +306,7 @@ def plot_bars(spec: Mapping, table: pd.DataFrame, png_path: str | os.PathLike) -
                label=str(feature))  # fmt: skip
     ax.set_xticks(np.arange(len(models)), models)
     ax.set_ylabel(column)
-    ax.set_title(textwrap.fill(spec["figure"].get("title", spec.get("title", "")), 60), fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic.atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=150)
-    plt.close(fig)
-    return fig
+    return _save_figure(spec, fig, ax, png_path)
 
 
 #: figure kinds a table's ``figure`` entry may ask for
