@@ -263,3 +263,111 @@ def test_read_shard_takes_an_lmdb_downloaded_as_its_mdb_files(shared_data, tmp_p
     records, skipped = read([tmp_path / "data.mdb", tmp_path / "lock.mdb"], 0, 1, {}, "skip")
     direct, _ = read([shared_data / "atom3d_lmdb"], 0, 1, {}, "skip")
     assert [r["id"] for r in records] == [r["id"] for r in direct] and not skipped
+
+
+# --- LBA: one record per complex (pocket + ligand), as the pdbbind reader makes it ----------------------------
+
+
+def _pdb_atom_table(path: Path) -> pd.DataFrame:
+    """An ATOM3D atoms table of a PDB file, as atom3d's ``formats.bp_to_df`` builds it with Biopython."""
+    from Bio.PDB import PDBParser
+
+    rows = []
+    structure = PDBParser(QUIET=True).get_structure(path.name, str(path))
+    for atom in structure.get_atoms():
+        residue = atom.get_parent()
+        chain = residue.get_parent()
+        rows.append({
+            "ensemble": path.name, "subunit": 0, "structure": path.name, "model": chain.get_parent().serial_num,
+            "chain": chain.id, "hetero": residue.id[0], "insertion_code": residue.id[2], "residue": residue.id[1],
+            "segid": residue.segid, "resname": residue.resname, "altloc": atom.altloc, "occupancy": atom.occupancy,
+            "bfactor": atom.bfactor, "x": float(atom.coord[0]), "y": float(atom.coord[1]), "z": float(atom.coord[2]),
+            "element": atom.element, "name": atom.name, "fullname": atom.fullname, "serial_number": atom.serial_number,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _sdf_atom_table(path: Path) -> pd.DataFrame:
+    """ATOM3D's ligand table of an SDF (atom3d ``SDFDataset``: read with its hydrogens, unsanitised, then
+    ``formats.mol_to_df(add_hs=True)``: RDKit ``AddHs(addCoords=True)``, residue name ``LIG``)."""
+    from rdkit import Chem
+
+    mol = Chem.SDMolSupplier(str(path), sanitize=False, removeHs=False)[0]
+    mol.UpdatePropertyCache(strict=False)
+    mol = Chem.AddHs(mol, addCoords=True)
+    conformer = mol.GetConformer()
+    rows = []
+    for i, atom in enumerate(mol.GetAtoms()):
+        position = conformer.GetAtomPosition(i)
+        rows.append({
+            "ensemble": path.name, "structure": path.name, "model": path.name, "chain": "LIG", "hetero": "",
+            "insertion_code": "", "residue": 0, "segid": "", "resname": "LIG", "altloc": "", "occupancy": 1,
+            "bfactor": 0, "x": position.x, "y": position.y, "z": position.z, "element": atom.GetSymbol(),
+            "name": f"{atom.GetSymbol()}{i + 1}", "fullname": f"{atom.GetSymbol()}{i + 1}", "serial_number": i,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _write_atom3d_lmdb(path: Path, items: list[dict]) -> Path:
+    """An LMDB as atom3d's ``make_lmdb_dataset`` writes it (json, DataFrames split-oriented, 6 digits, gzip)."""
+    path.mkdir(parents=True)
+    env = lmdb.open(str(path), map_size=1 << 27)
+
+    def frame(df):
+        return json.loads(df.to_json(orient="split", double_precision=6))
+
+    with env.begin(write=True) as txn:
+        for index, item in enumerate(items):
+            txn.put(str(index).encode(), gzip.compress(json.dumps(item, default=frame).encode()))
+        txn.put(b"num_examples", str(len(items)).encode())
+        txn.put(b"serialization_format", b"json")
+        txn.put(b"id_to_idx", json.dumps({item["id"]: i for i, item in enumerate(items)}).encode())
+    env.close()
+    return path
+
+
+def test_lba_items_become_pocket_and_ligand_records_equal_to_the_pdbbind_readers(shared_data, tmp_path):
+    """ATOM3D LBA items (``atoms_pocket``, ``atoms_ligand`` with hydrogens, ``scores.neg_log_aff``) written from the
+    mirror's real PDBbind complexes in ATOM3D's format: the ``atom3d_lmdb`` reader (``task: lba``, the train / test
+    folders as splits) makes one record per complex, the pocket's chains merged, equal to the ``pdbbind`` reader's
+    record of the same files (residues, Cα to the LMDB's 6 digits, the ligand with and without hydrogens); an item
+    without a ligand table is skipped with the reason."""
+    from geoplm.datasets import get_reader
+
+    pdbbind = shared_data / "pdbbind"
+    codes = {"train": ["1qkt", "2w9r"], "test": ["6ce6"]}
+    labels = {"1qkt": 9.04, "2w9r": 5.32, "6ce6": 5.1}
+    for split, members in codes.items():
+        items = [
+            {"id": code, "atoms_pocket": _pdb_atom_table(pdbbind / code / f"{code}_pocket.pdb"),
+             "atoms_protein": _pdb_atom_table(pdbbind / code / f"{code}_pocket.pdb"),
+             "atoms_ligand": _sdf_atom_table(pdbbind / code / f"{code}_ligand.sdf"),
+             "scores": {"neg_log_aff": labels[code]}}
+            for code in members
+        ]  # fmt: skip
+        if split == "test":
+            items.append({"id": "broken", "atoms_pocket": items[0]["atoms_pocket"], "scores": {"neg_log_aff": 1.0}})
+        _write_atom3d_lmdb(tmp_path / split, items)
+    read = get_reader("atom3d_lmdb")
+    records, skipped = read([tmp_path], 0, 1, {"task": "lba", "splits": {"train": "train", "test": "test"}}, "skip")
+    assert [(r["id"], r["split"], r["role"], r["group"]) for r in records] == [
+        ("1qkt", "train", "complex", "1qkt"), ("2w9r", "train", "complex", "2w9r"), ("6ce6", "test", "complex", "6ce6")
+    ]  # fmt: skip
+    assert [s["entry"] for s in skipped] == ["1 (broken)"] and "atoms_ligand" in skipped[0]["reason"]
+    reference, _ = get_reader("pdbbind")(
+        [pdbbind / code for code in labels] + [pdbbind / "GIGN_test2016.csv", pdbbind / "GIGN_train.csv",
+                                               pdbbind / "GIGN_test2019.csv"],
+        0, 1, {"labels": ["GIGN_*.csv"]}, "fail",
+    )  # fmt: skip
+    by_code = {r["id"]: r for r in reference}
+    for record in records:
+        expected = by_code[record["id"]]
+        assert record["labels"] == {"scores": {"neg_log_aff": labels[record["id"]]}}
+        assert record["sequence"] == expected["sequence"] and record["chain_ids"] == expected["chain_ids"]
+        assert torch.equal(record["residue_number"], expected["residue_number"])
+        torch.testing.assert_close(record["backbone"], expected["backbone"], atol=1e-5, rtol=0, equal_nan=True)
+        ligand, expected_ligand = record["ligand"], expected["ligand"]
+        assert ligand["element_with_h"] == expected_ligand["element_with_h"]
+        torch.testing.assert_close(ligand["position_with_h"], expected_ligand["position_with_h"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(ligand["position"], expected_ligand["position"], atol=1e-5, rtol=0)
+        assert "H" in ligand["element_with_h"] and "H" not in ligand["element"]

@@ -275,6 +275,17 @@ def test_ligands_match_rdkit_and_files(shared_records, pdbbind):
         assert bonds.dtype == torch.long and bonds.shape[1] == 3 and bonds.shape[0] > 0
         assert bonds[:, :2].max() < len(heavy) and set(bonds[:, 2].tolist()) <= {1, 2, 3}
         assert Chem.MolFromSmiles(ligand["smiles"]).GetNumHeavyAtoms() == len(heavy)
+        # with hydrogens (ATOM3D's LBA tables): the file's atoms in file order, then those RDKit adds
+        with_h, elements = ligand["position_with_h"], ligand["element_with_h"]
+        assert len(elements) == len(with_h) >= len(atoms)
+        np.testing.assert_allclose(with_h[: len(atoms)].numpy(), np.array([xyz for _, xyz in atoms]), atol=1e-3)
+        assert [e.upper() for e in elements[: len(atoms)]] == [e.upper() for e, _ in atoms]
+        assert set(elements[len(atoms) :]) <= {"H"}
+        heavy_rows = torch.tensor([e != "H" for e in elements])
+        assert torch.equal(with_h[heavy_rows], ligand["position"])
+        # every hydrogen lies within bonding distance (< 1.5 Å: C-H 1.09, S-H 1.33) of a heavy atom
+        hydrogens = with_h[~heavy_rows]
+        assert len(hydrogens) > 0 and float(torch.cdist(hydrogens, ligand["position"]).min(dim=1).values.max()) < 1.5
     # SDFs RDKit cannot sanitise (valence, kekulisation) fall back to the MOL2 file
     assert sources["1a61"] == ".mol2" and sources["5i7x"] == ".mol2"
     assert sources["1qkt"] == ".sdf" and sources["5oha"] == ".sdf"

@@ -373,13 +373,15 @@ training.txt/validation.txt share their names with HomologyTAPE's).""",
         )
     )
     pdbbind_rows = [r for r in table if r["category"].startswith("pdbbind/") and "oddt" not in r["category"]]
-    pdbbind_rows += [r for r in by_cat("pdbbind") if r["file"] == "GIGN_toy_examples.csv"]
+    sample_labels = ("GIGN_toy_examples.csv", "GIGN_train.csv", "GIGN_test2016.csv", "GIGN_test2019.csv")
+    pdbbind_rows += [r for r in by_cat("pdbbind") if r["file"] in sample_labels]
     w(
         source(
             "pdbbind_sample",
             shared_entries(pdbbind_rows),
             comment="""
-13 complexes in PDBbind layout (GIGN toy set, EquiBind, DiffDock) and GIGN's toy -logK table.""",
+13 complexes in PDBbind layout (GIGN toy set, EquiBind, DiffDock), GIGN's toy -logK table and the GIGN
+tables that label all 13 (train, test2016, test2019).""",
         )
     )
     w(
@@ -525,13 +527,15 @@ def datasets() -> str:
         ("psr", "atom3d_psr_year", {"train": 64, "val": 8, "test": 16}),
         ("msp", "atom3d_msp", {"train": 16, "val": 4, "test": 4}),
         ("ppi", "atom3d_ppi_dips", {"train": 256, "val": 32, "test": 32}),
-        ("lba_30", "atom3d_lba_30", {"train": 8, "val": 2, "test": 2}),
-        ("lba_60", "atom3d_lba_60", {"train": 8, "val": 2, "test": 2}),
     )
     for name, source_name, splits in atom3d:
         task = name.split("_")[0]
         for split, shards in splits.items():
             w(dataset(f"{name}_{split}", source_name, "atom3d_lmdb", shards, {"task": task, "subset": split}))
+    # LBA: the three folders as one dataset's splits (one record per complex)
+    for name in ("lba_30", "lba_60"):
+        splits = {"train": "train", "valid": "val", "test": "test"}
+        w(dataset(name, f"atom3d_{name}", "atom3d_lmdb", 12, {"task": "lba", "splits": splits}))
     w(dataset("db5", "db5_equidock", "db5", 8))
     w(dataset("db5_test", "db5_test_equidock", "db5", 2))
     w(
@@ -571,7 +575,8 @@ def datasets() -> str:
             "pdbbind_sample",
             "pdbbind",
             1,
-            {"protein": "pocket", "labels": ["GIGN_toy_examples.csv"]},  # splits drawn by seed
+            # -logK of all 13 complexes (12 with a pocket file); splits drawn by seed
+            {"protein": "pocket", "labels": ["GIGN_train.csv", "GIGN_test2016.csv", "GIGN_test2019.csv"]},
         )
     )
     w(dataset("pdbbind_index_sample", "pdbbind_index_sample", "pdbbind", 1, {"protein": "pocket"}))

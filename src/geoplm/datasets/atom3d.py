@@ -611,6 +611,65 @@ ATOM_KEYS: dict[str, tuple[str, ...]] = {
 _READ_SHARD_OPTIONS = {"subset", "task", "atoms_keys", "splits"}
 
 
+def ligand_from_atoms(table: pd.DataFrame, path: os.PathLike | str, entry: str) -> dict[str, Any]:
+    """The ligand of an ATOM3D LBA item from its ``atoms_ligand`` table.
+
+    ATOM3D writes the PDBbind SDF with its hydrogens (atom3d ``datasets.SDFDataset``: ``read_sdf(sanitize=False,
+    remove_hs=False)``, then ``formats.mol_to_df(add_hs=True)``: every atom, residue name ``LIG``).
+
+    Returns:
+        The keys of :func:`geoplm.datasets.pdbbind.read_ligand` that a table gives: ``position`` (A, 3) Å and
+        ``element`` (A) of the heavy atoms in table order, ``position_with_h`` (A + H, 3) Å and
+        ``element_with_h`` of every row, ``source``.
+
+    Raises:
+        Atom3dError: the table is missing, lacks x / y / z / element, or has no heavy atom.
+    """
+    if not isinstance(table, pd.DataFrame):
+        raise Atom3dError(path, "no 'atoms_ligand' atom table", entry)
+    missing = [column for column in ("x", "y", "z", "element") if column not in table.columns]
+    if missing:
+        raise Atom3dError(path, f"'atoms_ligand' lacks columns {missing}", entry)
+    element = [str(e).strip().capitalize() for e in table["element"]]
+    position = torch.tensor(table[["x", "y", "z"]].to_numpy(dtype=np.float64), dtype=torch.float32)
+    heavy = torch.tensor([e != "H" for e in element], dtype=torch.bool)
+    if not bool(heavy.any()):
+        raise Atom3dError(path, "'atoms_ligand' has no heavy atom", entry)
+    return {
+        "position": position[heavy],
+        "element": [e for e, keep in zip(element, heavy.tolist(), strict=True) if keep],
+        "position_with_h": position,
+        "element_with_h": element,
+        "source": f"{Path(str(path)).name}#{entry}",
+    }
+
+
+def lba_complex_record(
+    item: dict[str, Any], item_id: str, labels: dict, source: str, path: os.PathLike | str, entry: str
+) -> dict[str, Any]:
+    """One record of an ATOM3D LBA item, as GGNN_Meets_PLM's ``LBADataset`` reads it (``atoms_pocket`` and
+    ``atoms_ligand``; the whole protein ``atoms_protein`` is not read): the pocket's chains merged in table
+    order (:func:`geoplm.datasets.pdbbind.merge_chain_records`, ``id`` = the item id), ``ligand``
+    (:func:`ligand_from_atoms`), ``labels`` (``scores.neg_log_aff``), ``group`` = the item id, ``role`` =
+    ``complex``; the same layout as the ``pdbbind`` reader's records.
+
+    Raises:
+        Atom3dError: no pocket table, no protein residue in it, or an unusable ligand table.
+    """
+    from geoplm.datasets.pdbbind import merge_chain_records
+
+    pocket = item.get("atoms_pocket")
+    if not isinstance(pocket, pd.DataFrame):
+        raise Atom3dError(path, "no 'atoms_pocket' atom table", entry)
+    chains = atoms_to_records(pocket, f"{item_id}_pocket", source)
+    if not chains:
+        raise Atom3dError(path, "no protein chain in 'atoms_pocket'", entry)
+    record = merge_chain_records(chains, item_id, source)
+    record.update(labels=labels, group=item_id, role="complex", split="", ligand=ligand_from_atoms(
+        item.get("atoms_ligand"), path, entry))  # fmt: skip
+    return record
+
+
 def _plain(value: Any) -> Any:
     """A JSON-serialisable copy of an LMDB label (numpy scalars/arrays, tuples, nested dicts)."""
     if isinstance(value, dict):
@@ -653,6 +712,8 @@ def read_shard(
     Every record carries ``labels`` = the item's ``scores`` (PSR: ``gdt_ts``, ``tm``, ...; LBA:
     ``neg_log_aff``) and/or ``label`` (MSP, RES versions with labels), ``group`` = the item id
     (a PSR target/model, an LBA complex, an MSP mutation) and ``role`` = the atom table's key.
+    LBA (``task: lba`` without ``atoms_keys``) makes one record per complex instead
+    (:func:`lba_complex_record`): the pocket's chains merged, ``role`` ``complex``, and the ligand.
 
     Raises:
         ConfigError: an unknown option or task. Atom3dError: see :func:`read_lmdb_shard`.
@@ -679,6 +740,8 @@ def read_shard(
     def tables(item: dict[str, Any], reader: LMDBReader, index: int, source: str) -> list[dict[str, Any]]:
         item_id = str(_plain(item.get("id", index)))
         labels = {k: _plain(item[k]) for k in ("scores", "label") if k in item}
+        if task == "lba" and not options.get("atoms_keys"):
+            return [lba_complex_record(item, item_id, labels, source, reader.path, reader.entry_name(index))]
         item_records = []
         for key in keys:
             table = item.get(key)

@@ -402,9 +402,15 @@ def _ligand_from_mol(mol, path: Path) -> dict[str, Any]:
         bonds.append([new_index[i], new_index[j], int(round(kek_bond.GetBondTypeAsDouble()))])
         aromatic.append(bond.GetIsAromatic())
     atoms = [mol.GetAtomWithIdx(i) for i in heavy]
+    # every atom with hydrogens, as ATOM3D's LBA ligand tables hold them (atom3d ``SDFDataset``: the SDF read
+    # with its hydrogens, then ``formats.mol_to_df(add_hs=True)``: RDKit ``AddHs(addCoords=True)``): the
+    # file's atoms in file order, then any hydrogen RDKit adds
+    with_h = Chem.AddHs(mol, addCoords=True)
     return {
         "position": torch.tensor(np.asarray(positions), dtype=torch.float32),
         "element": [atom.GetSymbol() for atom in atoms],
+        "position_with_h": torch.tensor(np.asarray(with_h.GetConformer().GetPositions()), dtype=torch.float32),
+        "element_with_h": [atom.GetSymbol() for atom in with_h.GetAtoms()],
         "atomic_number": torch.tensor([atom.GetAtomicNum() for atom in atoms], dtype=torch.long),
         "formal_charge": torch.tensor([atom.GetFormalCharge() for atom in atoms], dtype=torch.long),
         "bonds": torch.tensor(bonds, dtype=torch.long).reshape(-1, 3),
@@ -475,7 +481,10 @@ def read_ligand(sdf: str | Path | None, mol2: str | Path | None = None) -> dict[
         ``{"position": FloatTensor (A, 3) Å, "element": list[str] (A), "atomic_number": LongTensor (A,),
         "formal_charge": LongTensor (A,), "bonds": LongTensor (B, 3) rows [i, j, bond order 1/2/3 of
         the Kekulé form], "bond_aromatic": BoolTensor (B,), "smiles": str (canonical, hydrogens
-        removed), "source": the file name read}``; A = heavy atoms in file order (hydrogens dropped),
+        removed), "position_with_h": FloatTensor (A + H, 3) Å and "element_with_h": list[str] (A + H), every atom
+        with hydrogens as ATOM3D's LBA ligand tables hold them (the file's atoms in file order, then the hydrogens
+        RDKit's ``AddHs(addCoords=True)`` adds: atom3d ``formats.mol_to_df``), "source": the file name read}``;
+        A = heavy atoms in file order (hydrogens dropped),
         B = bonds between heavy atoms.
 
     Raises:

@@ -41,7 +41,8 @@ molformer   Molformer (Wu et al., AAAI 2023) as Wu et al. (2023) use it    Cα, 
 =========== ============================================================== ==================
 For ``gvp``, ``egnn`` and ``molformer`` (Wu et al.), with ESM-2 features the 1280-d vector
 *replaces* the residue-type input (it is not concatenated); without, the residue type is embedded
-(``nn.Embedding``). EGNN has no other input layer: with ESM-2 all its layers are 1280 wide.
+(``nn.Embedding`` with one row per one-hot column: 21, or 22 with LBA's ligand-atom type). EGNN has no
+other input layer: with ESM-2 all its layers are 1280 wide.
 """
 
 from __future__ import annotations
@@ -329,6 +330,7 @@ def _build_gvp(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tupl
     net = GVPGNN(
         embed_dim=spec.get("embed_dim", 32),
         plm_dim=input_dim if plm else None,
+        num_residue_types=input_dim,
         node_dims=tuple(spec.get("node_dims", (100, 16))),
         edge_dims=tuple(spec.get("edge_dims", (32, 1))),
         num_rbf=spec.get("num_rbf", 16),
@@ -413,7 +415,7 @@ def _build_egnn(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tup
         attention=spec.get("attention", False),
         embedding_in_out=False,
     )
-    embed = None if plm else nn.Embedding(NUM_RESIDUE_TYPES, width)
+    embed = None if plm else nn.Embedding(input_dim, width)
     return CaGraphEncoder(net, "egnn", plm, num_rbf=num_rbf, d_max=spec.get("d_max", 8.0), embed=embed), width
 
 
@@ -426,7 +428,7 @@ def _build_molformer(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -
     readout = spec.get("readout", "mean")
     if readout not in ("mean", "padded_mean"):
         raise ConfigError(f"models.{name}.readout: {readout!r} is not a Molformer readout (mean, padded_mean)")
-    net = molformer.Molformer(plm_dim=input_dim if plm else None, **options)
+    net = molformer.Molformer(plm_dim=input_dim if plm else None, num_residue_types=input_dim, **options)
     return CaGraphEncoder(net, "molformer", plm, readout=readout), net.output_dim
 
 

@@ -16,6 +16,7 @@ regression          PSR (ESM-GearNet): GDT-TS, normalised MSE, Spearman         
 mutation_pair       MSP (ESM-GearNet): wild type / mutant pairs, BCE, AUROC      :mod:`~geoplm.tasks.pairs`
 docking             rigid docking with EquiDock (Ganea et al.; Wu et al.)        :mod:`~geoplm.tasks.docking`
 interface_residues  PPI (Wu et al.): interface residues of a pair, BCE, AUROC    :mod:`~geoplm.tasks.interface`
+ligand_affinity     LBA (Wu et al.): pK of a pocket + ligand graph, MSE, RMSE    :mod:`~geoplm.tasks.affinity`
 =================== ============================================================ ===============================
 
 A new task is a module with a :class:`~geoplm.tasks.base.Task` subclass plus one entry in :data:`TASKS`
@@ -39,6 +40,7 @@ TASKS: dict[str, str] = {
     "mutation_pair": "geoplm.tasks.pairs:MutationPair",
     "docking": "geoplm.tasks.docking:RigidDocking",
     "interface_residues": "geoplm.tasks.interface:InterfaceResidues",
+    "ligand_affinity": "geoplm.tasks.affinity:LigandAffinity",
 }
 
 
