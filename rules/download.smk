@@ -18,6 +18,7 @@ rule download_structures:
         directory=lambda wildcards: f"{RAW}/{wildcards.source}/files",
         missing_files=config.get("missing_files", "auto"),
         manual=lambda wildcards: config["sources"][wildcards.source].get("manual"),
+        lock=config.get("checksum_lock", "checksums.lock.tsv"),
     script:
         "../scripts/download.py"
 
@@ -45,5 +46,6 @@ rule download_esm:
             ),
             None,
         ),
+        lock=config.get("checksum_lock", "checksums.lock.tsv"),
     script:
         "../scripts/download_esm.py"

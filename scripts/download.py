@@ -17,4 +17,5 @@ with steps.logged(sm.log[0]):
         sm.config.get("mirror"),
         missing_files=sm.params.missing_files,
         manual=sm.params.manual,
+        lock=sm.params.lock,
     )

@@ -11,5 +11,10 @@ sm = snakemake  # noqa: F821
 
 with steps.logged(sm.log[0]):
     steps.download_esm(
-        sm.wildcards.checkpoint, sm.output.model, sm.output.regression, sm.params.checksum, sm.config.get("mirror")
+        sm.wildcards.checkpoint,
+        sm.output.model,
+        sm.output.regression,
+        sm.params.checksum,
+        sm.config.get("mirror"),
+        lock=sm.params.lock,
     )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from geoplm import steps, structure
 from geoplm.errors import StructureError
+from geoplm.steps import read_tsv
 
 
 @pytest.fixture
@@ -162,13 +165,71 @@ def test_manifest_carries_group_role_and_labels_and_splits_by_group(shared_data,
 
 
 def test_same_named_mirror_file_of_another_checksum(shared_data, tmp_path):
-    """Mirrors are searched by name: with a partial mirror, a file of that name whose checksum differs
-    (corrupt, or another file) is reported with the mismatch, never taken; with ``fail`` it stops."""
+    """Mirrors are searched by name: a file of that name whose checksum differs (corrupt, or another file) is
+    never taken, nor counted as missing: the download fails with the file and both digests named, whatever
+    ``missing_files`` says, and keeps nothing."""
     from geoplm.errors import ChecksumError
 
     files = [{"url": "https://files.rcsb.org/download/11as.pdb", "checksum": "sha256:" + "0" * 64}]
-    table = steps.download_files(files, tmp_path / "files", tmp_path / "m.tsv", str(shared_data))
-    assert list(table["origin"]) == ["missing"] and "does not match" in table["reason"][0]
-    assert not (tmp_path / "files" / "11as.pdb").exists()
-    with pytest.raises(ChecksumError, match="11as.pdb"):
-        steps.download_files(files, tmp_path / "f2", tmp_path / "m2.tsv", str(shared_data), missing_files="fail")
+    actual = hashlib.sha256((shared_data / "pdb" / "11as.pdb").read_bytes()).hexdigest()
+    for policy in ("auto", "skip", "fail"):
+        with pytest.raises(ChecksumError) as error:
+            steps.download_files(files, tmp_path / policy, tmp_path / f"{policy}.tsv", str(shared_data), policy)
+        assert "11as.pdb" in str(error.value) and actual in str(error.value) and "0" * 64 in str(error.value)
+        assert not (tmp_path / policy / "11as.pdb").exists() and not (tmp_path / f"{policy}.tsv").exists()
+
+
+def test_corrupt_mirror_file_fails_and_the_repaired_mirror_is_used(shared_data, tmp_path):
+    """The issue's case: a truncated copy of 103l.pdb in a private mirror, with the demo's pinned checksum, fails
+    the download (not accepted, not missing); once the mirror is repaired the rerun takes it from the mirror."""
+    from geoplm import config as geoplm_config
+    from geoplm.errors import ChecksumError
+
+    repo = Path(__file__).resolve().parents[1]
+    demo = geoplm_config.load_config(repo / "config" / "config.yaml", repo / "config" / "demo.yaml")
+    entry = next(f for f in demo["sources"]["demo_structures"]["files"] if f["url"].endswith("/103l.pdb"))
+    assert entry["checksum"].startswith("sha256:")
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    original = (shared_data / "pdb" / "103l.pdb").read_bytes()
+    (mirror / "103l.pdb").write_bytes(original[:73305])
+    with pytest.raises(ChecksumError, match="103l.pdb"):
+        steps.download_files([entry], tmp_path / "files", tmp_path / "m.tsv", str(mirror), "skip")
+    assert not (tmp_path / "files" / "103l.pdb").exists()
+    (mirror / "103l.pdb").write_bytes(original)
+    table = steps.download_files([entry], tmp_path / "files", tmp_path / "m.tsv", str(mirror), "skip")
+    assert list(table["origin"]) == ["mirror"] and (tmp_path / "files" / "103l.pdb").read_bytes() == original
+
+
+def test_unpinned_files_are_pinned_by_the_lock_file_on_first_download(shared_data, tmp_path):
+    """A file whose source publishes no checksum is recorded in the lock file (url, sha256, name, time) on its
+    first verified download; a later copy of another content is refused, naming the lock file."""
+    from geoplm.errors import ChecksumError
+
+    lock = tmp_path / "checksums.lock.tsv"
+    files = [{"url": "https://files.rcsb.org/download/103l.pdb"}, {"url": "https://files.rcsb.org/download/1dix.pdb"}]
+    steps.download_files(files, tmp_path / "a", tmp_path / "a.tsv", str(shared_data), lock=lock)
+    rows = read_tsv(lock)
+    assert list(rows.columns) == ["url", "checksum", "file", "recorded"]
+    assert list(rows["url"]) == sorted(f["url"] for f in files)
+    digest = hashlib.sha256((shared_data / "pdb" / "103l.pdb").read_bytes()).hexdigest()
+    assert rows.set_index("file").loc["103l.pdb", "checksum"] == f"sha256:{digest}"
+    # the same files again (another directory): accepted, lock unchanged
+    before = lock.read_text()
+    steps.download_files(files, tmp_path / "b", tmp_path / "b.tsv", str(shared_data), lock=lock)
+    assert lock.read_text() == before
+    # a mirror whose 103l.pdb differs: refused
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "103l.pdb").write_bytes((shared_data / "pdb" / "103l.pdb").read_bytes()[:-100])
+    with pytest.raises(ChecksumError, match="checksums.lock.tsv"):
+        steps.download_files(files[:1], tmp_path / "c", tmp_path / "c.tsv", str(mirror), lock=lock)
+
+
+def test_cli_download_fails_on_a_checksum_mismatch(shared_data, tmp_path, capsys):
+    from geoplm import cli
+
+    status = cli.main(["download", "--url", "https://files.rcsb.org/download/11as.pdb", "--checksum",
+                       "sha256:" + "0" * 64, "--out-dir", str(tmp_path), "--manifest", str(tmp_path / "m.tsv"),
+                       "--mirror", str(shared_data)])  # fmt: skip
+    assert status != 0 and "does not match" in capsys.readouterr().err

@@ -107,6 +107,40 @@ def test_interrupted_run_resumes_where_it_stopped(dataset, tmp_path, monkeypatch
     run(root, tmp_path / "crashed", dict(TASK, epochs=1))
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other_shapes"])
+def test_unreadable_resume_file_is_set_aside_and_training_starts_over(dataset, tmp_path, monkeypatch, caplog, damage):
+    """A damaged ``model.pt.resume.pt`` (truncated, not a torch file, or weights of other shapes) does not block
+    training: it is moved to ``model.pt.resume.pt.unreadable`` with a warning naming it, and the run starts over
+    with the uninterrupted run's result."""
+    root, _ = dataset
+    clean = run(root, tmp_path / "clean")
+    out = tmp_path / "damaged"
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed after training")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(atomic, "write_json", crash)
+        with pytest.raises(KeyboardInterrupt):
+            run(root, out)
+    resume = out / "model.pt.resume.pt"
+    data = resume.read_bytes()
+    if damage == "truncated":
+        resume.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        resume.write_bytes(b"not a checkpoint\n" * 10)
+    else:
+        saved = torch.load(resume, weights_only=True)
+        saved["model"] = {key: value.reshape(-1)[:1] for key, value in saved["model"].items()}
+        torch.save(saved, resume)
+    with caplog.at_level("WARNING", logger="geoplm.train"):
+        again = run(root, out)
+    assert again["history"] == clean["history"] and again["test"] == clean["test"]
+    aside = out / "model.pt.resume.pt.unreadable"
+    assert aside.exists() and not resume.exists()
+    assert any(str(resume) in r.getMessage() and str(aside) in r.getMessage() for r in caplog.records)
+
+
 def test_absolute_position_ignores_residues_beyond_the_classes(dataset, tmp_path):
     root, _ = dataset
     task = {"kind": "absolute_position", "num_classes": 64, "epochs": 1, "batch_size": 4, "lr": 1e-3}

@@ -2,18 +2,47 @@
 
 Every writer in geoplm goes through :func:`atomic_path`: it yields a temporary path in the target's
 directory and renames it over the target only when the block finished without an exception, so a
-killed job leaves no truncated file that Snakemake (or a rerun) could take as done.
+killed job leaves no truncated file that Snakemake (or a rerun) could take as done. Outputs get the
+mode an ordinary ``open()`` would give them (``0666`` less the umask: ``0644`` under the usual ``022``),
+not the ``0600`` of a temporary file; the temporary files a killed writer (SIGKILL) left beside a target
+are removed by the next write of that target.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+_MODE: int | None = None
+
+
+def output_mode() -> int:
+    """The permission bits of a new output: ``0o666`` less the process umask (read once)."""
+    global _MODE
+    if _MODE is None:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        _MODE = 0o666 & ~mask
+    return _MODE
+
+
+def remove_partial_files(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files :func:`atomic_path` writers of ``target`` left behind when killed
+    (``.{name}.<random>[suffix].part`` beside it); return them."""
+    target = Path(target)
+    pattern = os.path.join(glob.escape(str(target.parent)), f".{glob.escape(target.name)}.*.part")
+    removed = []
+    for path in map(Path, glob.glob(pattern)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -29,11 +58,14 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_partial_files(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".part", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, output_mode())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--mirror")
+    p.add_argument("--lock", help="checksum lock file pinning files given without --checksum (checksums.lock.tsv)")
 
     p = sub.add_parser("parse", help="structure files listed in download manifests -> record shard")
     p.add_argument("--downloads", nargs="+", required=True)
@@ -96,7 +97,10 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "download":
         checksums = args.checksum + [None] * (len(args.url) - len(args.checksum))
         files = [{"url": url, "checksum": checksum} for url, checksum in zip(args.url, checksums, strict=True)]
-        steps.download_files(files, args.out_dir, args.manifest, args.mirror)
+        table = steps.download_files(files, args.out_dir, args.manifest, args.mirror, lock=args.lock)
+        missing = table[table["origin"] == "missing"]
+        if len(missing):
+            raise GeoplmError(f"{len(missing)} of {len(table)} files missing: {'; '.join(missing['reason'])}")
     elif args.command == "parse":
         out = Path(args.out)
         stem = out.with_suffix("")

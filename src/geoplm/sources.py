@@ -3,15 +3,20 @@
 A *source* is a list of files named by their canonical upstream URL (RCSB, AlphaFold DB, Zenodo,
 fair-esm, ...). :func:`fetch` brings one file to ``resources/raw/...``:
 
-1. a file already there whose recorded SHA-256 (the ``.sha256`` file beside it) matches is kept;
+1. a file already there is kept when it is still the file that was verified: the ``.sha256`` file
+   beside it records its SHA-256 with its size and modification time (a cheap stamp); when the
+   stamp differs the file is hashed again, and a file whose digest changed, or that does not match
+   the expected checksum, is fetched again (:func:`cached_digest`);
 2. otherwise the *mirror*, a local directory searched recursively by file name, is used
    (the ``mirror`` config key, or the ``GEOPLM_MIRROR`` environment variable, which wins);
 3. otherwise the URL is downloaded into ``<file>.part`` with HTTP ``Range`` requests, so an
    interrupted transfer resumes where it stopped, retried with exponential back-off.
 
-The file is renamed into place only after its SHA-256 matched the expected digest (where one is
-known); a mismatching or truncated file is deleted and never taken as done
-(:class:`~geoplm.errors.ChecksumError`). The digest of every file is recorded beside it.
+The file is renamed into place only after its digest matched the expected one; a mismatching or
+truncated file is deleted and never taken as done (:class:`~geoplm.errors.ChecksumError`, naming the
+file and both digests). Every file is pinned: by the checksum its source publishes (or the config
+gives), else by the SHA-256 of its first verified copy, kept in a lock file the workflow writes and a
+user can review and commit (:class:`ChecksumLock`, ``checksums.lock.tsv``); later copies must match it.
 """
 
 from __future__ import annotations
@@ -146,20 +151,150 @@ def find_in_mirror(mirror: Path, name: str, checksum: str | None = None) -> Path
     return candidates[0]
 
 
-def _recorded_digest(dest: Path) -> str | None:
-    sidecar = dest.with_name(dest.name + ".sha256")
-    if dest.exists() and sidecar.exists():
-        recorded = sidecar.read_text().split()[0]
-        if dest.stat().st_mtime <= sidecar.stat().st_mtime:
-            return recorded
-    return None
+def _sidecar(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".sha256")
 
 
-def _record_digest(dest: Path, digest: str) -> None:
-    sidecar = dest.with_name(dest.name + ".sha256")
-    tmp = sidecar.with_name(sidecar.name + ".part")
-    tmp.write_text(f"{digest}  {dest.name}\n")
-    os.replace(tmp, sidecar)
+def _read_sidecar(dest: Path) -> dict | None:
+    """The record beside a cached file: ``{"sha256", "size", "mtime_ns", "verified": set}``, or None."""
+    sidecar = _sidecar(dest)
+    if not (dest.exists() and sidecar.exists()):
+        return None
+    lines = sidecar.read_text().splitlines()
+    if not lines or not lines[0].split():
+        return None
+    info: dict = {"sha256": lines[0].split()[0], "size": None, "mtime_ns": None, "verified": set()}
+    for line in lines[1:]:
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == "size" and parts[2] == "mtime_ns":
+            info["size"], info["mtime_ns"] = int(parts[1]), int(parts[3])
+        elif len(parts) == 2 and parts[0] == "verified":
+            info["verified"].add(parts[1])
+    return info
+
+
+def _record_digest(dest: Path, digest: str, verified: set[str] | frozenset[str] = frozenset()) -> None:
+    """Write ``<dest>.sha256``: the SHA-256 and name (``sha256sum`` format) on the first line, then the
+    size / mtime stamp and the checksums the file was verified against."""
+    from geoplm import atomic
+
+    stat = dest.stat()
+    lines = [f"{digest}  {dest.name}", f"size {stat.st_size} mtime_ns {stat.st_mtime_ns}"]
+    lines += [f"verified {checksum}" for checksum in sorted(verified)]
+    atomic.write_text(_sidecar(dest), "\n".join(lines) + "\n")
+
+
+def cached_digest(dest: str | os.PathLike, checksum: str | None = None) -> str | None:
+    """The SHA-256 of a previously fetched file if it can be used as it is, else None (fetch it again).
+
+    The file is used when its size and modification time are those recorded at verification, or, when
+    they are not, when its SHA-256 still equals the recorded one (the stamp is then renewed); and when it
+    matches ``checksum`` (an MD5 is computed once and remembered). A file that changed since it was
+    verified, or that does not match ``checksum``, is reported (warning) and removed with its record.
+    """
+    dest = Path(dest)
+    info = _read_sidecar(dest)
+    if info is None:
+        return None
+    stat = dest.stat()
+    digest, verified = info["sha256"], set(info["verified"])
+    renew = False
+    if (info["size"], info["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
+        found = sha256_file(dest)
+        if found != digest:
+            log.warning(
+                "%s changed since it was verified (sha256 %s, recorded %s): fetching it again", dest, found, digest
+            )
+            _discard(dest)
+            return None
+        renew = True
+    expected = parse_checksum(checksum)
+    if expected is not None:
+        pinned = f"{expected[0]}:{expected[1]}"
+        if expected[0] == "sha256":
+            ok = digest == expected[1]
+        elif pinned in verified:
+            ok = True
+        else:
+            ok = hash_file(dest, expected[0]) == expected[1]
+            renew = renew or ok
+        if not ok:
+            log.warning("%s (sha256 %s) does not match its checksum %s: fetching it again", dest, digest, pinned)
+            _discard(dest)
+            return None
+        verified.add(pinned)
+    if renew:
+        _record_digest(dest, digest, verified)
+    return digest
+
+
+def _discard(dest: Path) -> None:
+    dest.unlink(missing_ok=True)
+    _sidecar(dest).unlink(missing_ok=True)
+
+
+#: Columns of the checksum lock file (:class:`ChecksumLock`).
+LOCK_COLUMNS: tuple[str, ...] = ("url", "checksum", "file", "recorded")
+
+
+class ChecksumLock:
+    """The lock file that pins files whose source publishes no checksum: the SHA-256 of the first verified
+    copy of each URL (trust on first use), which every later copy must match.
+
+    The file (default ``checksums.lock.tsv`` in the workflow directory, config key ``checksum_lock``) is a
+    TSV with the columns :data:`LOCK_COLUMNS` (url, ``sha256:<hex>``, the file name, the UTC time it was
+    recorded), sorted by URL, for a user to review and commit. Jobs that download in parallel merge their
+    entries under an exclusive ``flock`` on ``<lock>.lck``; the file is rewritten atomically.
+
+    Args:
+        path: the lock file.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def read(self) -> dict[str, str]:
+        """URL -> ``sha256:<hex>`` (empty when the file does not exist).
+
+        Raises:
+            DownloadError: a malformed line (the message names the file and line).
+        """
+        if not self.path.exists():
+            return {}
+        pinned: dict[str, str] = {}
+        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+            if number == 1 or not line.strip() or line.startswith("#"):
+                continue
+            fields = line.split("\t")
+            try:
+                parse_checksum(fields[1])
+            except (IndexError, DownloadError) as error:
+                raise DownloadError(f"{self.path}:{number}: not 'url<TAB>sha256:<hex>...' ({error})") from None
+            pinned[fields[0]] = fields[1]
+        return pinned
+
+    def record(self, entries: dict[str, tuple[str, str]]) -> None:
+        """Add ``{url: (checksum, file name)}`` to the lock file (entries already there are kept as they are)."""
+        if not entries:
+            return
+        import fcntl
+        from datetime import UTC, datetime
+
+        from geoplm import atomic
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lck"), "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            rows = {}
+            if self.path.exists():
+                for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+                    if number > 1 and line.strip() and not line.startswith("#"):
+                        rows[line.split("\t", 1)[0]] = line
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            for url, (checksum, name) in entries.items():
+                rows.setdefault(url, "\t".join((url, checksum, name, now)))
+            text = "\t".join(LOCK_COLUMNS) + "\n" + "".join(rows[url] + "\n" for url in sorted(rows))
+            atomic.write_text(self.path, text)
 
 
 def _verify(part: Path, expected: tuple[str, str] | None, what: str) -> str:
@@ -241,12 +376,10 @@ def fetch(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     expected = parse_checksum(checksum)
-    recorded = _recorded_digest(dest)
+    recorded = cached_digest(dest, checksum)
     if recorded is not None:
-        if expected is None or (expected[0] == "sha256" and recorded == expected[1]):
-            return Fetched(dest, url, recorded, dest.stat().st_size, "cache")
-        if expected[0] != "sha256" and hash_file(dest, expected[0]) == expected[1]:
-            return Fetched(dest, url, recorded, dest.stat().st_size, "cache")
+        return Fetched(dest, url, recorded, dest.stat().st_size, "cache")
+    verified = frozenset() if expected is None else frozenset({f"{expected[0]}:{expected[1]}"})
 
     part = dest.with_name(dest.name + ".part")
     name = name or file_name(url)
@@ -257,7 +390,7 @@ def fetch(
         shutil.copyfile(source, part)
         digest = _verify(part, expected, f"{source} (mirror copy of {url})")
         os.replace(part, dest)
-        _record_digest(dest, digest)
+        _record_digest(dest, digest, verified)
         return Fetched(dest, url, digest, dest.stat().st_size, "mirror")
 
     errors: list[str] = []
@@ -281,5 +414,5 @@ def fetch(
         )
     digest = _verify(part, expected, f"{dest} (downloaded from {url})")
     os.replace(part, dest)
-    _record_digest(dest, digest)
+    _record_digest(dest, digest, verified)
     return Fetched(dest, url, digest, dest.stat().st_size, "network")

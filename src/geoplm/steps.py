@@ -104,22 +104,28 @@ def download_files(
     mirror: str | None,
     missing_files: str = "auto",
     manual: str | None = None,
+    lock: str | Path | None = None,
 ) -> pd.DataFrame:
     """Fetch every file of a source shard into ``directory``; write the download manifest.
 
     Args:
         files: entries with ``url`` and optional ``checksum`` (``sha256:`` / ``md5:``) and ``name``
-            (the upstream file name, when the URL's last segment is not it).
+            (the upstream file name, when the URL's last segment is not it). A file without a checksum is
+            pinned by ``lock``: checked against the digest recorded there, or, on its first download, its
+            SHA-256 is recorded there.
         directory: where the files go (``resources/raw/{source}/files``).
         manifest: the TSV written last, listing file, url, sha256, bytes, origin (``cache``,
             ``mirror``, ``network`` or ``missing``) and, for missing files, the reason.
         mirror: the configured mirror directory (``$GEOPLM_MIRROR`` overrides it).
         missing_files: ``auto``, ``skip`` or ``fail`` (see :func:`missing_policy`).
         manual: how to obtain a licensed file by hand (added to the reason / error).
+        lock: the checksum lock file (:class:`geoplm.sources.ChecksumLock`); None: unpinned files are
+            accepted as found (their SHA-256 is still recorded in the manifest).
 
     Raises:
-        ChecksumError: a mirror or downloaded copy does not match its checksum and the policy is
-            ``fail`` (with ``skip`` the file is reported missing, the mismatch as the reason).
+        ChecksumError: a mirror, cached or downloaded copy does not match its checksum (the published one,
+            the config's, or the lock file's): always, whatever ``missing_files`` says -- a wrong file is
+            never taken as missing. The message names the file and both digests.
         DownloadError: a file cannot be obtained and the policy is ``fail``. Files already
             fetched stay in place (with their recorded digests), so a rerun resumes.
     """
@@ -129,26 +135,43 @@ def download_files(
     mirror_dir = sources.resolve_mirror(mirror)
     policy = missing_policy(missing_files, mirror_dir)
     log.info("mirror: %s; missing files: %s", mirror_dir or "none (network only)", policy)
+    checksum_lock = sources.ChecksumLock(lock) if lock else None
+    pinned = checksum_lock.read() if checksum_lock else {}
+    new_pins: dict[str, tuple[str, str]] = {}
     rows = []
     for entry in files:
         name = entry.get("name") or sources.file_name(entry["url"])
+        checksum, by_lock = entry.get("checksum"), False
+        if not checksum and entry["url"] in pinned:
+            checksum, by_lock = pinned[entry["url"]], True
         try:
-            got = sources.fetch(entry["url"], Path(directory) / name, entry.get("checksum"), mirror_dir, name=name)
-        except (DownloadError, ChecksumError) as error:
-            # a mirror file of that name with another checksum is corrupt -- or another file of
-            # the same name (mirrors are searched by name): with a partial mirror, report it
+            got = sources.fetch(entry["url"], Path(directory) / name, checksum, mirror_dir, name=name)
+        except ChecksumError as error:
+            where = (
+                f" (pinned by {checksum_lock.path} when it was first downloaded: if upstream replaced the file on "
+                f"purpose, delete its line there)"
+                if by_lock
+                else ""
+            )
+            raise ChecksumError(f"{error}{where}") from error
+        except DownloadError as error:
             reason = f"{error}" + (f" Licensed file: {manual}" if manual else "")
             if policy == "fail":
-                raise type(error)(reason) from error
+                raise DownloadError(reason) from error
             log.warning("missing: %s", reason)
             rows.append(
                 {"file": str(Path(directory) / name), "url": entry["url"], "origin": "missing", "reason": reason}
             )
             continue
+        if checksum_lock is not None and not checksum:
+            new_pins[entry["url"]] = (f"sha256:{got.sha256}", name)
         log.info("%s: %s (%d bytes, sha256 %s)", name, got.origin, got.bytes, got.sha256)
         rows.append(
             {"file": str(got.path), "url": got.url, "sha256": got.sha256, "bytes": got.bytes, "origin": got.origin}
         )
+    if checksum_lock is not None and new_pins:
+        checksum_lock.record(new_pins)
+        log.info("pinned %d files without a published checksum in %s", len(new_pins), checksum_lock.path)
     write_tsv(manifest, rows, DOWNLOAD_COLUMNS)
     missing = sum(row["origin"] == "missing" for row in rows)
     if missing:
@@ -175,9 +198,16 @@ def downloaded_files(downloads: Sequence[str | Path]) -> tuple[list[Path], list[
 
 
 def download_esm(
-    name: str, model_path: str | Path, regression_path: str | Path, checksum: str | None, mirror: str | None
+    name: str,
+    model_path: str | Path,
+    regression_path: str | Path,
+    checksum: str | None,
+    mirror: str | None,
+    lock: str | Path | None = None,
 ) -> None:
-    """Fetch a fair-esm ESM-2 checkpoint and its contact-regression file (fair-esm's own URLs).
+    """Fetch a fair-esm ESM-2 checkpoint and its contact-regression file (fair-esm's own URLs); fair-esm
+    publishes no checksums, so each is pinned by ``checksum`` (the plm's config entry) or the lock file
+    (:class:`geoplm.sources.ChecksumLock`).
 
     Raises:
         ChecksumError, DownloadError: from :func:`geoplm.sources.fetch`.
@@ -186,9 +216,16 @@ def download_esm(
 
     spec = esm.ESM2_MODELS[name]
     mirror_dir = sources.resolve_mirror(mirror)
+    checksum_lock = sources.ChecksumLock(lock) if lock else None
+    pinned = checksum_lock.read() if checksum_lock else {}
+    new_pins: dict[str, tuple[str, str]] = {}
     for url, dest, expected in ((spec["url"], model_path, checksum), (spec["regression_url"], regression_path, None)):
-        got = sources.fetch(url, dest, expected, mirror_dir)
+        got = sources.fetch(url, dest, expected or pinned.get(url), mirror_dir)
+        if checksum_lock is not None and not expected and url not in pinned:
+            new_pins[url] = (f"sha256:{got.sha256}", Path(dest).name)
         log.info("%s: %s (%d bytes, sha256 %s)", Path(dest).name, got.origin, got.bytes, got.sha256)
+    if checksum_lock is not None:
+        checksum_lock.record(new_pins)
 
 
 def device() -> str:

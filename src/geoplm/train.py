@@ -32,6 +32,7 @@ equidock_public ``src/train.py``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -95,22 +96,60 @@ def load_resume(
 ) -> dict | None:
     """Restore a run from its per-epoch resume file when it was written with the same ``settings``:
     weights, optimizer (and scheduler, Python RNG) and torch RNG state; return the loop state saved
-    with it, or None (no file, or other settings: training starts over)."""
+    with it, or None (no file, or other settings: training starts over).
+
+    A resume file that cannot be read or does not fit the run (truncated, damaged, missing keys, weights of
+    other shapes) is set aside as ``<file>.unreadable`` with a warning naming both, everything it may have
+    changed is put back, and None is returned: training starts over and gives the uninterrupted run's result.
+    """
     if not resume_path.exists():
         return None
-    saved = torch.load(resume_path, map_location="cpu", weights_only=True)
+    try:
+        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict):
+            raise TypeError(f"a {type(saved).__name__}, not a resume dictionary")
+    except Exception as error:  # truncated zip, unpickling errors, ...: any unreadable file
+        _set_aside(resume_path, f"cannot be read ({type(error).__name__}: {error})")
+        return None
     if saved.get("settings") != settings:
         log.info("ignoring %s: written with other settings", resume_path)
         return None
-    net.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    if scheduler is not None and saved.get("scheduler") is not None:
-        scheduler.load_state_dict(saved["scheduler"])
-    if rng is not None and saved.get("rng") is not None:
-        rng.setstate(saved["rng"])
-    torch.set_rng_state(saved["torch_rng"])
-    log.info("resuming %s after epoch %d", run_name, saved["state"]["epoch"])
-    return saved["state"]
+    before = (
+        copy.deepcopy(net.state_dict()),
+        copy.deepcopy(optimizer.state_dict()),
+        None if scheduler is None else copy.deepcopy(scheduler.state_dict()),
+        None if rng is None else rng.getstate(),
+        torch.get_rng_state(),
+    )
+    try:
+        net.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved.get("scheduler") is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        if rng is not None and saved.get("rng") is not None:
+            rng.setstate(saved["rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved["state"]
+        epoch = int(state["epoch"])
+    except Exception as error:  # missing keys, other shapes, a damaged state
+        net.load_state_dict(before[0])
+        optimizer.load_state_dict(before[1])
+        if scheduler is not None:
+            scheduler.load_state_dict(before[2])
+        if rng is not None:
+            rng.setstate(before[3])
+        torch.set_rng_state(before[4])
+        _set_aside(resume_path, f"does not fit this run ({type(error).__name__}: {error})")
+        return None
+    log.info("resuming %s after epoch %d", run_name, epoch)
+    return state
+
+
+def _set_aside(resume_path: Path, reason: str) -> None:
+    """Move an unusable resume file to ``<file>.unreadable`` (replacing an older one) and warn."""
+    aside = resume_path.with_name(resume_path.name + ".unreadable")
+    os.replace(resume_path, aside)
+    log.warning("resume file %s %s; moved to %s, training starts over", resume_path, reason, aside)
 
 
 def build_optimizer(task: Task, net: nn.Module, esm_lr_ratio: float = 0.1) -> torch.optim.Optimizer:
