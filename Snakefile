@@ -1,15 +1,41 @@
 # geoplm: GearNet, ESM-GearNet and Wu et al. (2023), end to end.
 # Run one table at a time: `snakemake --cores N table_toy_position` (see README.md).
 
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from geoplm import config as geoplm_config  # noqa: E402
+
+# The config files, in merge order: the workflow's, then each --configfile (Snakemake has parsed those already).
+CONFIG_FILES = [
+    geoplm_config.display_path(path)
+    for path in ["config/config.yaml", *workflow.config_settings.configfiles]
+    if Path(path).exists()
+]
+
+# A config error stops the workflow with one message (no traceback) naming the file, line and key path:
+# YAML syntax errors and duplicate keys (Snakemake's own message names neither file nor line) ...
+with geoplm_config.exit_on_config_error():
+    for path in CONFIG_FILES:
+        geoplm_config.read_yaml(path)
 
 
 configfile: "config/config.yaml"
 
 
-validate(config, schema="config/schema.yaml")
+# ... then every model / task / graph entry's keys by its type or kind, the schema and the names entries use
+# (in the main process: a job's own process, on a cluster or with --mode subprocess, gets the checked config)
+if workflow.is_main_process:
+    with geoplm_config.exit_on_config_error():
+        geoplm_config.check_config(config, files=CONFIG_FILES)
+
+validate(config, schema="config/schema.yaml")  # passes now; fills in the schema's defaults
 
 
 include: "rules/common.smk"

@@ -1,13 +1,8 @@
-# Input functions and config look-ups shared by the stage files; no rules here.
+# Input functions and config look-ups shared by the stage files; no rules here. The config has been checked
+# (geoplm.config.check_config, in the Snakefile, which also puts src/ on sys.path and imports geoplm_config).
 
 import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-
-from geoplm import config as geoplm_config  # noqa: E402
-
-geoplm_config.check_references(config)
 
 RAW = "resources/raw"
 RECORDS = "resources/records"

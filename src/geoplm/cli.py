@@ -11,6 +11,7 @@ Each subcommand runs the same function as the corresponding Snakemake rule::
     geoplm train     --config config/config.yaml [config/demo.yaml] --task T --model M \
                      --records a.pt [b.pt ...] --manifest m.tsv --out DIR \
                      [--embeddings index.tsv ... | --esm-checkpoint esm2_t33_650M_UR50D.pt --plm P]
+    geoplm check-config config/config.yaml [config/demo.yaml ...]
 
 Errors on bad input print one line naming the file, entry or key and exit with status 2.
 """
@@ -78,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plm", help="the configured plm of --esm-checkpoint (its repr_layer, window, checksum)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="directory for metrics.json and model.pt")
+
+    p = sub.add_parser(
+        "check-config",
+        help="check config files as the workflow does (later merged over earlier, as --configfile)",
+        description="Check config files as the workflow does: YAML syntax (file and line), every model, task and "
+        "graph entry's keys by its type / kind, the schema, and the names entries refer to.",
+    )
+    p.add_argument("files", nargs="+", help="config files, e.g. config/config.yaml config/demo.yaml")
     return parser
 
 
@@ -85,12 +94,28 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; return the exit status (2 on bad input)."""
     args = _parser().parse_args(argv)
     try:
-        with steps.logged(None):
-            _run(args)
+        if args.command == "check-config":
+            _check_config(args.files)
+        else:
+            with steps.logged(None):
+                _run(args)
     except GeoplmError as error:
         print(f"geoplm {args.command}: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_config(files: list[str]) -> None:
+    """``geoplm check-config``: load the files as the workflow does; print a line saying they are valid.
+
+    Raises:
+        ConfigError: naming the file, line and key path (:func:`geoplm.config.load_config`).
+    """
+    from geoplm import config as geoplm_config
+
+    config = geoplm_config.load_config(*files)
+    counts = ", ".join(f"{len(config.get(section) or {})} {section}" for section in ("models", "tasks", "tables"))
+    print(f"{' + '.join(files)}: valid ({counts})")
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -1,14 +1,26 @@
-"""Workflow configuration: validation beyond the JSON schema, and the grids the rules expand.
+"""Workflow configuration: reading, validation, and the grids the rules expand.
 
-``config/schema.yaml`` checks each key's type and range (Snakemake's ``validate()``); this module
-checks what a schema cannot express -- that names refer to things that exist -- and derives the
-shard lists and the (task, model, plm, seed) grid of each table. Every error is a
-:class:`~geoplm.errors.ConfigError` naming the offending key.
+:func:`check_config` is what the Snakefile and :func:`load_config` run on the merged config before anything else:
+
+1. :func:`check_entries`: every ``models`` entry by its ``type``, ``tasks`` entry by its ``kind`` and ``graphs``
+   entry by its ``kind`` has only the keys that type / kind takes -- the sets the code itself uses
+   (:data:`geoplm.models.zoo.MODEL_KEYS`, :meth:`geoplm.tasks.base.Task.known_settings`,
+   :data:`geoplm.graph.GRAPH_KINDS`) -- and every ``plms`` entry one of ``checkpoint`` / ``random_init``;
+2. :func:`validate_schema`: ``config/schema.yaml`` (each key's type and range; no unknown key anywhere);
+3. :func:`check_references`: what a schema cannot express -- that names refer to things that exist.
+
+Every error is a :class:`~geoplm.errors.ConfigError` naming the key path and the reason, and, given the config
+files, the file and line that set the key (:func:`locate`). :func:`read_yaml` names the file and line of a YAML
+syntax error or a duplicate key. The rest of the module derives the shard lists and the (task, model, plm, seed)
+grid of each table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +31,92 @@ from geoplm.errors import ConfigError
 NO_PLM = "none"
 NO_PRETRAIN = "none"
 SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+#: other names a graph kind accepts for one of its settings (``graphs`` entry key -> the builder's)
+GRAPH_KEY_ALIASES: dict[str, dict[str, str]] = {"knn": {"knn_k": "k"}}
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _UniqueKeyLoader(_Loader):
+    """YAML's safe loader that rejects a key given twice in one mapping (PyYAML keeps the last silently); keys
+    that a ``<<`` merge brings in may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                    continue
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"the key '{key_node.value}' is given twice in one mapping (first at line "
+                        f"{seen[key_node.value]}; only the last would count)",
+                        key_node.start_mark,
+                    )
+                seen[key_node.value] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies below it (Snakemake makes ``--configfile`` paths
+    absolute; messages name them as the user typed them, mostly)."""
+    path = str(path)
+    if os.path.isabs(path):
+        relative = os.path.relpath(path)
+        if not relative.startswith(".."):
+            return relative
+    return path
+
+
+def _char_at(path: str | Path, line: int, column: int) -> str:
+    """The character at a 0-based line and column of a text file ("" where there is none)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        return lines[line][column] if line < len(lines) and column < len(lines[line]) else ""
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def read_yaml(path: str | Path) -> dict:
+    """One YAML config file as a dict.
+
+    Raises:
+        ConfigError: the file cannot be read, is not valid YAML (naming the file, line and column), has a key twice
+            in one mapping, or is not a mapping.
+    """
+    name = str(path)
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = yaml.load(stream, Loader=_UniqueKeyLoader)
+    except OSError as error:
+        raise ConfigError(f"{name}: cannot read config file: {error.strerror or error}") from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{name}, line {mark.line + 1}, column {mark.column + 1}" if mark else name
+        reason = error.problem or "invalid YAML"
+        context_mark = error.context_mark
+        if error.context:
+            context = error.context
+            if context_mark is not None and (
+                mark is None or (context_mark.line, context_mark.column) != (mark.line, mark.column)
+            ):
+                context += f" at line {context_mark.line + 1}, column {context_mark.column + 1}"
+            reason += f" ({context})"
+        if mark is not None and _char_at(path, mark.line, mark.column) == "\t":
+            reason += "; YAML indents with spaces, not tabs"
+        raise ConfigError(f"{where}: invalid YAML: {reason}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{name}: invalid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{name}: a config file is a mapping of keys (sources, models, ...), not {type(data).__name__}"
+        )
+    return data
 
 
 def merge(base: dict, override: Mapping) -> dict:
@@ -33,46 +131,213 @@ def merge(base: dict, override: Mapping) -> dict:
 
 
 def load_config(*paths: str | Path) -> dict:
-    """Read YAML config files, later ones merged over earlier ones; validate and check references.
+    """Read YAML config files, later ones merged over earlier ones (as Snakemake merges ``--configfile``), and
+    check the result (:func:`check_config`).
 
     Raises:
-        ConfigError: unreadable YAML, a schema violation (the message names the key path),
-            or a dangling reference.
+        ConfigError: a file that is not valid YAML (naming the file and line), or an invalid config (naming the
+            key path, and the file and line that set it).
     """
     config: dict = {}
     for path in paths:
-        try:
-            merge(config, yaml.safe_load(Path(path).read_text()) or {})
-        except (OSError, yaml.YAMLError, AttributeError) as error:
-            raise ConfigError(f"{path}: cannot read config: {error}") from error
-    source = " + ".join(str(path) for path in paths)
-    validate_schema(config, source=source)
-    check_references(config)
+        merge(config, read_yaml(path))
+    check_config(config, files=paths)
     return config
 
 
-def validate_schema(config: Any, source: str = "config", schema_path: Path = SCHEMA) -> None:
-    """Validate ``config`` against ``config/schema.yaml``; fill in the schema's defaults.
+def key_path(key: Sequence) -> str:
+    """A key path as config messages write it: ``tables.wu_mqa.rows.0.plm``."""
+    return ".".join(str(part) for part in key) or "(top level)"
+
+
+def check_config(config: Any, files: Sequence[str | Path] = ()) -> None:
+    """Check a merged config: :func:`check_entries`, :func:`validate_schema`, :func:`check_references` (in that
+    order; the first error is raised). The schema's defaults are not filled in (Snakemake's ``validate()`` does).
+
+    Args:
+        config: the merged config.
+        files: the config files it was merged from, in order; an error names the last one that sets the key.
 
     Raises:
-        ConfigError: naming the key path (``tasks.toy.epochs``) and the violation.
+        ConfigError: ``<file>, line <n>: config key '<key path>': <reason>``.
     """
+    try:
+        check_entries(config)
+        error = schema_error(config)
+        if error is not None:
+            raise error
+        check_references(config)
+    except ConfigError as error:
+        if not files:
+            raise
+        where = locate(error.key, files) if error.key is not None else None
+        where = where or " + ".join(str(path) for path in files)
+        raise ConfigError(f"{where}: {error}", key=error.key) from None
+
+
+@contextmanager
+def exit_on_config_error(prefix: str = "geoplm: invalid config") -> Iterator[None]:
+    """Turn a :class:`ConfigError` into ``SystemExit(message)``: under Snakemake the message alone reaches the
+    user, without a traceback, and the workflow stops with status 1."""
+    try:
+        yield
+    except ConfigError as error:
+        raise SystemExit(f"{prefix}: {error}") from None
+
+
+def locate(key: Sequence, files: Sequence[str | Path]) -> str | None:
+    """``"<file>, line <n>"`` of ``key`` (a key path, as parts) in the last of ``files`` that sets it (the one
+    whose value wins the merge), or None when none of them does (e.g. a key that is missing)."""
+    for path in reversed(list(files)):
+        try:
+            with open(path, encoding="utf-8") as stream:
+                node = yaml.compose(stream, Loader=_Loader)
+        except (OSError, yaml.YAMLError):
+            continue
+        line = _find_line(node, list(key))
+        if line is not None:
+            return f"{path}, line {line}"
+    return None
+
+
+def _mapping_item(node: yaml.MappingNode, part: Any) -> tuple[yaml.Node, yaml.Node] | None:
+    """The (key node, value node) of ``part`` in a YAML mapping node: its own key, else one a ``<<`` merge brings."""
+    for key_node, value_node in reversed(node.value):
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG and key_node.value == str(part):
+            return key_node, value_node
+    for key_node, value_node in node.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag == _MERGE_TAG:
+            merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in merged:
+                if isinstance(source, yaml.MappingNode):
+                    item = _mapping_item(source, part)
+                    if item is not None:
+                        return item
+    return None
+
+
+def _find_line(node: yaml.Node | None, key: list) -> int | None:
+    if node is None or not key:
+        return None
+    mark = None
+    for part in key:
+        if isinstance(node, yaml.MappingNode):
+            item = _mapping_item(node, part)
+            if item is None:
+                return None
+            mark, node = item[0].start_mark, item[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            mark = node.start_mark
+        else:
+            return None
+    return mark.line + 1
+
+
+def _entries(config: Any, section: str) -> list[tuple[str, Mapping]]:
+    """The (name, entry) pairs of a section that are mappings (anything else is the schema's to report)."""
+    entries = config.get(section) if isinstance(config, Mapping) else None
+    if not isinstance(entries, Mapping):
+        return []
+    return [(str(name), entry) for name, entry in entries.items() if isinstance(entry, Mapping)]
+
+
+def _check_known(entry: Mapping, known: set | frozenset, where: tuple, what: str) -> None:
+    unknown = [key for key in entry if key not in known]
+    if unknown:
+        key = (*where, unknown[0])
+        raise ConfigError(
+            f"config key '{key_path(key)}': unknown key for {what} (known: {', '.join(sorted(known))})", key=key
+        )
+
+
+def graph_keys(kind: str) -> frozenset[str]:
+    """Every key a ``graphs`` entry of ``kind`` may have: ``kind``, the settings of
+    :data:`geoplm.graph.GRAPH_KINDS` (their defaults' keys) and :data:`GRAPH_KEY_ALIASES`."""
+    from geoplm.graph import GRAPH_KINDS
+
+    return frozenset({"kind", *GRAPH_KINDS[kind][1], *GRAPH_KEY_ALIASES.get(kind, {})})
+
+
+def check_entries(config: Any) -> None:
+    """Check every ``models`` entry's keys against its ``type`` (:data:`geoplm.models.zoo.MODEL_KEYS`), every
+    ``tasks`` entry's against its ``kind`` (:func:`geoplm.tasks.task_settings`), every ``graphs`` entry's against
+    its ``kind`` (:func:`graph_keys`), and that every ``plms`` entry has one of ``checkpoint`` / ``random_init``.
+    Entries of an unknown or missing type / kind are left to the schema.
+
+    Raises:
+        ConfigError: e.g. ``config key 'models.gearnet.hiden_dims': unknown key for type 'gearnet' (known: ...)``.
+    """
+    from geoplm.graph import GRAPH_KINDS
+    from geoplm.models.zoo import MODEL_KEYS
+    from geoplm.tasks import TASKS, task_settings
+
+    for name, entry in _entries(config, "models"):
+        kind = entry.get("type")
+        if isinstance(kind, str) and kind in MODEL_KEYS:
+            _check_known(entry, MODEL_KEYS[kind], ("models", name), f"type '{kind}'")
+    for name, entry in _entries(config, "tasks"):
+        kind = entry.get("kind")
+        if isinstance(kind, str) and kind in TASKS:
+            _check_known(entry, task_settings(kind), ("tasks", name), f"task kind '{kind}'")
+    for name, entry in _entries(config, "graphs"):
+        kind = entry.get("kind", "gearnet")
+        if isinstance(kind, str) and kind in GRAPH_KINDS:
+            _check_known(entry, graph_keys(kind), ("graphs", name), f"graph kind '{kind}'")
+    for name, entry in _entries(config, "plms"):
+        given = [key for key in ("checkpoint", "random_init") if key in entry]
+        if len(given) != 1:
+            reason = "has both checkpoint and random_init" if given else "has neither checkpoint nor random_init"
+            raise ConfigError(
+                f"config key 'plms.{name}': {reason}; give one (checkpoint: a fair-esm ESM-2 name; random_init: "
+                "a randomly initialised ESM-2 of num_layers, embed_dim, attention_heads)",
+                key=("plms", name),
+            )
+
+
+def schema_error(config: Any, schema_path: Path = SCHEMA) -> ConfigError | None:
+    """The first violation of ``config/schema.yaml`` as a :class:`ConfigError` naming the key path (an unknown key
+    first: it is the likely cause of the others), or None. The schema's defaults are not filled in."""
     import jsonschema
 
-    schema = yaml.safe_load(schema_path.read_text())
+    schema = yaml.load(schema_path.read_text(), Loader=_Loader)
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        error = errors[0]
-        key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
-        raise ConfigError(f"{source}: invalid config key '{key}': {error.message}")
+    errors = sorted(
+        validator.iter_errors(config),
+        key=lambda e: (e.validator != "additionalProperties", [str(part) for part in e.absolute_path]),
+    )
+    if not errors:
+        return None
+    error = errors[0]
+    key = list(error.absolute_path)
+    message = error.message
+    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+        known = error.schema.get("properties", {})
+        patterns = error.schema.get("patternProperties", {})
+        unexpected = [k for k in error.instance if k not in known and not any(re.search(p, str(k)) for p in patterns)]
+        if unexpected:
+            key.append(unexpected[0])
+            message = f"unknown key (known: {', '.join(sorted(known)) or 'none'})"
+    return ConfigError(f"config key '{key_path(key)}': {message}", key=tuple(key))
 
 
-def _require(config: Mapping, section: str, name: str, where: str) -> None:
+def validate_schema(config: Any, source: str = "config", schema_path: Path = SCHEMA) -> None:
+    """Validate ``config`` against ``config/schema.yaml`` (:func:`schema_error`); the schema's defaults are not
+    filled in.
+
+    Raises:
+        ConfigError: ``<source>: config key '<key path>': <violation>`` (``tasks.toy.epochs``).
+    """
+    error = schema_error(config, schema_path)
+    if error is not None:
+        raise ConfigError(f"{source}: {error}", key=error.key)
+
+
+def _require(config: Mapping, section: str, name: str, where: tuple) -> None:
     if name not in config.get(section, {}):
         known = ", ".join(sorted(config.get(section, {}))) or "none"
         singular = section[:-1] if section.endswith("s") else f"{section} entry"
-        raise ConfigError(f"config key '{where}': no {singular} named '{name}' (known: {known})")
+        raise ConfigError(f"config key '{key_path(where)}': no {singular} named '{name}' (known: {known})", key=where)
 
 
 def check_references(config: Mapping) -> None:
@@ -82,38 +347,47 @@ def check_references(config: Mapping) -> None:
         ConfigError: e.g. ``config key 'tasks.toy.dataset': no dataset named 'x' (known: ...)``.
     """
     for name, dataset in config["datasets"].items():
-        _require(config, "sources", dataset["source"], f"datasets.{name}.source")
+        _require(config, "sources", dataset["source"], ("datasets", name, "source"))
         if dataset["reader"] == "structures" and "shards" in dataset:
             shards = config["sources"][dataset["source"]].get("shards", 1)
             if dataset["shards"] != shards:
                 raise ConfigError(
                     f"config key 'datasets.{name}.shards': a 'structures' dataset has its source's "
-                    f"shards ({shards}); set sources.{dataset['source']}.shards instead"
+                    f"shards ({shards}); set sources.{dataset['source']}.shards instead",
+                    key=("datasets", name, "shards"),
                 )
     for name, plm in config.get("plms", {}).items():
         if "random_init" in plm and not name.startswith("esm2"):
             raise ConfigError(
                 f"config key 'plms.{name}': a random_init ESM-2 must be named 'esm2...' "
-                "(fair-esm chooses the ESM-2 loader by that prefix)"
+                "(fair-esm chooses the ESM-2 loader by that prefix)",
+                key=("plms", name),
             )
     for name, model in config["models"].items():
         if "graph" in model:
-            _require(config, "graphs", model["graph"], f"models.{name}.graph")
+            _require(config, "graphs", model["graph"], ("models", name, "graph"))
     for name, task in config["tasks"].items():
-        _require(config, "datasets", task["dataset"], f"tasks.{name}.dataset")
+        _require(config, "datasets", task["dataset"], ("tasks", name, "dataset"))
     for name, entry in config.get("pretrained", {}).items():
-        _require(config, "tasks", entry["task"], f"pretrained.{name}.task")
+        _require(config, "tasks", entry["task"], ("pretrained", name, "task"))
     for name, table in config["tables"].items():
-        for model, plm, pretrain in table_rows(table):
-            _require(config, "models", model, f"tables.{name}.models")
-            if plm != NO_PLM:
-                _require(config, "plms", plm, f"tables.{name}.plms")
-            if pretrain != NO_PRETRAIN:
-                _require(config, "pretrained", pretrain, f"tables.{name}.rows")
+        if table.get("rows"):  # as table_rows reads a table
+            for i, row in enumerate(table["rows"]):
+                _require(config, "models", row["model"], ("tables", name, "rows", i, "model"))
+                if row["plm"] != NO_PLM:
+                    _require(config, "plms", row["plm"], ("tables", name, "rows", i, "plm"))
+                if row.get("pretrain", NO_PRETRAIN) != NO_PRETRAIN:
+                    _require(config, "pretrained", row["pretrain"], ("tables", name, "rows", i, "pretrain"))
+        else:
+            for i, model in enumerate(table["models"]):
+                _require(config, "models", model, ("tables", name, "models", i))
+            for i, plm in enumerate(table["plms"]):
+                if plm != NO_PLM:
+                    _require(config, "plms", plm, ("tables", name, "plms", i))
         for i, column in enumerate(table["columns"]):
-            _require(config, "tasks", column["task"], f"tables.{name}.columns[{i}].task")
+            _require(config, "tasks", column["task"], ("tables", name, "columns", i, "task"))
             for model, task in column.get("tasks", {}).items():
-                _require(config, "tasks", task, f"tables.{name}.columns[{i}].tasks.{model}")
+                _require(config, "tasks", task, ("tables", name, "columns", i, "tasks", model))
 
 
 def graph_settings(config: Mapping, name: str) -> dict:
@@ -127,8 +401,9 @@ def graph_settings(config: Mapping, name: str) -> dict:
 
     entry = dict(config.get("graphs", {}).get(name, {}))
     kind = entry.pop("kind", "gearnet")
-    if kind == "knn" and "knn_k" in entry:  # the gearnet key name, accepted for a kNN graph's k
-        entry.setdefault("k", entry.pop("knn_k"))
+    for alias, key in GRAPH_KEY_ALIASES.get(kind, {}).items():  # knn: gearnet's knn_k, accepted for k
+        if alias in entry:
+            entry.setdefault(key, entry.pop(alias))
     defaults = GRAPH_KINDS[kind][1]
     settings = {**defaults, **{key: value for key, value in entry.items() if key in defaults}}
     return settings if kind == "gearnet" else {"kind": kind, **settings}

@@ -12,7 +12,17 @@ class GeoplmError(Exception):
 
 
 class ConfigError(GeoplmError):
-    """The workflow configuration is invalid; the message names the key (e.g. ``models.gearnet.hidden_dims``)."""
+    """The workflow configuration is invalid; the message names the key (e.g. ``models.gearnet.hidden_dims``).
+
+    Args:
+        message: the key path and the reason.
+        key: the key path as its parts (``("models", "gearnet", "hidden_dims")``), when known: it lets
+            :func:`geoplm.config.locate` find the config file and line that set the key.
+    """
+
+    def __init__(self, message: str, key: tuple | None = None):
+        super().__init__(message)
+        self.key = tuple(key) if key is not None else None
 
 
 class ChecksumError(GeoplmError):

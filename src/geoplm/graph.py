@@ -47,8 +47,22 @@ Relations (``num_relation = 2 * sequential_max_distance + 3 = 7``)
   Offset 0 is included, so **every residue has a self-loop edge of relation 2**. Residues i and i+1
   are joined whenever they are consecutive in the node list of the same protein and carry the same
   chain id; torchdrug knows no other kind of chain break: a gap in the residue numbering (missing
-  residues, residues dropped for lacking a Cα) does *not* cut sequential edges. Edges that cross
-  chains are removed only when a ``chain_id`` is given (torchdrug compares ``graph.chain_id``).
+  residues, residues dropped for lacking a Cα) does *not* cut sequential edges.
+* Chain breaks: ``SequentialEdge`` keeps an edge only if ``graph.chain_id`` of its two residues is equal,
+  so in a complex no sequential edge joins the last residues of one chain to the first of the next (six
+  edges per junction: offsets ±1 and ±2). :func:`build_gearnet_graph` removes them when given
+  ``chain_id``; on the workflow's paths the chains come from the records: a record merged from several
+  chains (:func:`geoplm.structure.concatenate_chains`: docking partners, PDBbind and ATOM3D LBA pockets,
+  CASP models and natives) carries ``chain_index`` (L,), :func:`record_chain_index` turns it into the
+  nodes' chains, and both the cached graphs (:func:`build_record_graphs`, rule ``build_graphs``) and the
+  graphs built per batch (:func:`geoplm.inputs.make_graph` -> :func:`build_batch_graph`, which also
+  reads the chains of proteins concatenated by :func:`geoplm.inputs.concatenate_proteins`) pass them on.
+  Without ``chain_id`` each protein is one chain. Of the shared data's 45 multi-chain experimental PDB
+  files, 36 are read by torchdrug (RDKit) and keep the same residues in both parsers; with all
+  chains of a file as one protein, geoplm's edge sets equal torchdrug 0.2.1's on 31 of them and differ on
+  the other 5 only in spatial edges of residues where the neighbour cap below binds (1-32 edges of
+  6,000-17,000); ``tests/test_multichain.py`` checks five of them against
+  ``tests/fixtures/torchdrug_multichain_graphs.pt``.
 * ``5`` spatial (radius): ``j -> i`` for ``|x_i - x_j| < radius`` (strict), ``|i - j| >= min_distance``,
   directed, each unordered pair appearing in both directions (unless the neighbour cap below cuts
   one direction).
@@ -56,9 +70,9 @@ Relations (``num_relation = 2 * sequential_max_distance + 3 = 7``)
   *then* filtered by ``|i - j| >= min_distance``; so a residue keeps at most ``k`` (typically far
   fewer, since its sequence neighbours are usually among its nearest) kNN in-edges. kNN edges are
   directed and not symmetrised.
-* The ``min_distance`` filter uses the node-index difference regardless of chains: in a complex the
-  last residues of one chain and the first of the next (index difference < 5) get no spatial / kNN
-  edge, as in torchdrug.
+* The ``min_distance`` filter uses the node-index difference regardless of chains (``SpatialEdge`` and
+  ``KNNEdge`` compare ``graph.atom2residue``, never ``chain_id``): in a complex the last residues of one
+  chain and the first of the next (index difference < 5) get no spatial / kNN edge, as in torchdrug.
 * Spatial and kNN edges with a (near-)zero length (< 1e-10 Å, duplicated coordinates) are dropped.
 * Edges are not deduplicated across relations: a pair can be both a spatial and a kNN edge (two
   edges, relations 5 and 6), and both are kept, as in torchdrug.
@@ -69,14 +83,23 @@ The radius-graph neighbour cap (torchdrug / torch_cluster subtlety)
 torch_cluster <= 1.6.3 implements ``loop=False`` by asking ``radius`` for ``max_num_neighbors + 1``
 neighbours *including the centre itself* and then dropping the self pair. On the GPU (where GearNet
 was trained) ``radius`` scans candidates in ascending node index and keeps the first ones with
-``d^2 < r^2``. So for each centre ``i`` only the lowest-indexed 33 residues within ``radius`` (self
-included, self then removed: 32 edges, or 33 if ``i`` itself is not among them) survive, and only
-*afterwards* are the ``|i - j| < 5`` pairs removed. With real Cα coordinates and ``r = 10 Å`` the cap
-practically never binds (at most 31 Cα within 10 Å of a Cα in the AlphaFold models of the tests), but
-it does for denser inputs. ``build_gearnet_graph`` reproduces it by default
-(``spatial_max_num_neighbors=32``); pass ``None`` for the uncapped set of all pairs within
-``radius`` (the definition written in the paper). torch_cluster's CPU kernel keeps the first 33
-matches in nanoflann's (unsorted, tree-dependent) order instead, which is not reproducible here.
+``d^2 < r^2`` (``csrc/cuda/radius_cuda.cu``). So for each centre ``i`` only the lowest-indexed 33
+residues within ``radius`` (self included, self then removed: 32 edges, or 33 if ``i`` itself is not
+among them) survive, and only *afterwards* are the ``|i - j| < 5`` pairs removed. torch_cluster's CPU
+kernel (``csrc/cpu/radius_cpu.cpp``) keeps the first 33 matches of a nanoflann k-d tree search with
+``sorted = false`` instead: a tree-dependent subset, not reproducible without that tree.
+**geoplm follows the CUDA kernel** (the papers' GPU runs), by default (``spatial_max_num_neighbors=32``);
+pass ``None`` for the uncapped set of all pairs within ``radius`` (the definition written in the paper).
+
+The cap does bind on real Cα coordinates: a residue in a well-packed core has up to ~40 Cα within 10 Å.
+Counted on the shared data's 424 experimental structure files (``chains/`` 258, ``db5/`` 61, ``pdb/`` 37,
+``pdbbind/`` 36, ``dips/`` 32; all chains of a file as one protein, geoplm's parser), some Cα has more than
+33 Cα (itself included) within 10 Å in 55 files (13%; 54 with every chain its own protein), at 232 of
+81,388 residues (0.3%, at most 41 Cα), and the capped GearNet edge set differs from the uncapped one in 53
+files (493 spatial edges in all); in AlphaFold models it binds in 3 of 44 files (at most 35 Cα), in the
+CASP server models in 3 of 69 (at most 46). Where it binds, the edges kept depend on the node order (a
+residue keeps its lowest-indexed neighbours), and torchdrug run on the CPU keeps other ones (nanoflann's),
+so graphs that torchdrug builds on the CPU differ from geoplm's in those residues' spatial edges only.
 
 kNN ties follow torch_cluster's CUDA kernel as well: ``knn_graph(loop=False)`` takes the ``k + 1``
 nearest points including the centre, ranked by squared float distance with ties broken towards the
@@ -108,6 +131,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from functools import partial
@@ -477,8 +501,9 @@ def build_gearnet_graph(
         knn_k: ``KNNEdge(k)`` (relation ``2*d + 2``).
         min_distance: ``min_distance`` of both ``SpatialEdge`` and ``KNNEdge``, in node-index units.
         edge_feature: ``"gearnet"`` (59-d for the defaults), ``"residue_type"`` (40-d) or ``None``.
-        chain_id: optional ``(N,)`` integer chain ids; sequential edges between different chains are
-            removed (torchdrug ``SequentialEdge``). ``None``: each protein is one chain.
+        chain_id: optional ``(N,)`` integer chain ids (e.g. :func:`record_chain_index`); sequential edges
+            between different chains are removed (torchdrug ``SequentialEdge`` compares ``graph.chain_id``);
+            spatial and kNN edges do not depend on it. ``None``: each protein is one chain.
         spatial_max_num_neighbors: torch_cluster's ``max_num_neighbors`` used by torchdrug's
             ``SpatialEdge`` (32); ``None`` disables the cap.
 
@@ -694,6 +719,32 @@ def record_graph_inputs(record: dict) -> tuple[Tensor, Tensor]:
     return ca[keep].float(), residue_type_index(record["sequence"])[keep]
 
 
+def record_chain_index(record: Mapping) -> Tensor | None:
+    """The chain of every node of a record, ``(n,)`` long (the nodes of :func:`record_graph_inputs`, in the same
+    order), for GearNet's sequential relation (``build_gearnet_graph(chain_id=...)``), or None for one chain.
+
+    A record merged from several chains (:func:`geoplm.structure.concatenate_chains`, called by the docking,
+    PDBbind, ATOM3D LBA and CASP readers) carries ``chain_index`` (L,), the position of each residue's chain
+    among the merged ones; residues without a Cα are dropped as in :func:`record_graph_inputs`. A record
+    without ``chain_index``, or whose nodes all lie in one chain, gives None: its graph is the same without
+    chain ids, and building it stays on the single-chain path.
+
+    Raises:
+        ValueError: ``chain_index`` does not have one entry per residue.
+    """
+    chain = record.get("chain_index")
+    if chain is None:
+        return None
+    keep = ~torch.isnan(record["backbone"][:, 1]).any(dim=-1)
+    chain = torch.as_tensor(chain)
+    if chain.shape != keep.shape:
+        raise ValueError(f"{record.get('id', '?')}: chain_index has shape {tuple(chain.shape)}, not ({len(keep)},)")
+    chain = chain[keep].long()
+    if len(chain) == 0 or bool((chain == chain[0]).all()):
+        return None
+    return chain
+
+
 def record_residue_numbers(record: dict) -> Tensor:
     """Author residue numbers ``(n,)`` long of a record's residues that have a Cα (the nodes of
     :func:`record_graph_inputs`, in the same order), for ``pack_graphs(residue_numbers=...)``."""
@@ -705,7 +756,8 @@ def build_record_graphs(records: list[dict], **settings) -> dict[str, dict]:
     """GearNet graphs of every record, stored compactly for the ``build_graphs`` rule.
 
     Args:
-        records: residue records (:mod:`geoplm.structure`).
+        records: residue records (:mod:`geoplm.structure`); a record merged from several chains
+            (``chain_index``, :func:`record_chain_index`) gets no sequential edge between its chains.
         **settings: keyword arguments of :func:`build_gearnet_graph` (edge features are not
             stored: they are recomputed from positions when graphs are packed).
 
@@ -717,7 +769,8 @@ def build_record_graphs(records: list[dict], **settings) -> dict[str, dict]:
         position, residue_type = record_graph_inputs(record)
         if len(position) == 0:
             continue
-        graph = build_gearnet_graph(position, residue_type, edge_feature=None, **settings)
+        chain_id = record_chain_index(record)
+        graph = build_gearnet_graph(position, residue_type, edge_feature=None, chain_id=chain_id, **settings)
         graphs[record["id"]] = {"num_nodes": graph.num_nodes, "edge_list": graph.edge_list.to(torch.int32)}
     return graphs
 
@@ -912,9 +965,30 @@ def graph_kind(settings: dict | None) -> tuple[str, dict]:
     return kind, settings
 
 
+#: The kinds whose builder takes ``chain_id`` (a sequential relation that stops at chain breaks). The Cα graphs
+#: of Wu et al. (torch_cluster ``radius_graph`` / ``knn_graph``) do not look at chains.
+CHAIN_KINDS = frozenset({"gearnet"})
+
+
 def build_batch_graph(
-    node_position: Tensor, residue_type: Tensor, node2graph: Tensor, settings: dict | None = None
+    node_position: Tensor,
+    residue_type: Tensor,
+    node2graph: Tensor,
+    settings: dict | None = None,
+    chain_id: Tensor | None = None,
 ) -> ResidueGraph:
-    """The graph of ``settings`` (kind looked up in :data:`GRAPH_KINDS`) built on a packed batch."""
+    """The graph of ``settings`` (kind looked up in :data:`GRAPH_KINDS`) built on a packed batch.
+
+    Args:
+        node_position: ``(N, 3)`` Cα coordinates in Å, proteins packed one after another.
+        residue_type: ``(N,)`` residue ids 0-20.
+        node2graph: ``(N,)`` non-decreasing protein index.
+        settings: the graph's settings (:func:`graph_kind`).
+        chain_id: optional ``(N,)`` integer chain of every node: GearNet's sequential edges do not join nodes of
+            different chains (torchdrug ``SequentialEdge``); ignored by kinds without a sequential relation
+            (not in :data:`CHAIN_KINDS`). ``None``: each protein is one chain.
+    """
     kind, options = graph_kind(settings)
+    if chain_id is not None and kind in CHAIN_KINDS:
+        options["chain_id"] = chain_id
     return GRAPH_KINDS[kind][0](node_position, residue_type, node2graph, **options)

@@ -34,7 +34,7 @@ from geoplm.structure import NUM_RESIDUE_TYPES
 log = logging.getLogger(__name__)
 
 #: Per-residue record fields (first dimension L), sliced together by :func:`truncate_record`.
-_PER_RESIDUE_TENSORS = ("residue_number", "backbone", "backbone_mask", "b_factor", "residue_mask")
+_PER_RESIDUE_TENSORS = ("residue_number", "backbone", "backbone_mask", "b_factor", "residue_mask", "chain_index")
 _PER_RESIDUE_LISTS = ("residue_name", "insertion_code")
 
 
@@ -55,6 +55,9 @@ class ProteinInput:
             graph on the packed batch.
         esm_input: for an ESM-2 inside the model: the record's sequence and the ``(L,)`` bool mask of its
             residues that are nodes (:func:`geoplm.models.fusion.record_esm_inputs`); None otherwise.
+        chain_index: ``(n,)`` long chain of every node (0, 1, ... in the order the chains were merged:
+            :func:`geoplm.graph.record_chain_index`, :func:`concatenate_proteins`), or None: one chain. GearNet's
+            sequential edges stop where it changes (torchdrug ``SequentialEdge`` compares ``chain_id``).
     """
 
     id: str
@@ -66,6 +69,7 @@ class ProteinInput:
     residue_number: Tensor | None = None
     edge_list: Tensor | None = None
     esm_input: tuple[str, Tensor] | None = None
+    chain_index: Tensor | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -89,13 +93,16 @@ class ProteinInput:
             length=last - first,
             residue_number=None if self.residue_number is None else self.residue_number[start:end],
             esm_input=esm_input,
+            chain_index=None if self.chain_index is None else self.chain_index[start:end],
         )
 
 
 def concatenate_proteins(proteins: Sequence[ProteinInput], protein_id: str) -> ProteinInput:
     """Several chains as one protein (in the given order), as the reference builds one protein of a whole
     ATOM3D complex (ESM-GearNet ``Atom3DDataset.protein_from_data_frame``): nodes, features and residues
-    concatenated; an in-model ESM-2 reads the concatenated sequence. The cached graphs are dropped.
+    concatenated; an in-model ESM-2 reads the concatenated sequence. The cached graphs are dropped. Every input
+    keeps its own chains (``chain_index``, numbered on after the previous inputs' chains), so no sequential edge
+    joins two of them (the reference keeps each residue's ``chain_id``).
 
     Raises:
         GeoplmError: no protein, or node features of different widths.
@@ -105,6 +112,11 @@ def concatenate_proteins(proteins: Sequence[ProteinInput], protein_id: str) -> P
     if len({p.node_feature.shape[1] for p in proteins}) > 1:
         raise GeoplmError(f"{protein_id}: chains with node features of different widths")
     offsets = torch.tensor([0] + [p.length for p in proteins[:-1]]).cumsum(0).tolist()
+    chains, first = [], 0
+    for p in proteins:
+        own = torch.zeros(p.num_nodes, dtype=torch.long) if p.chain_index is None else p.chain_index.long()
+        chains.append(own + first)
+        first += int(own.max()) + 1 if len(own) else 1
     esm_input = None
     if all(p.esm_input is not None for p in proteins):
         esm_input = ("".join(p.esm_input[0] for p in proteins), torch.cat([p.esm_input[1] for p in proteins]))
@@ -121,6 +133,7 @@ def concatenate_proteins(proteins: Sequence[ProteinInput], protein_id: str) -> P
             else None
         ),
         esm_input=esm_input,
+        chain_index=torch.cat(chains) if len(proteins) > 1 else proteins[0].chain_index,
     )
 
 
@@ -261,7 +274,7 @@ class InputLoader:
         return read_embedding(self.embeddings[record["id"]], record["id"], len(record["sequence"]))
 
     def __call__(self, record: Mapping) -> ProteinInput | None:
-        from geoplm.graph import record_graph_inputs
+        from geoplm.graph import record_chain_index, record_graph_inputs
         from geoplm.models.fusion import record_esm_inputs
 
         length = len(record["sequence"])
@@ -296,14 +309,16 @@ class InputLoader:
             residue_number=record_view["residue_number"][keep].long() if "residue_number" in record_view else None,
             edge_list=edge_list,
             esm_input=record_esm_inputs(record_view) if self.esm_inputs else None,
+            chain_index=record_chain_index(record_view),
         )
 
 
 def make_graph(proteins: Sequence[ProteinInput], device: str | torch.device = "cpu", settings: Mapping | None = None):
     """Pack proteins into one residue graph: their cached edge lists when every protein has one (GearNet's
-    graph), else the graph of ``settings`` (:func:`geoplm.graph.build_batch_graph`) built on the packed batch.
-    Both give the same graph (``tests/test_train.py``). The nodes' author residue numbers go with the graph
-    (``residue_number``, read by CDConv) when every protein has them."""
+    graph), else the graph of ``settings`` (:func:`geoplm.graph.build_batch_graph`) built on the packed batch,
+    with the proteins' ``chain_index`` (GearNet's sequential edges stop at chain breaks, as the cached graphs
+    do). Both give the same graph (``tests/test_train.py``, ``tests/test_multichain.py``). The nodes' author
+    residue numbers go with the graph (``residue_number``, read by CDConv) when every protein has them."""
     from geoplm.graph import build_batch_graph, graph_kind, pack_graphs
 
     kind, options = graph_kind(settings)
@@ -319,7 +334,12 @@ def make_graph(proteins: Sequence[ProteinInput], device: str | torch.device = "c
     position = torch.cat([p.position for p in proteins])
     residue_type = torch.cat([p.residue_type for p in proteins])
     node2graph = torch.repeat_interleave(torch.arange(len(proteins)), torch.tensor([p.num_nodes for p in proteins]))
-    graph = build_batch_graph(position, residue_type, node2graph, settings)
+    chain_id = None
+    if any(p.chain_index is not None for p in proteins):  # chains only matter within a protein
+        chain_id = torch.cat(
+            [torch.zeros(p.num_nodes, dtype=torch.long) if p.chain_index is None else p.chain_index for p in proteins]
+        )
+    graph = build_batch_graph(position, residue_type, node2graph, settings, chain_id=chain_id)
     if residue_numbers is not None:
         graph = replace(graph, residue_number=torch.cat(residue_numbers).to(position.device))
     return graph.to(device)

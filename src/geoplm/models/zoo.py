@@ -121,10 +121,20 @@ class CaGraphEncoder(nn.Module):
         return out
 
 
-def _check_keys(spec: Mapping, name: str, allowed: set[str]) -> None:
-    unknown = set(spec) - allowed - {"type", "graph"}
+#: keys every ``models`` entry of the zoo may have besides its type's (:data:`MODEL_KEYS`)
+COMMON_KEYS = frozenset({"type", "graph"})
+
+
+def _check_keys(spec: Mapping, name: str, allowed: set[str] | frozenset[str]) -> None:
+    unknown = set(spec) - set(allowed) - COMMON_KEYS
     if unknown:
         raise ConfigError(f"models.{name}: keys {sorted(unknown)} do not apply to type '{spec['type']}'")
+
+
+#: keys of a GearNet entry (``gearnet``, and the structure half of ``esm_gearnet``)
+GEARNET_KEYS = frozenset(
+    {"hidden_dims", "short_cut", "batch_norm", "concat_hidden", "readout", "dropout", "num_angle_bin", "edge_input_dim"}
+)
 
 
 def _gearnet(spec: Mapping, input_dim: int) -> tuple[nn.Module, int]:
@@ -319,14 +329,19 @@ def build_esm_gearnet(spec: Mapping, esm_dim: int, name: str = "model", esm=None
 
 def _build_gearnet(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
     """``type: gearnet``: GearNet / GearNet-Edge on the node features given (one-hot or ESM-2: serial fusion)."""
+    _check_keys(spec, name, GEARNET_KEYS)
     return _gearnet(spec, input_dim)
+
+
+#: keys of a ``gvp`` entry (Wu et al.'s GVP-GNN)
+GVP_KEYS = frozenset({"embed_dim", "node_dims", "edge_dims", "num_rbf", "d_max", "num_layers", "dropout"})
 
 
 def _build_gvp(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
     """``type: gvp``: GVP-GNN (:class:`geoplm.models.gvp.GVPGNN`)."""
     from geoplm.models.gvp import GVPGNN
 
-    _check_keys(spec, name, {"embed_dim", "node_dims", "edge_dims", "num_rbf", "d_max", "num_layers", "dropout"})
+    _check_keys(spec, name, GVP_KEYS)
     net = GVPGNN(
         embed_dim=spec.get("embed_dim", 32),
         plm_dim=input_dim if plm else None,
@@ -396,6 +411,10 @@ def _build_esm_gvp(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> 
     return build_esm_fusion(spec, input_dim, lambda s, dim: _gvp_esmgearnet(s, dim, name), name, esm)
 
 
+#: keys of an ``egnn`` entry
+EGNN_KEYS = frozenset({"hidden_dim", "num_layers", "num_rbf", "d_max", "attention"})
+
+
 def _build_egnn(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
     """``type: egnn``: GGNN_Meets_PLM's EGNN (:class:`geoplm.models.egnn.EGNN` without input / output
     embeddings): ``nn.Embedding(residue types, hidden_dim)`` of the residue type, or the PLM vector itself (every
@@ -403,7 +422,7 @@ def _build_egnn(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tup
     in_edge_nf=16)``."""
     from geoplm.models.egnn import EGNN
 
-    _check_keys(spec, name, {"hidden_dim", "num_layers", "num_rbf", "d_max", "attention"})
+    _check_keys(spec, name, EGNN_KEYS)
     width = input_dim if plm else spec.get("hidden_dim", 32)
     num_rbf = spec.get("num_rbf", 16)
     net = EGNN(
@@ -419,11 +438,16 @@ def _build_egnn(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tup
     return CaGraphEncoder(net, "egnn", plm, num_rbf=num_rbf, d_max=spec.get("d_max", 8.0), embed=embed), width
 
 
+#: keys of a ``molformer`` entry: :class:`geoplm.models.molformer.Molformer`'s hyperparameters and ``readout``
+MOLFORMER_KEYS = frozenset({"embed_dim", "num_layers", "num_heads", "ffn_dim", "dropout", "distance_scales", "readout"})
+
+
 def _build_molformer(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tuple[nn.Module, int]:
     """``type: molformer``: Molformer (:class:`geoplm.models.molformer.Molformer`); ``readout`` (``mean``, or Wu
     et al.'s ``padded_mean``) makes the graph feature."""
     from geoplm.models import molformer
 
+    _check_keys(spec, name, MOLFORMER_KEYS)
     options = {k: v for k, v in spec.items() if k not in ("type", "graph", "readout")}
     readout = spec.get("readout", "mean")
     if readout not in ("mean", "padded_mean"):
@@ -436,6 +460,7 @@ def _build_esm_gearnet(spec: Mapping, input_dim: int, plm: bool, name: str, esm)
     """``type: esm_gearnet``: :func:`build_esm_gearnet` (needs ESM-2 features)."""
     if not plm:
         raise ConfigError(f"models.{name}: esm_gearnet fuses ESM-2 with GearNet; use it with a plm, not 'none'")
+    _check_keys(spec, name, GEARNET_KEYS | ESM_KEYS | FUSION_KEYS)
     return build_esm_gearnet(spec, input_dim, name, esm)
 
 
@@ -468,7 +493,8 @@ def _build_esm(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tupl
 
 
 #: The model registry: ``models`` entry ``type`` -> builder ``(spec, input_dim, plm, name, esm) -> (encoder, D)``.
-#: A new encoder is a module under ``geoplm.models`` plus one entry here (and its keys in ``config/schema.yaml``).
+#: A new encoder is a module under ``geoplm.models`` plus one entry here and its keys in :data:`MODEL_KEYS` (and in
+#: ``config/schema.yaml``; ``tests/test_config.py`` checks that the two agree).
 ENCODERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
     "gearnet": _build_gearnet,
     "gearnet_ieconv": _build_gearnet_ieconv,
@@ -483,6 +509,32 @@ ENCODERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
     "molformer": _build_molformer,
 }
 ENCODER_TYPES = tuple(ENCODERS)
+
+
+def _equidock_keys() -> frozenset[str]:
+    from geoplm.models.equidock import DEFAULT_CONFIG
+
+    return frozenset(DEFAULT_CONFIG) | {"type"}
+
+
+#: Every key a ``models`` entry of each ``type`` may have: :data:`COMMON_KEYS` and the set its builder checks; for
+#: ``equidock`` (built by the docking task, :class:`geoplm.tasks.docking.RigidDocking`, without a ``graph``)
+#: ``type`` and the keys of :data:`geoplm.models.equidock.DEFAULT_CONFIG`. :func:`geoplm.config.check_entries`
+#: checks every ``models`` entry against it when the config is loaded.
+MODEL_KEYS: dict[str, frozenset[str]] = {
+    "gearnet": COMMON_KEYS | GEARNET_KEYS,
+    "gearnet_ieconv": COMMON_KEYS | GEARNET_IECONV_KEYS,
+    "esm_gearnet": COMMON_KEYS | GEARNET_KEYS | ESM_KEYS | FUSION_KEYS,
+    "cdconv": COMMON_KEYS | CDCONV_KEYS,
+    "esm_cdconv": COMMON_KEYS | CDCONV_KEYS | ESM_KEYS | FUSION_KEYS,
+    "esm": COMMON_KEYS | ESM_KEYS | {"readout"},
+    "gvp": COMMON_KEYS | GVP_KEYS,
+    "gvp_esmgearnet": COMMON_KEYS | GVP_ESMGEARNET_KEYS,
+    "esm_gvp": COMMON_KEYS | GVP_ESMGEARNET_KEYS | ESM_KEYS | FUSION_KEYS,
+    "egnn": COMMON_KEYS | EGNN_KEYS,
+    "molformer": COMMON_KEYS | MOLFORMER_KEYS,
+    "equidock": _equidock_keys(),
+}
 
 
 def build_encoder(

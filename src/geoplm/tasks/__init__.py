@@ -56,6 +56,15 @@ def task_class(kind: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def task_settings(kind: str) -> frozenset[str]:
+    """Every key a ``tasks`` entry of ``kind`` may have (:meth:`geoplm.tasks.base.Task.known_settings`).
+
+    Raises:
+        ConfigError: an unknown kind.
+    """
+    return task_class(kind).known_settings()
+
+
 def get_task(spec: Mapping, name: str = "task"):
     """The task object of a ``tasks`` config entry (its ``kind`` looked up in :data:`TASKS`).
 

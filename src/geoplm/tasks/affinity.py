@@ -86,7 +86,8 @@ def complex_input(protein: ProteinInput, ligand_position: Tensor, plm: bool) -> 
 
     Returns:
         A ProteinInput of ``n + A`` nodes: Cα then ligand atoms; ``residue_index`` of ligand atom ``k`` is
-        ``length + k`` and ``length`` counts them; no cached graph (built on the batch).
+        ``length + k`` and ``length`` counts them; the ligand is a chain of its own (``chain_index``), so a
+        graph with a sequential relation never joins it to the pocket; no cached graph (built on the batch).
     """
     count = int(ligand_position.shape[0])
     ligand_type = torch.full((count,), LIGAND_TYPE, dtype=torch.long)
@@ -97,6 +98,10 @@ def complex_input(protein: ProteinInput, ligand_position: Tensor, plm: bool) -> 
     else:
         residues = nn.functional.pad(protein.node_feature, (0, NUM_NODE_TYPES - protein.node_feature.shape[1]))
         feature = torch.cat([residues, nn.functional.one_hot(ligand_type, NUM_NODE_TYPES).float()])
+    pocket_chain = protein.chain_index
+    if pocket_chain is None:
+        pocket_chain = torch.zeros(protein.num_nodes, dtype=torch.long)
+    ligand_chain = torch.full((count,), int(pocket_chain.max()) + 1 if len(pocket_chain) else 0, dtype=torch.long)
     return ProteinInput(
         id=protein.id,
         position=torch.cat([protein.position, ligand_position.to(protein.position.dtype)]),
@@ -104,6 +109,7 @@ def complex_input(protein: ProteinInput, ligand_position: Tensor, plm: bool) -> 
         node_feature=feature,
         residue_index=torch.cat([protein.residue_index, protein.length + torch.arange(count)]),
         length=protein.length + count,
+        chain_index=torch.cat([pocket_chain, ligand_chain]),
     )
 
 

@@ -221,9 +221,16 @@ class Task:
     #: the default ``selection``
     default_selection: ClassVar[dict[str, Any]] = {"metric": "loss", "mode": "min"}
 
+    @classmethod
+    def known_settings(cls) -> frozenset[str]:
+        """Every key a ``tasks`` entry of this kind may have: :data:`REQUIRED_KEYS`, the loop's settings
+        (:data:`LOOP_DEFAULTS`) and the task's :attr:`options` (checked when the config is loaded,
+        :func:`geoplm.config.check_entries`, and again here)."""
+        return frozenset(REQUIRED_KEYS) | frozenset(LOOP_DEFAULTS) | frozenset(cls.options)
+
     def __init__(self, spec: Mapping, name: str = "task"):
         self.name = name
-        known = set(REQUIRED_KEYS) | set(LOOP_DEFAULTS) | set(self.options)
+        known = set(self.known_settings())
         unknown = sorted(set(spec) - known)
         if unknown:
             raise ConfigError(
