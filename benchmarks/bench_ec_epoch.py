@@ -79,11 +79,9 @@ import inspect
 import io
 import logging
 import os
-import platform
 import pstats
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -100,8 +98,6 @@ NUM_CLASSES = 538  # DeepFRI's EC numbers (nrPDB-EC_2020.04_annot.tsv)
 LR = 1e-4
 BATCH_SIZE = 2
 WARMUP_CHAINS = 4
-#: environment variables that change how torch's OpenMP threads wait (printed with the machine facts)
-OPENMP_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
 def import_task_layer() -> None:
@@ -131,50 +127,9 @@ def import_task_layer() -> None:
                 sys.modules.pop(name, None)
 
 
-# --- machine facts ----------------------------------------------------------------------------------------
+# --- machine facts: benchmarks/machine.py ---------------------------------------------------------------
 
-
-def machine_facts(threads: int) -> list[str]:
-    """CPU model and cores, load, thread count, torch build, library versions, git commit."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {"torch": torch.__version__}
-    for name in ("torchdrug", "torch_cluster", "torch_scatter", "rdkit", "numba", "Bio"):
-        try:
-            versions[name] = str(__import__(name).__version__)
-        except (ImportError, AttributeError):
-            versions[name] = "absent"
-    config = torch.__config__.show()
-    blas = next((part.split("=", 1)[1] for part in config.replace("\n", ",").split(",") if "BLAS_INFO" in part), "?")
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-        commit += " (uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return [
-        f"CPU: {cpu}, {os.cpu_count()} logical cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-        f"threads: torch {torch.get_num_threads()} (--threads {threads}), interop {torch.get_num_interop_threads()}; "
-        + ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in OPENMP_VARIABLES),
-        f"torch build: {torch.__version__} (git {torch.version.git_version[:10]}), BLAS {blas}, "
-        "parallel: "
-        + "; ".join(
-            line.strip()
-            for line in torch.__config__.parallel_info().splitlines()
-            if line.startswith(("OpenMP", "ATen parallel backend", "Intel(R) oneAPI"))
-        ),
-        "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f", python {platform.python_version()}",
-        f"geoplm commit: {commit}",
-    ]
-
+from machine import OPENMP_VARIABLES, machine_facts  # noqa: E402,F401  (the same facts in every benchmark)
 
 # --- chains -------------------------------------------------------------------------------------------
 

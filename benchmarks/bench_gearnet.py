@@ -81,6 +81,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", default=2, type=int)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from machine import machine_facts
+
+    for line in machine_facts(args.threads):
+        print(line)
 
     from torchdrug import data, models
     from torchdrug_reference import graph_construction
