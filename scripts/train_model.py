@@ -28,7 +28,7 @@ with steps.logged(sm.log[0]):
         metrics_path=sm.output.metrics,
         checkpoint_path=sm.output.checkpoint,
         run_name="/".join([sm.wildcards.task, sm.wildcards.model, sm.wildcards.plm, sm.wildcards.pretrain]),
-        device=steps.device(),
+        device=steps.device(sm.config.get("device", "auto")),
         threads=sm.threads,
         init_checkpoint=sm.input.get("init_checkpoint"),
         init_part=sm.params.pretrain.get("part", "model"),

@@ -233,3 +233,23 @@ def test_cli_download_fails_on_a_checksum_mismatch(shared_data, tmp_path, capsys
                        "sha256:" + "0" * 64, "--out-dir", str(tmp_path), "--manifest", str(tmp_path / "m.tsv"),
                        "--mirror", str(shared_data)])  # fmt: skip
     assert status != 0 and "does not match" in capsys.readouterr().err
+
+
+def test_device_setting(monkeypatch):
+    """``device: cuda`` without a usable GPU fails with the reason instead of training on the CPU; ``auto`` falls
+    back to the CPU; ``cpu`` never touches CUDA; anything else is a config error naming the key."""
+    import torch
+
+    from geoplm.errors import GeoplmError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert steps.device("auto") == "cpu" and steps.device("cpu") == "cpu"
+    with pytest.raises(GeoplmError, match="device: cuda, but torch .* sees no CUDA device"):
+        steps.device("cuda")
+    with pytest.raises(GeoplmError, match="config key 'device'"):
+        steps.device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # visible, but unusable (no driver here)
+    if not torch.backends.cuda.is_built():
+        with pytest.raises(GeoplmError, match="not usable"):
+            steps.device("cuda")
+        assert steps.device("auto") == "cpu"

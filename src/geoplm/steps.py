@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+import os
 import random
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -228,11 +229,48 @@ def download_esm(
         checksum_lock.record(new_pins)
 
 
-def device() -> str:
-    """``"cuda"`` when a GPU is visible to this job, else ``"cpu"``."""
+DEVICES = ("auto", "cuda", "cpu")
+
+
+def device(setting: str = "auto") -> str:
+    """The device a job computes on, from the ``device`` setting.
+
+    Args:
+        setting: ``auto`` (a usable GPU if there is one, else the CPU, with a warning when CUDA is visible but
+            unusable), ``cuda`` (a usable GPU or an error: a GPU job must not train on the CPU unnoticed) or
+            ``cpu``.
+
+    Returns:
+        ``"cuda"`` or ``"cpu"`` (recorded as ``device`` in each run's ``metrics.json``).
+
+    Raises:
+        GeoplmError: ``cuda`` without a usable GPU (the message gives torch's reason and CUDA_VISIBLE_DEVICES),
+            or an unknown setting.
+    """
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    from geoplm.errors import GeoplmError
+
+    if setting not in DEVICES:
+        raise GeoplmError(f"config key 'device': {setting!r} is not one of {', '.join(DEVICES)}")
+    if setting == "cpu":
+        return "cpu"
+    reason = None
+    if not torch.cuda.is_available():
+        reason = f"torch {torch.__version__} sees no CUDA device (built for CUDA {torch.version.cuda})"
+    else:
+        try:
+            (torch.ones(1, device="cuda") + 1).item()
+        except Exception as error:  # driver / device errors surface on first use
+            reason = f"the GPU is not usable: {type(error).__name__}: {error}"
+    if reason is None:
+        return "cuda"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    if setting == "cuda":
+        raise GeoplmError(f"device: cuda, but {reason} (CUDA_VISIBLE_DEVICES={visible}); set device: auto or cpu")
+    if torch.cuda.is_available():
+        log.warning("device auto: %s; computing on the CPU", reason)
+    return "cpu"
 
 
 # --- parse ----------------------------------------------------------------------------------------
