@@ -18,11 +18,16 @@ TORCHDRUG_BENCHMARKS = (
     ("EC fine-tuning epoch of GearNet-Edge vs torchdrug 0.2.1 (16 chains, 128 x 4)", "bench_ec_epoch.py", ()),
 )
 
+#: bench_esm.py's short run here (its defaults, the issue's 80 chains and five rounds, take about two minutes)
+ESM_OPTIONS = ("--chains", "24", "--long", "1", "--rounds", "3")
+
 
 def main() -> int:
     failures = 0
     print("== parsing: throughput and peak memory, 1x vs 10x")
     failures += subprocess.run([sys.executable, str(HERE / "bench_parse.py")]).returncode != 0
+    print(f"== ESM-2 embeddings vs fair-esm's extract.py ({' '.join(ESM_OPTIONS)}; full run: bench_esm.py)", flush=True)
+    failures += subprocess.run([sys.executable, str(HERE / "bench_esm.py"), *ESM_OPTIONS]).returncode != 0
     for title, script, options in TORCHDRUG_BENCHMARKS:
         print(f"== {title}")
         if TORCHDRUG_PYTHON.exists():

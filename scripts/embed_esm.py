@@ -1,4 +1,5 @@
-"""Rule embed_esm: ESM-2 embeddings of one record shard (geoplm.steps.embed_records)."""
+"""Rule embed_esm: ESM-2 embeddings of one record shard into the shared store, and the shard's index
+(geoplm.steps.embed_records: the checkpoint is loaded only when the store lacks one of the shard's sequences)."""
 
 import sys
 from pathlib import Path
@@ -17,5 +18,5 @@ with steps.logged(sm.log[0]):
         sm.params.store,
         sm.wildcards.plm,
         sm.params.settings,
-        device=steps.device(),
+        steps.device(sm.config.get("device", "auto")),
     )

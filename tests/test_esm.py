@@ -7,14 +7,17 @@ checkpoint format; the real ESM-2 8M vocabulary/config (shared test data) checks
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import hashlib
 import json
 import os
 import pickle
+import runpy
 import shutil
 import urllib.error
 from pathlib import Path
+from types import SimpleNamespace
 
 import esm
 import esm.pretrained
@@ -24,10 +27,12 @@ import torch
 from geoplm.errors import ChecksumError, EmbeddingError
 from geoplm.esm import (
     ESM2_MODELS,
+    MAX_PADDING,
     EmbeddingStore,
     embed_sequences,
     embed_to_store,
     file_sha256,
+    length_batches,
     load_esm2,
     load_esm2_by_name,
     regression_path,
@@ -103,17 +108,18 @@ def _direct(model, alphabet, sequence: str, layer: int) -> torch.Tensor:
 
 
 class _ForwardCounter:
-    """Wraps model.forward; records the number of sequences (batch rows) per call."""
+    """Wraps the model's token embedding (run once per forward pass, by fair-esm's ``ESM2.forward`` and by
+    geoplm's own pass alike); records the number of sequences (batch rows) per call."""
 
     def __init__(self, model, monkeypatch):
         self.rows: list[int] = []
-        original = model.forward
+        original = model.embed_tokens.forward
 
         def forward(tokens, *args, **kwargs):
             self.rows.append(tokens.shape[0])
             return original(tokens, *args, **kwargs)
 
-        monkeypatch.setattr(model, "forward", forward)
+        monkeypatch.setattr(model.embed_tokens, "forward", forward)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,11 +281,12 @@ def test_load_by_name_without_internet_says_to_use_a_local_path(monkeypatch):
 @pytest.mark.parametrize("layer", [0, 1, NUM_LAYERS])
 def test_embedding_equals_direct_forward_regardless_of_batching(loaded, monkeypatch, layer):
     model, alphabet = loaded
-    sequences = {"ubq": UBIQUITIN, "insb": INSULIN_B, "lyz": LYSOZYME}
+    sequences = {"ubq": UBIQUITIN, "insb": INSULIN_B, "lyz": LYSOZYME, "lyz120": LYSOZYME[:120]}
     counter = _ForwardCounter(model, monkeypatch)
     one_by_one = embed_sequences(model, alphabet, sequences, layer, toks_per_batch=140)
     all_at_once = embed_sequences(model, alphabet, sequences, layer, toks_per_batch=4096)
-    assert counter.rows == [1, 1, 1, 3]  # padding is exercised in the last call
+    # by length; 120 and 129 residues share a batch (9 of 262 tokens padding), 30 and 76 would pad too much
+    assert counter.rows == [1, 1, 1, 1] + [1, 1, 2]
     for sid, sequence in sequences.items():
         direct = _direct(model, alphabet, sequence, layer)
         assert one_by_one[sid].shape == (len(sequence), EMBED_DIM)
@@ -312,6 +319,131 @@ def test_window_starts_cover_every_residue():
             assert 0 <= start and start + window <= length
             covered.update(range(start, start + window))
         assert covered == set(range(length))
+
+
+def _coverage(length: int) -> collections.Counter:
+    """How many residues of a sequence of ``length`` are covered by 1, 2, 3 default windows."""
+    counts = [0] * length
+    for start in window_starts(length, 1022, 511):
+        for i in range(start, min(start + 1022, length)):
+            counts[i] += 1
+    return collections.Counter(counts)
+
+
+def test_window_coverage_is_as_documented():
+    """The coverage embed_sequences' docstring states for the default window 1,022 and stride 511."""
+    assert _coverage(1022) == collections.Counter({1: 1022})
+    for length in (1023, 1362, 1363, 1533):  # two windows, [0, 1022) and [L - 1022, L)
+        assert _coverage(length) == collections.Counter({1: 2 * (length - 1022), 2: 2044 - length})
+    assert _coverage(1362)[2] > 1362 / 2 and _coverage(1363)[2] < 1363 / 2  # "most residues" up to 1,362 only
+    for length in (1534, 2043, 2044, 2045, 2555, 2556, 2699, 5000):
+        last_regular = max(range(0, length - 1022, 511))
+        triple = max(0, last_regular + 511 - (length - 1022))
+        single = 511 + (length - 1022 - last_regular)
+        expected = collections.Counter({1: single, 2: length - single - triple, 3: triple})
+        assert _coverage(length) == expected, length
+    assert _coverage(1534)[3] == 510 and _coverage(2699)[3] == 367
+    assert _coverage(2044)[3] == _coverage(2555)[3] == 0
+
+
+def test_length_batches_bound_tokens_and_padding():
+    lengths = [30, 76, 129, 120, 5, 1100, 74, 76, 3000]
+    batches = length_batches(lengths, 2048, 2)
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths)  # shortest first, as fair-esm's get_batch_indices
+    for batch in batches:
+        padded = len(batch) * (max(lengths[i] for i in batch) + 2)
+        assert padded <= 2048 or len(batch) == 1  # a window over the budget is a batch of its own
+        assert padded - sum(lengths[i] + 2 for i in batch) <= MAX_PADDING * padded
+    assert [len(b) for b in batches] == [1, 1, 3, 2, 1, 1]  # 74/76/76 and 120/129 together
+    # without padding to avoid, fair-esm's batches exactly
+    dataset = esm.data.FastaBatchedDataset(list(range(90)), ["A" * 100] * 90)
+    assert length_batches([100] * 90, 4096, 2) == dataset.get_batch_indices(4096, extra_toks_per_seq=2)
+
+
+@pytest.fixture(scope="module")
+def esm2_8m(tmp_path_factory):
+    """A random ESM-2 of the real 8M architecture (6 layers, 320 wide, 20 heads)."""
+    path, _ = write_random_esm2_checkpoint(tmp_path_factory.mktemp("esm8m") / "esm2_t6_8M_random.pt", 6, 320, 20)
+    return load_esm2(path)
+
+
+@pytest.fixture(scope="module")
+def real_chains(shared_data) -> dict[str, str]:
+    """Real chains of the mirror: the first chain of every 40th structure file, those of at most 400 residues
+    (six, 52 to 362 residues)."""
+    from geoplm.structure import parse_structure
+
+    files = sorted(p for p in (shared_data / "chains").iterdir() if p.name != "CHAINS.tsv")[::40]
+    records = [parse_structure(path)[0] for path in files]
+    return {r["id"]: r["sequence"] for r in records if len(r["sequence"]) <= 400}
+
+
+@pytest.mark.parametrize("layer", [3, 6])
+def test_embeddings_equal_fair_esm_forward_on_real_chains(esm2_8m, real_chains, layer):
+    """extract.py's values: fair-esm's ``model(toks, repr_layers=[k])["representations"][k]`` on one padded
+    batch of real chains, BOS/EOS cut, for a layer inside the model and for the last (after the final layer
+    norm); geoplm's own pass, and the fused-attention option, agree within 1e-5."""
+    model, alphabet = esm2_8m
+    assert len(real_chains) >= 5 and max(map(len, real_chains.values())) <= 1022
+    _, _, tokens = alphabet.get_batch_converter()(list(real_chains.items()))
+    with torch.no_grad():
+        reference = model(tokens, repr_layers=[layer])["representations"][layer]
+    for fused in (False, True):
+        reps = embed_sequences(model, alphabet, real_chains, layer, fused_attention=fused)
+        for row, (sid, sequence) in enumerate(real_chains.items()):
+            torch.testing.assert_close(reps[sid], reference[row, 1 : len(sequence) + 1], atol=1e-5, rtol=0)
+
+
+def test_half_precision_needs_cuda_and_unknown_options_fail(loaded):
+    model, alphabet = loaded
+    with pytest.raises(EmbeddingError, match="CUDA"):
+        embed_sequences(model, alphabet, {"u": UBIQUITIN}, -1, precision="float16")
+    with pytest.raises(EmbeddingError, match="precision"):
+        embed_sequences(model, alphabet, {"u": UBIQUITIN}, -1, precision="fp8")
+
+
+def test_progress_and_returned_tensors_are_ordinary(loaded):
+    model, alphabet = loaded
+    calls = []
+    sequences = {"u": UBIQUITIN, "i": INSULIN_B, "l": LYSOZYME}
+    reps = embed_sequences(model, alphabet, sequences, -1, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(30, 235), (106, 235), (235, 235)]  # one call per batch, shortest first
+    rep = reps["u"]
+    assert not torch.is_inference(rep) and rep.untyped_storage().nbytes() == rep.numel() * 4
+    rep.add_(1.0)  # computed under inference mode, returned as an ordinary tensor
+
+
+def test_model_still_fine_tunes_after_embedding(checkpoint):
+    """fair-esm keeps its rotary tables on the model; those left by an embedding (run under inference mode) must
+    not break a later training step of the same model on a sequence of the same length."""
+    model, alphabet = load_esm2(checkpoint)
+    embed_sequences(model, alphabet, {"u": UBIQUITIN}, -1)
+    tokens = alphabet.get_batch_converter()([("u", UBIQUITIN)])[2]
+    model.train()
+    model(tokens, repr_layers=[NUM_LAYERS])["representations"][NUM_LAYERS].square().mean().backward()
+    assert model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_other_models_run_through_their_forward(loaded):
+    model, alphabet = loaded
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.num_layers, self.calls = inner, inner.num_layers, 0
+
+        def forward(self, tokens, repr_layers):
+            self.calls += 1
+            return self.inner(tokens, repr_layers=repr_layers)
+
+    wrapped = Wrapped(model)
+    rep = embed_sequences(wrapped, alphabet, {"u": UBIQUITIN}, 1)["u"]
+    assert wrapped.calls == 1
+    torch.testing.assert_close(rep, _direct(model, alphabet, UBIQUITIN, 1), atol=1e-5, rtol=0)
+    with pytest.raises(EmbeddingError, match="fused_attention"):
+        embed_sequences(wrapped, alphabet, {"u": UBIQUITIN}, 1, fused_attention=True)
 
 
 def test_long_sequence_is_not_truncated(loaded, monkeypatch):
@@ -414,6 +546,78 @@ def test_store_embeds_shared_sequences_once(tmp_path, loaded, monkeypatch):
     assert other.has(UBIQUITIN) and store.has(UBIQUITIN)  # the file keeps both layers
     assert not EmbeddingStore(tmp_path / "cache", "another_plm", NUM_LAYERS).has(UBIQUITIN)
     assert not list((tmp_path / "cache").rglob("*.part"))
+
+
+def test_cached_rerun_loads_no_model_and_reads_each_file_once(tmp_path, checkpoint, monkeypatch):
+    loads = []
+
+    def loader():
+        loads.append(checkpoint)
+        return load_esm2(checkpoint)
+
+    def must_not_load():
+        raise AssertionError("the model was loaded although every sequence is in the store")
+
+    store = EmbeddingStore(tmp_path / "cache", "esm2_t2_tiny_random", NUM_LAYERS)
+    sequences = {"ubq": UBIQUITIN, "insb": INSULIN_B, "ubq_copy": UBIQUITIN.lower()}
+    with pytest.raises(EmbeddingError, match="'broken'"):  # checked before anything is loaded
+        embed_to_store(store, must_not_load, None, {**sequences, "broken": "MQ*IF"})
+    first = embed_to_store(store, loader, None, sequences)
+    assert len(loads) == 1
+
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(k.get("mmap")) or real_load(*a, **k))
+    rerun = EmbeddingStore(tmp_path / "cache", "esm2_t2_tiny_random", NUM_LAYERS)  # a new job's store
+    assert all(rerun.has(seq) for seq in sequences.values())  # the workflow's step asks first ...
+    assert embed_to_store(rerun, must_not_load, None, sequences) == first  # ... and embed_to_store again
+    assert reads == [True, True]  # each distinct file's metadata once, its tensors mapped, not read
+
+    EmbeddingStore(tmp_path / "cache", "esm2_t2_tiny_random", 1).put("u", UBIQUITIN, torch.zeros(76, EMBED_DIM))
+    reads.clear()
+    assert rerun.has(UBIQUITIN) and reads == [True]  # a rewritten file is looked at again
+    torch.testing.assert_close(rerun.get(INSULIN_B), embed_sequences(*load_esm2(checkpoint), {"i": INSULIN_B}, -1)["i"])
+
+    embed_to_store(rerun, loader, None, {"lyz": LYSOZYME, "ubq": UBIQUITIN})  # a new sequence: loaded once
+    assert len(loads) == 2 and rerun.has(LYSOZYME)
+
+
+def test_embed_esm_script_loads_no_model_on_a_cached_rerun(tmp_path, checkpoint, shared_data, monkeypatch):
+    """The embed_esm rule's script writes the index steps.embed_records writes, and a rerun whose sequences are
+    all in the store does not load the checkpoint."""
+    from geoplm import esm as geoplm_esm
+    from geoplm import steps, structure
+
+    records = [structure.parse_structure(p)[0] for p in sorted((shared_data / "chains").glob("1A*.pdb"))[:3]]
+    structure.save_shard(records, tmp_path / "0000.pt")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "embed_esm.py"
+    settings = {"repr_layer": NUM_LAYERS, "toks_per_batch": 4096, "window": 1022, "stride": 511, "checksum": None}
+
+    def run_rule(index: Path):
+        io = SimpleNamespace(records=str(tmp_path / "0000.pt"), model=str(checkpoint), index=str(index))
+        snakemake = SimpleNamespace(
+            scriptdir=str(script.parent),
+            input=io,
+            output=io,
+            params=SimpleNamespace(store=str(tmp_path / "store"), settings=settings),
+            wildcards=SimpleNamespace(plm="tiny"),
+            log=[str(tmp_path / "log.txt")],
+            config={"device": "cpu"},
+        )
+        runpy.run_path(str(script), init_globals={"snakemake": snakemake})
+
+    loads = []
+    real_loader = geoplm_esm.load_esm2
+    monkeypatch.setattr(geoplm_esm, "load_esm2", lambda *a, **k: loads.append(a) or real_loader(*a, **k))
+    run_rule(tmp_path / "first.tsv")
+    assert len(loads) == 1
+    monkeypatch.setattr(geoplm_esm, "load_esm2", lambda *a, **k: pytest.fail("loaded on a cached rerun"))
+    run_rule(tmp_path / "rerun.tsv")
+    monkeypatch.undo()
+    steps.embed_records(tmp_path / "0000.pt", checkpoint, tmp_path / "steps.tsv", tmp_path / "store", "tiny", settings)
+    index = (tmp_path / "first.tsv").read_text()
+    assert len(index.splitlines()) == 4
+    assert index == (tmp_path / "rerun.tsv").read_text() == (tmp_path / "steps.tsv").read_text()
 
 
 def test_store_errors(tmp_path, loaded):

@@ -150,8 +150,9 @@ def test_serial_precomputed_equals_in_model_frozen_esm(tiny_esm):
     with torch.no_grad():
         in_model = model(graph, sequences=sequences, residue_mask=masks)
         stored = model(graph, esm_feature=_stored_features(tiny_esm, records))
-    assert torch.equal(in_model["node_feature"], stored["node_feature"])
-    assert torch.equal(in_model["graph_feature"], stored["graph_feature"])
+    # stored rows come from geoplm.esm's own forward (fused attention, one-pass GELU): float32 rounding apart
+    torch.testing.assert_close(in_model["node_feature"], stored["node_feature"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(in_model["graph_feature"], stored["graph_feature"], rtol=1e-5, atol=1e-5)
 
 
 def test_sequences_default_to_the_node_sequence(tiny_esm):

@@ -12,19 +12,26 @@ through Meta's own implementation, ``fair-esm`` 2.0.0 (the ``esm`` package):
   ``<cls>`` prepended and ``<eos>`` appended to every sequence;
 * per-residue representations follow fair-esm's ``scripts/extract.py``: the hidden state of one layer
   (``0`` = token embeddings, ``num_layers`` = last layer after the final layer norm) with BOS/EOS
-  removed; batches are formed by ``FastaBatchedDataset.get_batch_indices``; the cache files have the
-  layout of extract.py's output files.
+  removed; the cache files have the layout of extract.py's output files.
 
 Unlike extract.py, nothing is truncated: sequences longer than the training context are embedded in
-overlapping windows (see :func:`embed_sequences`).
+overlapping windows (see :func:`embed_sequences`). And unlike extract.py, which runs ``ESM2.forward`` (every
+layer, the language-model head, attention weights of every head), :func:`embed_sequences` runs the model's own
+modules up to the requested layer, with a fused attention on the CPU (or fair-esm's attention arithmetic without
+its memory traffic), in batches of similar length (:func:`length_batches`), under ``torch.inference_mode``: the
+same values within float32 rounding, about twice as fast on a 2-core CPU (``benchmarks/bench_esm.py``).
+:func:`embed_to_store` loads the model only when the store lacks a sequence.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import pickle
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import esm
@@ -33,6 +40,8 @@ import torch
 
 from geoplm.atomic import torch_save
 from geoplm.errors import ChecksumError, EmbeddingError
+
+log = logging.getLogger(__name__)
 
 _MODEL_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 _REGRESSION_URL = "https://dl.fbaipublicfiles.com/fair-esm/regression/{name}-contact-regression.pt"
@@ -371,11 +380,179 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
     ``[0]`` if ``length <= window``; otherwise ``0, stride, 2*stride, ...`` while the window ends before
     the sequence does, plus a last window aligned to the sequence end (``length - window``), so every
-    residue is covered and every window is full length.
+    residue is covered and every window is full length. How many windows cover each residue with the
+    defaults is spelled out in :func:`embed_sequences`.
     """
     if length <= window:
         return [0]
     return [*range(0, length - window, stride), length - window]
+
+
+#: Padded tokens allowed in a batch, as a fraction of its tokens (padding included): windows are sorted by
+#: length and a batch is closed before it would exceed this (or ``toks_per_batch``); see :func:`length_batches`.
+MAX_PADDING = 0.125
+
+#: Elements of the ``(pairs, T, T)`` attention weights the exact attention (``fused_attention=False``) computes at a
+#: time, over a few (row, head) pairs: 4 MiB of float32 on the CPU, so that they stay in the cache between the two
+#: products and the softmax; 256 MiB on a GPU, where fewer, larger kernels pay.
+_ATTENTION_CHUNK = {"cpu": 1 << 20, "cuda": 1 << 26}
+
+_PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def length_batches(lengths: list[int], toks_per_batch: int, extra_toks_per_seq: int = 2) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into batches of similar length (shortest first).
+
+    As fair-esm's ``FastaBatchedDataset.get_batch_indices`` (which ``scripts/extract.py`` uses), the items are
+    sorted by ``(length, index)`` and taken in that order, and a batch is closed before its padded size
+    ``rows * (longest + extra_toks_per_seq)`` would exceed ``toks_per_batch`` (an item longer than that is a
+    batch of its own). In addition a batch is closed before its padding (tokens of ``<pad>``) would exceed
+    :data:`MAX_PADDING` of its padded size, so that little attention and few linear layers are computed on
+    padding: at 4,096 tokens per batch fair-esm's rule alone adds 22% padding tokens to the 75 chains of
+    ``benchmarks/bench_esm.py --long 0`` (and 37% to their attention), this one 9% (15%), in 10 batches instead of
+    5.
+
+    Args:
+        lengths: item lengths in residues.
+        toks_per_batch: token budget of a batch, padding included.
+        extra_toks_per_seq: tokens added to each item (BOS and EOS: 2).
+
+    Returns:
+        Lists of indices into ``lengths``; every index appears once.
+    """
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    tokens = 0
+    for index in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        size = lengths[index] + extra_toks_per_seq
+        padded = (len(batch) + 1) * size  # sorted: this item is the longest of the batch
+        if batch and (padded > toks_per_batch or padded - (tokens + size) > MAX_PADDING * padded):
+            batches.append(batch)
+            batch, tokens = [], 0
+        batch.append(index)
+        tokens += size
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def _attention(q, k, v, key_padding_mask: torch.Tensor | None, fused: bool) -> torch.Tensor:
+    """Self-attention of ``q``, ``k``, ``v`` (``(B, H, T, d)``, q scaled and both rotated) with the keys where
+    ``key_padding_mask`` (``(B, T)``, True at ``<pad>``; None: no padding) is True left out. Returns ``(B, H, T,
+    d)``.
+
+    ``fused=False``: fair-esm's ``MultiheadAttention`` arithmetic (``bmm`` of q and k, ``-inf`` at padded keys,
+    float32 softmax, ``bmm`` with v), evaluated over a few of the ``B * H`` (row, head) pairs at a time, so that
+    each block of weights (:data:`_ATTENTION_CHUNK` elements) stays in the cache between the two products and the
+    softmax instead of the whole ``(B * H, T, T)`` tensor going through memory six times (fair-esm also copies
+    it for the mask and averages it over the heads for weights nobody reads here). ``fused=True``: torch's
+    ``scaled_dot_product_attention`` (on the CPU a flash-attention kernel; on CUDA flash or memory-efficient
+    kernels), which never forms the weights and sums in another order.
+    """
+    if fused:
+        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+    rows, heads, length, dim = q.shape
+    q, k, v = (t.reshape(rows * heads, length, dim) for t in (q, k, v))
+    out = torch.empty_like(q)
+    masked = None if key_padding_mask is None else key_padding_mask.repeat_interleave(heads, 0).unsqueeze(1)
+    step = max(1, _ATTENTION_CHUNK["cuda" if q.is_cuda else "cpu"] // (length * length))
+    for first in range(0, rows * heads, step):
+        part = slice(first, first + step)
+        weights = torch.bmm(q[part], k[part].transpose(1, 2))
+        if masked is not None:
+            weights.masked_fill_(masked[part], float("-inf"))
+        weights = torch.softmax(weights, dim=-1, dtype=torch.float32)
+        out[part] = torch.bmm(weights.type_as(v), v[part])
+    return out.view(rows, heads, length, dim)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """fair-esm's ``apply_rotary_pos_emb(x, cos, sin)`` = ``x * cos + rotate_half(x) * sin`` in four passes
+    instead of five, with the same values: ``rotate_half(x) = cat(-x2, x1)`` times ``sin`` is ``roll(x) = cat(x2,
+    x1)`` times ``signed_sin = cat(-sin1, sin2)``."""
+    out = x * cos
+    rolled = x.roll(x.shape[-1] // 2, dims=-1)
+    rolled *= signed_sin
+    out += rolled
+    return out
+
+
+def _rotary_tables(layers, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(cos, signed_sin)`` for :func:`_rotate` in each of ``layers`` for ``x`` of shape ``(B, T, E)``: the tables
+    of fair-esm's ``RotaryEmbedding._update_cos_sin_tables`` (``(1, T, head_dim)``), computed once for all layers
+    whose ``inv_freq`` buffers are equal (in every ESM-2 they are) instead of once per layer.
+
+    fair-esm keeps the last tables on the module and reuses them in later forward passes, so they are made
+    outside inference mode: inference tensors left there would break a later fine-tuning of the same model
+    ("Inference tensors cannot be saved for backward").
+    """
+    tables: list[tuple[torch.Tensor, torch.Tensor]] = []
+    with torch.inference_mode(False):
+        for block in layers:
+            rot_emb = block.self_attn.rot_emb
+            if tables and torch.equal(rot_emb.inv_freq, layers[0].self_attn.rot_emb.inv_freq):
+                tables.append(tables[0])
+                continue
+            cos, sin = rot_emb._update_cos_sin_tables(x, seq_dimension=1)
+            half = sin.shape[-1] // 2
+            tables.append((cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)))
+    return tables
+
+
+def _layer_forward(
+    layer, x: torch.Tensor, key_padding_mask: torch.Tensor | None, fused: bool, rotary: tuple[torch.Tensor, ...]
+) -> torch.Tensor:
+    """One fair-esm ``TransformerLayer`` (pre-layer-norm self-attention with rotary embeddings, then the
+    pre-layer-norm GELU feed-forward, each added to the residual stream) on ``x`` of shape ``(B, T, E)``.
+
+    Its submodules do the work: ``self_attn_layer_norm``, ``self_attn.{q,k,v,out}_proj``, ``final_layer_norm``,
+    ``fc1``, ``fc2``; ``rotary`` is the layer's entry of :func:`_rotary_tables` (fair-esm's rotary tables, whose
+    rotation :func:`_rotate` applies). As in fair-esm, q is scaled by ``head_dim ** -0.5`` before the rotation.
+    Differences from ``TransformerLayer.forward``: the attention is :func:`_attention` (no head weights are
+    formed or returned), and the GELU is ``torch.nn.functional.gelu``, the same erf form as fair-esm's
+    ``esm.modules.gelu`` in one pass instead of five (within a float32 rounding: it multiplies by 1/sqrt(2) where
+    fair-esm divides by sqrt(2)). Fewer passes over the activations also mean fewer waits for a busy core.
+    """
+    attention = layer.self_attn
+    rows, length, width = x.shape
+    heads, dim = attention.num_heads, attention.head_dim
+    h = layer.self_attn_layer_norm(x)
+    q = attention.q_proj(h)
+    q *= attention.scaling
+    q, k, v = (t.view(rows, length, heads, dim).transpose(1, 2) for t in (q, attention.k_proj(h), attention.v_proj(h)))
+    h = _attention(_rotate(q, *rotary), _rotate(k, *rotary), v, key_padding_mask, fused)
+    x = x + attention.out_proj(h.transpose(1, 2).reshape(rows, length, width))
+    h = layer.fc2(torch.nn.functional.gelu(layer.fc1(layer.final_layer_norm(x))))
+    return x + h
+
+
+def _esm2_hidden(model, tokens: torch.Tensor, layer: int, fused: bool) -> torch.Tensor:
+    """Hidden state ``(B, T, E)`` of ``layer`` (``0..num_layers``) of a fair-esm ``ESM2`` for ``tokens``.
+
+    The steps of ``ESM2.forward`` up to that layer (fair-esm 2.0.0, ``esm/model/esm2.py``): the scaled token
+    embedding; token dropout's rescaling (``x * (1 - 0.15 * 0.8) / (1 - masked fraction)``, masked tokens
+    zeroed); padded positions zeroed; then ``layers[:layer]`` (:func:`_layer_forward`, with the padding mask
+    only if some row is padded), and the final ``emb_layer_norm_after`` only when ``layer`` is the last (fair-esm
+    applies it there and reports the last layer after it). Skipped, as nothing returned needs them: the layers
+    past ``layer``, the language-model head (logits), attention head weights and the contact head.
+    """
+    padding_mask = tokens.eq(model.padding_idx)
+    x = model.embed_scale * model.embed_tokens(tokens)
+    if model.token_dropout:
+        masked = tokens.eq(model.mask_idx)
+        x.masked_fill_(masked.unsqueeze(-1), 0.0)
+        mask_ratio_train = 0.15 * 0.8
+        mask_ratio_observed = masked.sum(-1).to(x.dtype) / (~padding_mask).sum(-1)
+        x = x * (1 - mask_ratio_train) / (1 - mask_ratio_observed)[:, None, None]
+    x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
+    key_padding_mask = padding_mask if padding_mask.any() else None
+    blocks = model.layers[:layer]
+    for block, rotary in zip(blocks, _rotary_tables(blocks, x), strict=True):
+        x = _layer_forward(block, x, key_padding_mask, fused, rotary)
+    if layer == model.num_layers:
+        x = model.emb_layer_norm_after(x)
+    return x
 
 
 def embed_sequences(
@@ -387,30 +564,51 @@ def embed_sequences(
     window: int = DEFAULT_WINDOW,
     stride: int = DEFAULT_STRIDE,
     device: str | torch.device = "cpu",
+    *,
+    precision: str = "float32",
+    fused_attention: bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-residue ESM-2 representations of one layer, as fair-esm's ``scripts/extract.py --include per_tok``.
 
     Each sequence (upper-cased) is cut into windows of at most ``window`` residues (see
     :func:`window_starts`); every window is tokenised with fair-esm's ``BatchConverter`` (BOS ``<cls>``
-    + residues + ``<eos>``, padded with ``<pad>``); windows are sorted by length and packed into batches
-    of at most ``toks_per_batch`` tokens (padding included) by fair-esm's
-    ``FastaBatchedDataset.get_batch_indices`` (a window longer than that forms a batch of its own). The
-    layer's hidden states at the residue positions (BOS/EOS dropped) are kept.
+    + residues + ``<eos>``, padded with ``<pad>``); windows are sorted by length and grouped into batches of at
+    most ``toks_per_batch`` tokens (padding included) with little padding (:func:`length_batches`; a window
+    longer than that forms a batch of its own). The layer's hidden states at the residue positions (BOS/EOS
+    dropped) are kept.
+
+    The forward pass of a fair-esm ``ESM2`` is run from the model's own modules up to ``repr_layer`` only
+    (:func:`_esm2_hidden`: no later layers, no language-model or contact head, no attention weights), under
+    ``torch.inference_mode``. For sequences of at most 1,022 residues the result equals extract.py's
+    ``representations`` for the same checkpoint within float32 rounding: ``tests/test_esm.py`` and
+    ``benchmarks/bench_esm.py`` find at most 3e-6 absolute on random ESM-2 8M / 35M checkpoints, the GELU's and
+    (with the fused attention) the attention's summation order being the only differences. A model that is not an
+    ``ESM2`` is called as fair-esm's ``model(tokens, repr_layers=[layer])``.
 
     Long sequences: ESM-2 was trained on crops of 1,022 residues, and extract.py truncates there. Here
     nothing is truncated: a sequence longer than ``window`` is embedded as overlapping windows (each with
     its own BOS/EOS, positions restarting at the window), and each residue's vector is the unweighted
-    mean over all windows covering it (with the default stride of half a window, interior residues are
-    averaged over two windows, the first and last ``stride`` residues are seen by one). Windows are
-    summed in order of their start, so results do not depend on the batching. A sequence of at most
-    ``window`` residues is one window and gets exactly the single-sequence forward.
+    mean over all windows covering it. With the defaults (window 1,022, stride 511) a sequence of L residues
+    is covered as follows (``tests/test_esm.py`` computes these counts from :func:`window_starts`):
 
-    The model is moved to ``device`` and run in eval mode without gradients (its previous training
-    mode is restored).
+    * L <= 1,022: one window, the plain single-sequence forward;
+    * 1,023 <= L <= 1,533: two windows, residues ``[0, 1022)`` and ``[L - 1022, L)``: the 2,044 - L residues
+      of their overlap are averaged over both (most of the sequence only up to L = 1,362; 511 residues at
+      L = 1,533), the first and last L - 1,022 residues are seen by one window;
+    * L >= 1,534: windows start at 0, 511, ..., s (the multiples of 511 below L - 1,022) and at L - 1,022.
+      The first 511 residues and the last L - 1,022 - s are seen by one window; residues ``[L - 1022, s + 511)``
+      by three (the end window over the last two regular ones: 510 residues at L = 1,534, 367 at L = 2,699, none
+      when L - 1,022 is a multiple of 511, as at L = 2,044 or 2,555); all others by two.
+
+    Windows are summed in order of their start, so results do not depend on the batching. A sequence of at
+    most ``window`` residues is one window and gets the single-sequence forward.
+
+    The model is moved to ``device`` and run in eval mode (its previous training mode is restored).
 
     Args:
-        model: a fair-esm ESM-2 (anything with ``num_layers`` and fair-esm's ``forward(tokens,
-            repr_layers=[...])``).
+        model: a fair-esm ESM-2 (``esm.model.esm2.ESM2``; anything else with ``num_layers`` and fair-esm's
+            ``forward(tokens, repr_layers=[...])`` is run through that forward).
         alphabet: its fair-esm ``Alphabet``.
         sequences: id -> amino-acid sequence (one-letter codes of the alphabet, any case).
         repr_layer: layer to return, ``0..num_layers`` (0 = token embeddings, ``num_layers`` = output of
@@ -419,6 +617,20 @@ def embed_sequences(
         window: residues per window (default 1,022, ESM-2's training crop minus BOS/EOS).
         stride: residues between window starts, ``1 <= stride <= window``.
         device: torch device to run on.
+        precision: ``"float32"`` (default), or ``"float16"`` / ``"bfloat16"`` on a CUDA device only: the
+            forward runs under ``torch.autocast`` (weights stay float32; matrix products in half precision,
+            layer norms and softmax in float32); results are returned as float32. ``benchmarks/bench_esm.py``
+            reports the difference to float32 on a GPU.
+        fused_attention: True: attention by ``torch.nn.functional.scaled_dot_product_attention`` (fused
+            kernels: on the CPU a float32 flash-attention kernel; on CUDA flash or memory-efficient kernels);
+            False: fair-esm's arithmetic (bmm, softmax, bmm) a few heads at a time (:func:`_attention`); None
+            (default): fused on the CPU, fair-esm's arithmetic on other devices (on a GPU the fused kernels are
+            an option, whose difference to float32 ``benchmarks/bench_esm.py`` reports). On the 2-core CPU of
+            ``benchmarks/README.md`` the fused attention makes the whole embedding ~1.15x faster when the cores
+            are idle and 1.4x-3x when other processes compete for them (one call per layer instead of one per
+            few heads, each of which waits for both threads); both agree with fair-esm within 3e-6.
+        progress: called after each batch as ``progress(residues_done, residues_total)``, counted over the
+            windows' residues (for logging, or to interleave a benchmark).
 
     Returns:
         id -> float32 CPU tensor of shape ``(L, D)``, L the sequence length in residues, D the model's
@@ -426,45 +638,65 @@ def embed_sequences(
 
     Raises:
         EmbeddingError: empty sequence or characters outside the alphabet (naming the id), ``repr_layer``
-            out of range, or invalid ``window``/``stride``/``toks_per_batch``.
+            out of range, invalid ``window``/``stride``/``toks_per_batch``, an unknown ``precision`` or half
+            precision on a device other than CUDA, or ``fused_attention`` with a model that is not an ``ESM2``.
     """
     if window < 1 or not 1 <= stride <= window:
         raise EmbeddingError(f"invalid windowing: window={window}, stride={stride} (need 1 <= stride <= window)")
     if toks_per_batch < 1:
         raise EmbeddingError(f"invalid toks_per_batch={toks_per_batch}")
+    device = torch.device(device)
+    if precision not in _PRECISIONS:
+        raise EmbeddingError(f"unknown precision {precision!r} (one of {', '.join(_PRECISIONS)})")
+    if precision != "float32" and device.type != "cuda":
+        raise EmbeddingError(
+            f"precision {precision!r} needs a CUDA device (got {device}); on the CPU embeddings are float32"
+        )
     layer = _normalise_layer(model, repr_layer)
+    is_esm2 = isinstance(model, esm.model.esm2.ESM2)
+    if fused_attention is None:
+        fused_attention = is_esm2 and device.type == "cpu"
+    if fused_attention and not is_esm2:
+        raise EmbeddingError(f"fused_attention needs a fair-esm ESM2 model, got {type(model).__name__}")
     checked = _check_sequences(sequences, alphabet)
     if not checked:
         return {}
 
     ids = list(checked)
-    chunk_labels: list[tuple[int, int]] = []  # (sequence index, window start)
-    chunk_strs: list[str] = []
+    chunks: list[tuple[tuple[int, int], str]] = []  # ((sequence index, window start), window's residues)
     for index, sid in enumerate(ids):
         sequence = checked[sid]
         for start in window_starts(len(sequence), window, stride):
-            chunk_labels.append((index, start))
-            chunk_strs.append(sequence[start : start + window])
+            chunks.append(((index, start), sequence[start : start + window]))
 
     extra = int(alphabet.prepend_bos) + int(alphabet.append_eos)
-    dataset = esm.data.FastaBatchedDataset(chunk_labels, chunk_strs)
-    batches = dataset.get_batch_indices(toks_per_batch, extra_toks_per_seq=extra)
+    batches = length_batches([len(chunk) for _, chunk in chunks], toks_per_batch, extra)
     converter = alphabet.get_batch_converter()
     offset = int(alphabet.prepend_bos)
+    total = sum(len(chunk) for _, chunk in chunks)
+    done = 0
+    autocast = torch.autocast(device.type, dtype=_PRECISIONS[precision]) if precision != "float32" else nullcontext()
 
     outputs: dict[tuple[int, int], torch.Tensor] = {}
     was_training = model.training
     model.to(device)
     model.eval()
     try:
-        with torch.no_grad():
-            for batch in batches:
-                labels, strs, tokens = converter([dataset[i] for i in batch])
-                out = model(tokens.to(device), repr_layers=[layer])
-                hidden = out["representations"][layer]
-                for row, (label, chunk) in enumerate(zip(labels, strs, strict=True)):
-                    rep = hidden[row, offset : offset + len(chunk)]
-                    outputs[label] = rep.to(device="cpu", dtype=torch.float32).clone()
+        for batch in batches:
+            labels, strs, tokens = converter([chunks[i] for i in batch])
+            with torch.inference_mode(), autocast:
+                tokens = tokens.to(device)
+                if is_esm2:
+                    hidden = _esm2_hidden(model, tokens, layer, fused_attention)
+                else:
+                    hidden = model(tokens, repr_layers=[layer])["representations"][layer]
+            # copied out of inference mode: the returned tensors are ordinary ones (in-place ops, autograd)
+            for row, (label, chunk) in enumerate(zip(labels, strs, strict=True)):
+                rep = hidden[row, offset : offset + len(chunk)]
+                outputs[label] = rep.to(device="cpu", dtype=torch.float32).clone()
+            done += sum(len(chunk) for chunk in strs)
+            if progress is not None:
+                progress(done, total)
     finally:
         model.train(was_training)
 
@@ -476,13 +708,13 @@ def embed_sequences(
             result[sid] = outputs[(index, 0)]
             continue
         dim = outputs[(index, starts[0])].shape[1]
-        total = torch.zeros(len(sequence), dim, dtype=torch.float32)
+        total_rep = torch.zeros(len(sequence), dim, dtype=torch.float32)
         count = torch.zeros(len(sequence), 1, dtype=torch.float32)
         for start in starts:
             rep = outputs[(index, start)]
-            total[start : start + rep.shape[0]] += rep
+            total_rep[start : start + rep.shape[0]] += rep
             count[start : start + rep.shape[0]] += 1.0
-        result[sid] = total / count
+        result[sid] = total_rep / count
     return result
 
 
@@ -507,6 +739,9 @@ class EmbeddingStore:
     (:meth:`put` keeps the layers already there); files are written atomically (concurrent writers of
     different layers of one sequence may drop one another's layer, never corrupt the file).
 
+    :meth:`has` reads a file's metadata only and remembers the files it found complete (see there), so asking
+    twice about a cached sequence reads its file once.
+
     Args:
         root: cache folder.
         plm: model name, one folder per model (e.g. ``esm2_t33_650M_UR50D``); no path separators.
@@ -528,20 +763,27 @@ class EmbeddingStore:
         self.root = Path(root)
         self.plm = plm
         self.repr_layer = int(repr_layer)
+        # files found to hold this layer for their sequence -> (size, mtime_ns, inode) when they did
+        self._complete: dict[Path, tuple[int, int, int]] = {}
 
     def path(self, sequence: str) -> Path:
         """The cache file of ``sequence`` (whether or not it exists)."""
         digest = sequence_hash(sequence)
         return self.root / self.plm / digest[:2] / f"{digest}.pt"
 
-    def _load(self, sequence: str) -> dict | None:
+    def _load(self, sequence: str, mmap: bool = False) -> dict | None:
+        """The file of ``sequence`` if it is a readable store file of that sequence, else None. ``mmap=True``
+        maps the tensors' bytes instead of reading them (for checks of shapes only; files torch cannot map
+        are read)."""
         path = self.path(sequence)
         if not path.is_file():
             return None
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception:
-            return None
+            if not mmap:
+                return None
+            return self._load(sequence)
         if not isinstance(data, dict) or data.get("sequence_hash") != sequence_hash(sequence):
             return None
         if not isinstance(data.get("representations"), dict):
@@ -550,12 +792,29 @@ class EmbeddingStore:
 
     def has(self, sequence: str) -> bool:
         """True if the file exists, is readable, belongs to ``sequence`` and holds this store's layer
-        with ``len(sequence)`` rows."""
-        data = self._load(sequence)
+        with ``len(sequence)`` rows.
+
+        Only the file's zip directory and pickled metadata are read (``torch.load(mmap=True)``: the tensors are
+        mapped, and only their shapes looked at). A file found complete is remembered with its size,
+        modification time and inode, and while those are unchanged asking again costs one ``stat`` (the
+        workflow's embed step asks before and inside :func:`embed_to_store`).
+        """
+        path = self.path(sequence)
+        try:
+            info = path.stat()
+        except OSError:
+            return False
+        key = (info.st_size, info.st_mtime_ns, info.st_ino)
+        if self._complete.get(path) == key:
+            return True
+        data = self._load(sequence, mmap=True)
         if data is None:
             return False
         rep = data["representations"].get(self.repr_layer)
-        return isinstance(rep, torch.Tensor) and rep.ndim == 2 and rep.shape[0] == len(sequence)
+        complete = isinstance(rep, torch.Tensor) and rep.ndim == 2 and rep.shape[0] == len(sequence)
+        if complete:
+            self._complete[path] = key
+        return complete
 
     def put(self, label: str, sequence: str, representation: torch.Tensor) -> Path:
         """Store the ``(L, D)`` representation of ``sequence`` for this store's layer; returns the file.
@@ -584,6 +843,8 @@ class EmbeddingStore:
         data["mean_representations"][self.repr_layer] = rep.mean(0)
         path = self.path(sequence)
         torch_save(data, path)
+        info = path.stat()
+        self._complete[path] = (info.st_size, info.st_mtime_ns, info.st_ino)
         return path
 
     def get(self, sequence: str) -> torch.Tensor:
@@ -614,26 +875,45 @@ def embed_to_store(store: EmbeddingStore, model, alphabet, sequences: dict[str, 
     from; a sequence already in the store is not embedded again. Work is done in groups of about
     200,000 residues, each written before the next is embedded.
 
+    The model can be given as a loader, called only when some sequence is missing from the store: a rerun whose
+    sequences are all cached then loads no checkpoint (2.5 GB for ESM-2 650M, 11 GB for 3B) and reads each
+    cached file's metadata once (:meth:`EmbeddingStore.has`).
+
     Args:
         store: the cache.
-        model, alphabet: as for :func:`embed_sequences`.
+        model: as for :func:`embed_sequences`; or a callable without arguments (not a ``torch.nn.Module``)
+            returning ``(model, alphabet)``, e.g. ``lambda: load_esm2(path)``, called at most once and only if
+            something is to be embedded.
+        alphabet: as for :func:`embed_sequences`; with a loader it may be None, and the sequences are then
+            checked against fair-esm's ESM-1b alphabet (the vocabulary of every ESM-2) before anything is
+            loaded, the loader's alphabet tokenising them.
         sequences: id -> sequence.
         **kwargs: passed to :func:`embed_sequences` (``toks_per_batch``, ``window``, ``stride``,
-            ``device``).
+            ``device``, ``precision``, ``fused_attention``, ``progress``).
 
     Returns:
         id -> cache file (``store.path(sequence)``), for every id.
 
     Raises:
         EmbeddingError: as :func:`embed_sequences` (invalid sequences are reported before anything is
-            embedded).
+            embedded or loaded).
     """
-    checked = _check_sequences(sequences, alphabet)
-    _normalise_layer(model, store.repr_layer)
+    loader = None
+    if callable(model) and not isinstance(model, torch.nn.Module):
+        loader, model = model, None
+    if alphabet is None and loader is None:
+        raise EmbeddingError("embed_to_store: an alphabet is needed unless the model is given as a loader")
+    checked = _check_sequences(sequences, alphabet or esm.data.Alphabet.from_architecture("ESM-1b"))
+    if model is not None:
+        _normalise_layer(model, store.repr_layer)
     unique: dict[str, tuple[str, str]] = {}
     for sid, sequence in checked.items():
         unique.setdefault(sequence_hash(sequence), (sid, sequence))
     todo = [(sid, seq) for sid, seq in unique.values() if not store.has(seq)]
+    log.info("%d of %d distinct sequences to embed (the others are in %s)", len(todo), len(unique), store.root)
+    if todo and loader is not None:
+        model, alphabet = loader()
+        _normalise_layer(model, store.repr_layer)
 
     group: dict[str, str] = {}
     residues = 0

@@ -477,7 +477,11 @@ def embed_records(
     """Embed every record of a shard with ESM-2 into the shared store; write the shard's index.
 
     Only sequences the store lacks are embedded (a sequence shared by two datasets, or by two
-    chains, is embedded once). The index lists id, sequence hash, length and the store file.
+    chains, is embedded once), and the checkpoint is loaded only when there is one: a rerun whose
+    sequences are all cached loads no model (:func:`geoplm.esm.embed_to_store` with a loader). The index
+    lists id, sequence hash, length and the store file. ``settings``: the plm's ``repr_layer``,
+    ``toks_per_batch``, ``window``, ``stride``, ``checksum``, and the embedding options ``precision``
+    (``float32``; half precision on CUDA only) and ``fused_attention`` (None: fused on the CPU).
 
     Raises:
         EmbeddingError, ChecksumError: from :mod:`geoplm.esm`.
@@ -487,20 +491,25 @@ def embed_records(
     records = structure.load_shard(records_path)
     sequences = {record["id"]: record["sequence"] for record in records}
     store = esm.EmbeddingStore(store_root, plm, settings["repr_layer"])
-    todo = sum(not store.has(seq) for seq in set(sequences.values()))
-    log.info("%d records, %d distinct sequences to embed", len(sequences), todo)
+    log.info("%d records, %d distinct sequences", len(sequences), len(set(sequences.values())))
+
+    def load_model():
+        model, alphabet = esm.load_esm2(checkpoint, settings.get("checksum"))
+        return model.to(device), alphabet
+
     paths: dict = {}
     if sequences:
-        model, alphabet = esm.load_esm2(checkpoint, settings.get("checksum"))
         paths = esm.embed_to_store(
             store,
-            model.to(device),
-            alphabet,
+            load_model,
+            None,
             sequences,
             toks_per_batch=settings.get("toks_per_batch", 4096),
-            window=settings.get("window", 1022),
-            stride=settings.get("stride", 511),
+            window=settings.get("window", esm.DEFAULT_WINDOW),
+            stride=settings.get("stride", esm.DEFAULT_STRIDE),
             device=device,
+            precision=settings.get("precision", "float32"),
+            fused_attention=settings.get("fused_attention"),
         )
     rows = [
         {"id": rid, "sequence_hash": esm.sequence_hash(seq), "length": len(seq), "path": str(paths[rid])}
