@@ -143,24 +143,10 @@ class LigandAffinity(Regression):
     }
     default_selection = {"metric": "loss", "mode": "min"}
 
-    def build_examples(
-        self, records: Sequence[Mapping], split_of: Mapping[str, str], loader: InputLoader
-    ) -> dict[str, list]:
-        out: dict[str, list] = {split: [] for split in self.splits}
-        for record in records:
-            split = split_of.get(record["id"])
-            if split not in out:
-                continue
-            protein = loader(record)
-            if protein is None:
-                continue
-            target = self.target(record, protein)
-            if target is None:
-                continue
-            ligand = ligand_atoms(record, bool(self.settings["ligand_hydrogens"]))
-            example = complex_input(protein, ligand, loader.uses_embeddings)
-            out[split].append(Example(record["id"], (example,), target, self.group(record)))
-        return out
+    def example_input(self, record: Mapping, protein: ProteinInput, loader: InputLoader) -> ProteinInput:
+        """The pocket with the ligand's atoms appended (:func:`complex_input`)."""
+        ligand = ligand_atoms(record, bool(self.settings["ligand_hydrogens"]))
+        return complex_input(protein, ligand, loader.uses_embeddings)
 
     def build_model(self, model_spec: Mapping, input_dim: int, plm: bool, esm=None, name: str = "model") -> nn.Module:
         from geoplm.models.zoo import build_encoder

@@ -303,8 +303,14 @@ class Task:
             target = self.target(record, protein)
             if target is None:
                 continue
-            out[split].append(Example(record["id"], (protein,), target, self.group(record)))
+            out[split].append(Example(record["id"], (self.example_input(record, protein, loader),), target,
+                                      self.group(record)))  # fmt: skip
         return out
+
+    def example_input(self, record: Mapping, protein: ProteinInput, loader: InputLoader) -> ProteinInput:
+        """What the encoder reads of a record that has a target: its protein (by default), or more (LBA adds
+        the ligand's atoms)."""
+        return protein
 
     def input_dim(self, example) -> int | None:
         """The node input width of the task's examples (21 for the one-hot, the ESM-2 width with stored rows)."""
