@@ -84,6 +84,8 @@ def plm_params(plm):
         "window": spec.get("window", 1022),
         "stride": spec.get("stride", 511),
         "checksum": spec.get("checksum"),
+        # embedding options, passed only where set (so adding them reruns nothing that did not set them)
+        **{key: spec[key] for key in ("precision", "fused_attention") if key in spec},
     }
 
 
