@@ -76,16 +76,16 @@ def graph_construction():
 
 
 def read_protein(path: Path, workdir: Path):
-    from torchdrug import data
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from torchdrug_reference import load_protein
 
     if path.suffix == ".gz":
         plain = workdir / path.name[: -len(".gz")]
         plain.write_bytes(gzip.decompress(path.read_bytes()))
         path = plain
-    protein = data.Protein.from_pdb(str(path), atom_feature="position", bond_feature="length", residue_feature="symbol")
+    protein = load_protein(path)
     if protein is None:
         raise SystemExit(f"torchdrug cannot read {path}")
-    protein.view = "residue"
     return protein
 
 

@@ -99,17 +99,21 @@ def graph_construction():
     )
 
 
+def load_protein(path):
+    """A PDB file as GearNet's data pipeline reads it (``Protein.from_pdb`` with its features, residue view);
+    None where RDKit cannot read it."""
+    from torchdrug import data
+
+    protein = data.Protein.from_pdb(str(path), atom_feature="position", bond_feature="length", residue_feature="symbol")
+    if protein is not None:
+        protein.view = "residue"
+    return protein
+
+
 def load_proteins(paths):
     from torchdrug import data
 
-    proteins = []
-    for path in paths:
-        protein = data.Protein.from_pdb(
-            str(path), atom_feature="position", bond_feature="length", residue_feature="symbol"
-        )
-        protein.view = "residue"
-        proteins.append(protein)
-    return data.Protein.pack(proteins)
+    return data.Protein.pack([load_protein(path) for path in paths])
 
 
 def build_models():

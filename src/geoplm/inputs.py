@@ -75,6 +75,12 @@ class ProteinInput:
     def num_nodes(self) -> int:
         return int(self.position.shape[0])
 
+    def chains(self) -> Tensor:
+        """``(n,)`` long chain of every node: :attr:`chain_index`, or zeros for an input of one chain."""
+        if self.chain_index is None:
+            return torch.zeros(self.num_nodes, dtype=torch.long)
+        return self.chain_index.long()
+
     def crop(self, start: int, end: int) -> ProteinInput:
         """The nodes ``start .. end - 1`` (and the residues they span), for a window such as
         ESM-GearNet's ``TruncateProteinPair``; the cached graph is dropped (it is rebuilt on the batch)."""
@@ -114,7 +120,7 @@ def concatenate_proteins(proteins: Sequence[ProteinInput], protein_id: str) -> P
     offsets = torch.tensor([0] + [p.length for p in proteins[:-1]]).cumsum(0).tolist()
     chains, first = [], 0
     for p in proteins:
-        own = torch.zeros(p.num_nodes, dtype=torch.long) if p.chain_index is None else p.chain_index.long()
+        own = p.chains()
         chains.append(own + first)
         first += int(own.max()) + 1 if len(own) else 1
     esm_input = None
@@ -336,9 +342,7 @@ def make_graph(proteins: Sequence[ProteinInput], device: str | torch.device = "c
     node2graph = torch.repeat_interleave(torch.arange(len(proteins)), torch.tensor([p.num_nodes for p in proteins]))
     chain_id = None
     if any(p.chain_index is not None for p in proteins):  # chains only matter within a protein
-        chain_id = torch.cat(
-            [torch.zeros(p.num_nodes, dtype=torch.long) if p.chain_index is None else p.chain_index for p in proteins]
-        )
+        chain_id = torch.cat([p.chains() for p in proteins])
     graph = build_batch_graph(position, residue_type, node2graph, settings, chain_id=chain_id)
     if residue_numbers is not None:
         graph = replace(graph, residue_number=torch.cat(residue_numbers).to(position.device))

@@ -243,8 +243,9 @@ class ChecksumLock:
 
     The file (default ``checksums.lock.tsv`` in the workflow directory, config key ``checksum_lock``) is a
     TSV with the columns :data:`LOCK_COLUMNS` (url, ``sha256:<hex>``, the file name, the UTC time it was
-    recorded), sorted by URL, for a user to review and commit. Jobs that download in parallel merge their
-    entries under an exclusive ``flock`` on ``<lock>.lck``; the file is rewritten atomically.
+    recorded), sorted by URL, for a user to review and commit. :meth:`fetch` is :func:`fetch` with the lock
+    and :meth:`save` writes the pins it made; jobs that download in parallel merge their entries under an
+    exclusive ``flock`` on ``<lock>.lck``; the file is rewritten atomically.
 
     Args:
         path: the lock file.
@@ -252,6 +253,18 @@ class ChecksumLock:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._pins: dict[str, str] | None = None
+        self._new: dict[str, tuple[str, str]] = {}
+
+    def _lines(self) -> dict[str, tuple[int, str]]:
+        """URL -> (line number, line) of the file's entries (empty when the file does not exist)."""
+        if not self.path.exists():
+            return {}
+        lines = {}
+        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+            if number > 1 and line.strip() and not line.startswith("#"):
+                lines[line.split("\t", 1)[0]] = (number, line)
+        return lines
 
     def read(self) -> dict[str, str]:
         """URL -> ``sha256:<hex>`` (empty when the file does not exist).
@@ -259,19 +272,47 @@ class ChecksumLock:
         Raises:
             DownloadError: a malformed line (the message names the file and line).
         """
-        if not self.path.exists():
-            return {}
         pinned: dict[str, str] = {}
-        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
-            if number == 1 or not line.strip() or line.startswith("#"):
-                continue
+        for url, (number, line) in self._lines().items():
             fields = line.split("\t")
             try:
                 parse_checksum(fields[1])
             except (IndexError, DownloadError) as error:
                 raise DownloadError(f"{self.path}:{number}: not 'url<TAB>sha256:<hex>...' ({error})") from None
-            pinned[fields[0]] = fields[1]
+            pinned[url] = fields[1]
         return pinned
+
+    def fetch(
+        self, url: str, dest: str | os.PathLike, checksum: str | None = None, mirror=None, name: str | None = None
+    ) -> Fetched:
+        """:func:`fetch`, a file without ``checksum`` checked against its pin (or pinned by :meth:`save`).
+
+        Raises:
+            ChecksumError: as :func:`fetch`; for a pinned file the message says where the pin is.
+            DownloadError: as :func:`fetch`, or a malformed lock file.
+        """
+        if self._pins is None:
+            self._pins = self.read()
+        pinned = None if checksum else self._pins.get(url)
+        try:
+            got = fetch(url, dest, checksum or pinned, mirror, name=name)
+        except ChecksumError as error:
+            if pinned is None:
+                raise
+            raise ChecksumError(
+                f"{error} (pinned by {self.path} when it was first downloaded: if upstream replaced the file on "
+                f"purpose, delete its line there)"
+            ) from error
+        if not checksum and pinned is None:
+            self._new[url] = (f"sha256:{got.sha256}", Path(dest).name)
+        return got
+
+    def save(self) -> int:
+        """Add the pins :meth:`fetch` made to the file (entries already there are kept); return how many."""
+        count = len(self._new)
+        self.record(self._new)
+        self._new = {}
+        return count
 
     def record(self, entries: dict[str, tuple[str, str]]) -> None:
         """Add ``{url: (checksum, file name)}`` to the lock file (entries already there are kept as they are)."""
@@ -285,11 +326,7 @@ class ChecksumLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(self.path.name + ".lck"), "a") as guard:
             fcntl.flock(guard, fcntl.LOCK_EX)
-            rows = {}
-            if self.path.exists():
-                for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
-                    if number > 1 and line.strip() and not line.startswith("#"):
-                        rows[line.split("\t", 1)[0]] = line
+            rows = {url: line for url, (_, line) in self._lines().items()}
             now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             for url, (checksum, name) in entries.items():
                 rows.setdefault(url, "\t".join((url, checksum, name, now)))

@@ -131,30 +131,18 @@ def download_files(
             fetched stay in place (with their recorded digests), so a rerun resumes.
     """
     from geoplm import sources
-    from geoplm.errors import ChecksumError, DownloadError
+    from geoplm.errors import DownloadError
 
     mirror_dir = sources.resolve_mirror(mirror)
     policy = missing_policy(missing_files, mirror_dir)
     log.info("mirror: %s; missing files: %s", mirror_dir or "none (network only)", policy)
     checksum_lock = sources.ChecksumLock(lock) if lock else None
-    pinned = checksum_lock.read() if checksum_lock else {}
-    new_pins: dict[str, tuple[str, str]] = {}
+    fetch = checksum_lock.fetch if checksum_lock else sources.fetch
     rows = []
     for entry in files:
         name = entry.get("name") or sources.file_name(entry["url"])
-        checksum, by_lock = entry.get("checksum"), False
-        if not checksum and entry["url"] in pinned:
-            checksum, by_lock = pinned[entry["url"]], True
-        try:
-            got = sources.fetch(entry["url"], Path(directory) / name, checksum, mirror_dir, name=name)
-        except ChecksumError as error:
-            where = (
-                f" (pinned by {checksum_lock.path} when it was first downloaded: if upstream replaced the file on "
-                f"purpose, delete its line there)"
-                if by_lock
-                else ""
-            )
-            raise ChecksumError(f"{error}{where}") from error
+        try:  # a ChecksumError is never a missing file: it stops the download
+            got = fetch(entry["url"], Path(directory) / name, entry.get("checksum"), mirror_dir, name=name)
         except DownloadError as error:
             reason = f"{error}" + (f" Licensed file: {manual}" if manual else "")
             if policy == "fail":
@@ -164,15 +152,12 @@ def download_files(
                 {"file": str(Path(directory) / name), "url": entry["url"], "origin": "missing", "reason": reason}
             )
             continue
-        if checksum_lock is not None and not checksum:
-            new_pins[entry["url"]] = (f"sha256:{got.sha256}", name)
         log.info("%s: %s (%d bytes, sha256 %s)", name, got.origin, got.bytes, got.sha256)
         rows.append(
             {"file": str(got.path), "url": got.url, "sha256": got.sha256, "bytes": got.bytes, "origin": got.origin}
         )
-    if checksum_lock is not None and new_pins:
-        checksum_lock.record(new_pins)
-        log.info("pinned %d files without a published checksum in %s", len(new_pins), checksum_lock.path)
+    if checksum_lock is not None and (pinned := checksum_lock.save()):
+        log.info("pinned %d files without a published checksum in %s", pinned, checksum_lock.path)
     write_tsv(manifest, rows, DOWNLOAD_COLUMNS)
     missing = sum(row["origin"] == "missing" for row in rows)
     if missing:
@@ -218,15 +203,12 @@ def download_esm(
     spec = esm.ESM2_MODELS[name]
     mirror_dir = sources.resolve_mirror(mirror)
     checksum_lock = sources.ChecksumLock(lock) if lock else None
-    pinned = checksum_lock.read() if checksum_lock else {}
-    new_pins: dict[str, tuple[str, str]] = {}
+    fetch = checksum_lock.fetch if checksum_lock else sources.fetch
     for url, dest, expected in ((spec["url"], model_path, checksum), (spec["regression_url"], regression_path, None)):
-        got = sources.fetch(url, dest, expected or pinned.get(url), mirror_dir)
-        if checksum_lock is not None and not expected and url not in pinned:
-            new_pins[url] = (f"sha256:{got.sha256}", Path(dest).name)
+        got = fetch(url, dest, expected, mirror_dir)
         log.info("%s: %s (%d bytes, sha256 %s)", Path(dest).name, got.origin, got.bytes, got.sha256)
     if checksum_lock is not None:
-        checksum_lock.record(new_pins)
+        checksum_lock.save()
 
 
 DEVICES = ("auto", "cuda", "cpu")

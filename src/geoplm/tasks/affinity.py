@@ -69,7 +69,7 @@ def ligand_atoms(record: Mapping, hydrogens: bool = True) -> Tensor:
     if key not in ligand:
         raise GeoplmError(
             f"record {record['id']}: the ligand has no {key!r}; rebuild the records "
-            f"(snakemake --forcerun build_records)"
+            f"(snakemake --forcerun parse_structures)"
         )
     return ligand[key].float().reshape(-1, 3)
 
@@ -98,9 +98,7 @@ def complex_input(protein: ProteinInput, ligand_position: Tensor, plm: bool) -> 
     else:
         residues = nn.functional.pad(protein.node_feature, (0, NUM_NODE_TYPES - protein.node_feature.shape[1]))
         feature = torch.cat([residues, nn.functional.one_hot(ligand_type, NUM_NODE_TYPES).float()])
-    pocket_chain = protein.chain_index
-    if pocket_chain is None:
-        pocket_chain = torch.zeros(protein.num_nodes, dtype=torch.long)
+    pocket_chain = protein.chains()
     ligand_chain = torch.full((count,), int(pocket_chain.max()) + 1 if len(pocket_chain) else 0, dtype=torch.long)
     return ProteinInput(
         id=protein.id,
