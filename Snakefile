@@ -43,6 +43,7 @@ include: "rules/download.smk"
 include: "rules/structures.smk"
 include: "rules/embeddings.smk"
 include: "rules/graphs.smk"
+include: "rules/pretrain.smk"
 include: "rules/train.smk"
 include: "rules/tables.smk"
 

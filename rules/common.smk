@@ -120,17 +120,54 @@ def train_inputs(wildcards):
             f"{EMBEDDINGS}/{wildcards.plm}/index/{dataset}/{{shard}}.tsv",
             shard=geoplm_config.dataset_shards(config, dataset),
         )
-    pretrain = geoplm_config.pretrain_run(config, dict(wildcards.items()))
-    if pretrain is not None:  # start from that run's weights (a `pretrained` entry)
-        inputs["init_checkpoint"] = f"{train_dir(pretrain)}/model.pt"
+    start = pretrain_start(wildcards)
+    if start is not None:  # start from those weights (a `pretrained` entry)
+        inputs["init_checkpoint"] = start[0]
     return inputs
 
 
+def pretrain_start(wildcards):
+    """(checkpoint, part) a training run starts from (geoplm.train.load_init), or None from scratch: a finished
+    run of another task (`task:`), a pretraining stage's encoder (`pretraining:`), or an authors' published
+    checkpoint (`published:`)."""
+    start = geoplm_config.pretrain_start(config, dict(wildcards.items()))
+    if start is None:
+        return None
+    if start["from"] == "task":
+        return f"{train_dir(start['run'])}/model.pt", start["part"]
+    if start["from"] == "pretraining":
+        return f"{pretrain_dir(wildcards.model, wildcards.plm, start['pretraining'])}/encoder.pt", start["part"]
+    return f"{RAW}/published/{start['checkpoint']}", start["part"]
+
+
 def train_pretrain_params(wildcards):
-    """The `pretrained` entry a run starts from (empty for a run trained from scratch)."""
-    if wildcards.pretrain == geoplm_config.NO_PRETRAIN:
-        return {}
-    return {"part": "model", **config["pretrained"][wildcards.pretrain]}
+    """The part of the weights a run starts from (empty for a run trained from scratch)."""
+    start = pretrain_start(wildcards)
+    return {} if start is None else {"part": start[1]}
+
+
+def pretraining_spec(wildcards):
+    """A pretraining entry's settings for the run's model (geoplm.config.pretraining_spec)."""
+    return geoplm_config.pretraining_spec(config, wildcards.pretraining, wildcards.model)
+
+
+def pretrain_dir(model, plm, pretraining):
+    return f"{RESULTS}/pretrain/{model}/{plm}/{pretraining}"
+
+
+def pretrain_inputs(wildcards):
+    """The corpus datasets' manifests and record shards of a pretraining run, and the ESM-2 checkpoint of a model
+    that runs ESM-2 inside (ESM-GearNet's pretraining: frozen, on the fly)."""
+    corpus = config["pretraining"][wildcards.pretraining]["corpus"]
+    inputs = {
+        "manifests": [f"{RECORDS}/{dataset}/manifest.tsv" for dataset in corpus],
+        "records": [shard for dataset in corpus for shard in record_shards(dataset)],
+    }
+    if wildcards.plm != geoplm_config.NO_PLM:
+        esm_files = esm_checkpoint(wildcards.plm)
+        inputs["esm_checkpoint"] = esm_files["model"]
+        inputs["esm_regression"] = esm_files["regression"]
+    return inputs
 
 
 def train_dir(job):

@@ -1,35 +1,40 @@
-"""Rule train_model: train and evaluate one run (geoplm.train.run)."""
+"""Rule train_model: train and evaluate one run (geoplm.train.train_run), data-parallel on the job's
+``resources.gpu`` GPUs under torchrun when there are several (geoplm.distributed.launch)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
-from geoplm import steps  # noqa: E402
+from geoplm import distributed, steps  # noqa: E402
 
 sm = snakemake  # noqa: F821
 
-from geoplm import train  # noqa: E402
-
 with steps.logged(sm.log[0]):
-    train.run(
-        task=sm.params.task,
-        task_name=sm.wildcards.task,
-        model_name=sm.wildcards.model,
-        model=sm.params.model,
-        manifest=sm.input.manifest,
-        records=list(sm.input.records),
-        embedding_indexes=list(sm.input.get("embeddings", [])),
-        graphs=list(sm.input.get("graphs", [])),
-        graph_settings=sm.params.graph,
-        esm_checkpoint=sm.input.get("esm_checkpoint"),
-        esm_settings=sm.params.esm,
-        seed=int(sm.wildcards.seed),
-        metrics_path=sm.output.metrics,
-        checkpoint_path=sm.output.checkpoint,
-        run_name="/".join([sm.wildcards.task, sm.wildcards.model, sm.wildcards.plm, sm.wildcards.pretrain]),
-        device=steps.device(sm.config.get("device", "auto")),
-        threads=sm.threads,
-        init_checkpoint=sm.input.get("init_checkpoint"),
-        init_part=sm.params.pretrain.get("part", "model"),
+    device = steps.device(sm.config.get("device", "auto"))
+    nproc = distributed.processes(sm.resources.get("gpu", 1), device)
+    distributed.launch(
+        "geoplm.train.train_run",
+        dict(
+            task=sm.params.task,
+            task_name=sm.wildcards.task,
+            model_name=sm.wildcards.model,
+            model=sm.params.model,
+            manifest=sm.input.manifest,
+            records=list(sm.input.records),
+            embedding_indexes=list(sm.input.get("embeddings", [])),
+            graphs=list(sm.input.get("graphs", [])),
+            graph_settings=sm.params.graph,
+            esm_checkpoint=sm.input.get("esm_checkpoint"),
+            esm_settings=sm.params.esm,
+            seed=int(sm.wildcards.seed),
+            metrics_path=sm.output.metrics,
+            checkpoint_path=sm.output.checkpoint,
+            run_name="/".join([sm.wildcards.task, sm.wildcards.model, sm.wildcards.plm, sm.wildcards.pretrain]),
+            device=device,
+            threads=max(1, sm.threads // nproc),
+            init_checkpoint=sm.input.get("init_checkpoint"),
+            init_part=sm.params.pretrain.get("part", "model"),
+        ),
+        nproc,
     )

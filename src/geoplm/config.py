@@ -280,6 +280,18 @@ def check_entries(config: Any) -> None:
         kind = entry.get("kind")
         if isinstance(kind, str) and kind in TASKS:
             _check_known(entry, task_settings(kind), ("tasks", name), f"task kind '{kind}'")
+    from geoplm.pretraining import PRETRAINING_TASKS, pretraining_class
+
+    for name, entry in _entries(config, "pretraining"):
+        kind = entry.get("kind")
+        if isinstance(kind, str) and kind in PRETRAINING_TASKS:
+            known = (pretraining_class(kind).known_settings() - {"dataset"}) | {"model_settings"}
+            _check_known({k: v for k, v in entry.items() if v is not None}, known, ("pretraining", name),
+                         f"pretraining kind '{kind}'")  # fmt: skip
+            for model, settings in (entry.get("model_settings") or {}).items():
+                if isinstance(settings, Mapping):
+                    _check_known(settings, known - {"model_settings", "kind"},
+                                 ("pretraining", name, "model_settings", model), f"pretraining kind '{kind}'")  # fmt: skip
     for name, entry in _entries(config, "graphs"):
         kind = entry.get("kind", "gearnet")
         if isinstance(kind, str) and kind in GRAPH_KINDS:
@@ -369,7 +381,22 @@ def check_references(config: Mapping) -> None:
     for name, task in config["tasks"].items():
         _require(config, "datasets", task["dataset"], ("tasks", name, "dataset"))
     for name, entry in config.get("pretrained", {}).items():
-        _require(config, "tasks", entry["task"], ("pretrained", name, "task"))
+        if "task" in entry:
+            _require(config, "tasks", entry["task"], ("pretrained", name, "task"))
+        elif "pretraining" in entry:
+            _require(config, "pretraining", entry["pretraining"], ("pretrained", name, "pretraining"))
+        else:
+            from geoplm.pretraining.published import PUBLISHED_CHECKPOINTS
+
+            if entry["published"] not in PUBLISHED_CHECKPOINTS:
+                raise ConfigError(
+                    f"config key 'pretrained.{name}.published': no published checkpoint named '{entry['published']}' "
+                    f"(known: {', '.join(PUBLISHED_CHECKPOINTS)})",
+                    key=("pretrained", name, "published"),
+                )
+    for name, entry in config.get("pretraining", {}).items():
+        for i, dataset in enumerate(entry["corpus"]):
+            _require(config, "datasets", dataset, ("pretraining", name, "corpus", i))
     for name, table in config["tables"].items():
         if table.get("rows"):  # as table_rows reads a table
             for i, row in enumerate(table["rows"]):
@@ -516,7 +543,61 @@ def pretrain_run(config: Mapping, job: Mapping) -> dict[str, Any] | None:
     entry = config.get("pretrained", {}).get(job["pretrain"])
     if entry is None:
         raise ConfigError(f"pretrain '{job['pretrain']}' is not an entry of 'pretrained' in the config")
+    if "task" not in entry:
+        return None
     return {**job, "task": entry["task"], "pretrain": NO_PRETRAIN}
+
+
+def pretrain_start(config: Mapping, job: Mapping) -> dict[str, Any] | None:
+    """Where a training job's starting weights come from (its ``pretrain`` names a ``pretrained`` entry), or None
+    for :data:`NO_PRETRAIN`:
+
+    * ``{"from": "task", "run": <job>, "part": "model" | "encoder"}``: a finished run of the entry's ``task``
+      (:func:`pretrain_run`);
+    * ``{"from": "pretraining", "pretraining": <name>, "part": "encoder_state"}``: the encoder a ``pretraining``
+      entry trained for the job's model and plm (``results/pretrain/{model}/{plm}/{name}/encoder.pt``);
+    * ``{"from": "published", "checkpoint": <file>, "part": "published"}``: an authors' published checkpoint
+      (:data:`geoplm.pretraining.published.PUBLISHED_CHECKPOINTS`).
+
+    Raises:
+        ConfigError: an unknown ``pretrained`` entry.
+    """
+    if job["pretrain"] == NO_PRETRAIN:
+        return None
+    entry = config.get("pretrained", {}).get(job["pretrain"])
+    if entry is None:
+        raise ConfigError(f"pretrain '{job['pretrain']}' is not an entry of 'pretrained' in the config")
+    if "pretraining" in entry:
+        return {"from": "pretraining", "pretraining": entry["pretraining"], "part": "encoder_state"}
+    if "published" in entry:
+        from geoplm.pretraining.published import PUBLISHED_CHECKPOINTS
+
+        return {
+            "from": "published",
+            "checkpoint": PUBLISHED_CHECKPOINTS[entry["published"]]["file"],
+            "part": "published",
+        }
+    return {"from": "task", "run": pretrain_run(config, job), "part": entry.get("part", "model")}
+
+
+def pretraining_spec(config: Mapping, name: str, model: str) -> dict[str, Any]:
+    """The settings of ``pretraining`` entry ``name`` for ``model``: the entry, with its ``model_settings[model]``
+    applied and null settings (an anchor's keys a kind does not take) dropped.
+
+    Raises:
+        ConfigError: no such entry.
+    """
+    entry = config.get("pretraining", {}).get(name)
+    if entry is None:
+        raise ConfigError(f"no pretraining entry named '{name}' (known: {', '.join(config.get('pretraining', {}))})")
+    spec = {k: v for k, v in entry.items() if k != "model_settings"}
+    spec.update(entry.get("model_settings", {}).get(model, {}))
+    return {k: v for k, v in spec.items() if v is not None}
+
+
+def column_applies(column: Mapping, model: str) -> bool:
+    """Whether a table column runs for a row's model (its ``models``, every model when absent)."""
+    return "models" not in column or model in column["models"]
 
 
 def column_task(column: Mapping, model: str) -> str:
@@ -536,6 +617,8 @@ def table_jobs(config: Mapping, table: str) -> list[dict[str, Any]]:
         if plm == NO_PLM and config["models"][model]["type"] in NEEDS_PLM:
             continue
         for column in spec["columns"]:
+            if not column_applies(column, model):
+                continue
             task = column_task(column, model)
             for seed in config["seeds"]:
                 job = {"task": task, "model": model, "plm": plm, "pretrain": pretrain, "seed": seed}

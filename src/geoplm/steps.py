@@ -211,6 +211,31 @@ def download_esm(
         checksum_lock.save()
 
 
+def download_published(file: str, dest: str | Path, mirror: str | None, lock: str | Path | None = None) -> None:
+    """Fetch an authors' published pretrained checkpoint (:data:`geoplm.pretraining.published.PUBLISHED_CHECKPOINTS`,
+    by file name) from its Zenodo URL or the mirror; no checksums are published, so the first download is pinned in
+    the lock file (:class:`geoplm.sources.ChecksumLock`) and a later one that differs fails.
+
+    Raises:
+        GeoplmError: a file name that is not a published checkpoint. ChecksumError, DownloadError: from the fetch.
+    """
+    from geoplm import sources
+    from geoplm.errors import GeoplmError
+    from geoplm.pretraining.published import PUBLISHED_CHECKPOINTS
+
+    entry = next((e for e in PUBLISHED_CHECKPOINTS.values() if e["file"] == file), None)
+    if entry is None:
+        known = ", ".join(sorted(e["file"] for e in PUBLISHED_CHECKPOINTS.values()))
+        raise GeoplmError(f"{file}: not a published checkpoint (known: {known})")
+    mirror_dir = sources.resolve_mirror(mirror)
+    checksum_lock = sources.ChecksumLock(lock) if lock else None
+    fetch = checksum_lock.fetch if checksum_lock else sources.fetch
+    got = fetch(entry["url"], dest, entry.get("checksum"), mirror_dir)
+    log.info("%s: %s (%d bytes, sha256 %s)", file, got.origin, got.bytes, got.sha256)
+    if checksum_lock is not None:
+        checksum_lock.save()
+
+
 DEVICES = ("auto", "cuda", "cpu")
 
 

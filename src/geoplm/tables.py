@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from geoplm import atomic
-from geoplm.config import NO_PLM, NO_PRETRAIN, column_task, table_rows
+from geoplm.config import NO_PLM, NO_PRETRAIN, column_applies, column_task, table_rows
 from geoplm.errors import GeoplmError
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,16 @@ def column_name(column: Mapping) -> str:
     return f"{column['task']}{split} {METRIC_LABELS.get(column['metric'], column['metric'])}"
 
 
-def published_row(spec: Mapping, model: str, plm: str) -> tuple[str, str | None]:
+def published_row(spec: Mapping, model: str, plm: str, pretrain: str = NO_PRETRAIN) -> tuple[str, str | None]:
     """The (model, setting) of published_values.tsv a table row is compared with: ``published_names[model]``
-    (a name, or ``{model, setting}``), the setting otherwise from ``published_settings[plm]``."""
+    (a name, or ``{model, setting}``), the setting otherwise from ``published_pretrain[pretrain]`` for a row that
+    starts from a ``pretrained`` entry, else ``published_settings[plm]``. A pretrained row without a
+    ``published_pretrain`` setting has none (not the from-scratch value)."""
     name = spec.get("published_names", {}).get(model, model)
-    setting = spec.get("published_settings", {}).get(plm)
+    if pretrain != NO_PRETRAIN:
+        setting = spec.get("published_pretrain", {}).get(pretrain, f"pretrain={pretrain} (not published)")
+    else:
+        setting = spec.get("published_settings", {}).get(plm)
     if isinstance(name, Mapping):
         return str(name["model"]), name.get("setting", setting)
     return str(name), setting
@@ -153,9 +158,14 @@ def build_table(spec: Mapping, metrics_paths: Sequence[str | os.PathLike], publi
         row: dict = {"model": model, "node_features": "residue one-hot" if plm == NO_PLM else plm}
         if pretrained_rows:
             row["pretraining"] = pretrain
-        published_model, published_setting = published_row(spec, model, plm)
+        published_model, published_setting = published_row(spec, model, plm, pretrain)
         for column in spec["columns"]:
             key = (column_task(column, model), model, plm, pretrain)
+            if not column_applies(column, model):
+                name = column_name(column)
+                row.update({f"{name} (reproduced)": "", f"{name} mean": math.nan, f"{name} std": math.nan,
+                            f"{name} seeds": 0, f"{name} (published)": "", f"{name} published source": ""})  # fmt: skip
+                continue
             values = [run_value(run, column) for run in runs.get(key, [])]
             mean, std, n = summarize(values)
             name = column_name(column)

@@ -24,6 +24,11 @@ the stored inputs (ESM-2 rows, cached graphs), lets the task make its examples, 
    report; ``model.pt`` the weights (``encoder.*``, ``head.*``), the settings and the task's state (e.g. a
    regression's target normalisation), written once, atomically.
 
+Under ``torchrun`` the same loop is data-parallel (``DistributedDataParallel``, torchdrug ``core.Engine``'s
+scheme with ``batch_size`` as the global batch and evaluation gathered without padding): see
+:mod:`geoplm.distributed`; a Snakemake job with ``resources: gpu=N`` starts it through
+:func:`geoplm.distributed.launch`.
+
 The references' loops this reproduces, per task family, are cited in :mod:`geoplm.tasks`: GGNN_Meets_PLM
 ``main.py`` (Wu et al.), GearNet / ESM-GearNet ``script/downstream.py`` with torchdrug's ``core.Engine``,
 equidock_public ``src/train.py``.
@@ -48,8 +53,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
-from geoplm import atomic, inputs
+from geoplm import atomic, distributed, inputs
 from geoplm.config import finetunes_esm
 from geoplm.errors import GeoplmError
 from geoplm.tasks import get_task
@@ -201,15 +207,25 @@ def _gather(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 def evaluate_split(task: Task, net: nn.Module, examples: Sequence) -> tuple[dict[str, float], dict[str, Any]]:
     """The metrics of a whole split (computed once on everything gathered; ``loss`` = summed loss / count) and
-    the gathered outputs."""
+    the gathered outputs.
+
+    In a group of several processes (:mod:`geoplm.distributed`) every process must call it: the evaluation
+    batches are dealt round robin to the processes, and what each returns is gathered to all of them in batch
+    order -- the one-process order, every example once (torchdrug ``Engine.evaluate`` pads its
+    ``DistributedSampler`` instead, counting up to ``processes - 1`` examples twice)."""
     net.eval()
-    parts, loss_sum, count = [], 0.0, 0.0
+    rank, world_size = distributed.world()
+    batches = task.batches(examples, int(task.settings["batch_size"]), None)
+    mine = []
     with torch.no_grad():
-        for batch in task.batches(examples, int(task.settings["batch_size"]), None):
-            gathered, batch_loss, batch_count = task.eval_batch(net, batch)
-            parts.append(gathered)
-            loss_sum += batch_loss
-            count += batch_count
+        for index in range(rank, len(batches), world_size):
+            mine.append((index, *task.eval_batch(net, batches[index])))
+    done = sorted((item for part in distributed.gather(mine) for item in part), key=lambda item: item[0])
+    parts, loss_sum, count = [], 0.0, 0.0
+    for _, gathered, batch_loss, batch_count in done:
+        parts.append(gathered)
+        loss_sum += batch_loss
+        count += batch_count
     gathered = _gather(parts)
     metrics = {"loss": loss_sum / max(count, 1.0), **task.evaluate(gathered)}
     return metrics, gathered
@@ -240,7 +256,8 @@ def fit(
     graph_settings: Mapping | None = None,
     extra_settings: Any = None,
     model_name: str = "model",
-    init: tuple[str, Mapping[str, Tensor]] | None = None,
+    init: tuple[str, Any] | None = None,
+    encoder_path: str | os.PathLike | None = None,
 ) -> dict:
     """Train one run of ``task`` on prepared examples and write its metrics (JSON) and weights (see the module
     docstring), with PyTorch's deterministic algorithms on.
@@ -259,12 +276,26 @@ def fit(
         init: ``(source, weights)``: start from these weights (a state dict of the whole model, or of its
             ``encoder.*`` part only) instead of the seeded initialisation -- fine-tuning after a pretraining run
             (:func:`load_init`); ``source`` names it in messages and in ``metrics.json`` (``initialised_from``).
+        encoder_path: also write the encoder's ``state_dict`` alone here (a pretraining run's output,
+            ``encoder.pt``; keys as the references save an encoder, e.g. GearNet's ``layers.*``).
+
+    A task without a ``valid`` split (a pretraining task, :mod:`geoplm.pretraining`) trains every epoch without
+    evaluation, ends with the last weights, and may stream its training split (a
+    :class:`geoplm.pretraining.base.Corpus`). Each epoch's ``history`` record has the training throughput
+    (:func:`throughput`); a progress bar shows the batches on a terminal (tqdm).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1; :func:`geoplm.distributed.launch`) the run is data-parallel with
+    ``DistributedDataParallel`` (:mod:`geoplm.distributed`): ``batch_size`` stays the global batch, each process
+    computes the loss of its part of every batch, the evaluation gathers each split once to every process, the
+    logged history (training losses, throughput summed over the processes) is the same on every process, and
+    process 0 alone writes the files; every process returns the metrics.
 
     Returns:
         The metrics dictionary written to ``metrics_path``.
 
     Raises:
-        GeoplmError: an empty split; ``init`` weights that do not fit the model (named keys and shapes).
+        GeoplmError: an empty split; ``init`` weights that do not fit the model (named keys and shapes); a
+            ``batch_size`` smaller than the number of processes; processes that resumed from different epochs.
         ConfigError: a bad model or task setting.
     """
     run_label = run_name or "run"
@@ -274,23 +305,40 @@ def fit(
     with deterministic():
         if threads:
             torch.set_num_threads(threads)
+        device = distributed.init(device)  # joins torchrun's process group (one process: nothing)
+        rank, world_size = distributed.world()
+        main = rank == 0
+        if world_size > 1 and int(task.settings["batch_size"]) < world_size:
+            raise GeoplmError(
+                f"{run_label}: batch_size {task.settings['batch_size']} is the global batch and is smaller than the "
+                f"{world_size} processes"
+            )
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
         task.bind(device, graph_settings, seed)
         task.prepare(splits["train"])
-        net = task.build_model(model, input_dim, plm, esm=esm, name=model_name).to(device)
+        net = task.build_model(model, input_dim, plm, esm=esm, name=model_name)
+        net = distributed.sync_batch_norm(net, device).to(device)
         if init is not None:
-            load_weights(net, init[1], init[0], model_name)
+            weights = init[1]
+            if callable(weights):  # a published checkpoint, mapped onto the built encoder
+                weights = {f"encoder.{k}": v for k, v in weights(net.encoder).items()}
+            load_weights(net, weights, init[0], model_name)
         optimizer = build_optimizer(task, net, float(model.get("esm_lr_ratio", 0.1)))
         scheduler = build_scheduler(task, optimizer)
         per_epoch = bool(scheduler is not None and SCHEDULERS[task.settings["scheduler"].get("type", "plateau")][1])
         s, selection = task.settings, task.selection
 
         resume_path = Path(str(checkpoint_path) + ".resume.pt")
-        identity = {name: [e.id for e in splits[name]] for name in task.splits}
+        identity = {name: _ids(splits[name]) for name in task.splits}
         settings = settings_hash(dict(s), dict(model), graph_settings, seed, identity, input_dim, extra_settings)
-        state = load_resume(resume_path, settings, net, optimizer, run_label, scheduler, task.rng) or {
+        # process 0 reads the resume file first (and sets an unusable one aside), then the others read what is left
+        resumed = load_resume(resume_path, settings, net, optimizer, run_label, scheduler, task.rng) if main else None
+        distributed.barrier()
+        if not main:
+            resumed = load_resume(resume_path, settings, net, optimizer, run_label, scheduler, task.rng)
+        state = resumed or {
             "epoch": 0,
             "best_val": math.inf if selection["mode"] == "min" else -math.inf,
             "best_epoch": -1,
@@ -298,32 +346,64 @@ def fit(
             "best_state": None,
             "history": [],
         }
+        ddp = None
+        if world_size > 1:
+            starts = distributed.gather(state["epoch"])
+            if len(set(starts)) > 1:
+                raise GeoplmError(f"{run_label}: the processes resumed from different epochs {starts} ({resume_path})")
+            ddp = distributed.data_parallel(net, device)
+            # each process's own torch generator: saved with the resume state, else seed + rank (GearNet's scripts)
+            saved_rngs = state.get("rank_torch_rng")
+            if resumed is not None and saved_rngs is not None and len(saved_rngs) == world_size:
+                torch.set_rng_state(saved_rngs[rank])
+            elif rank > 0:
+                torch.manual_seed(seed + rank)
 
         started = time.time()
         epochs, interval = int(s["epochs"]), max(1, int(s["eval_interval"]))
         patience = s.get("patience")
         batch_size = int(s["batch_size"])
+        validates = "valid" in task.splits  # pretraining tasks train only
         while state["epoch"] < epochs and (patience is None or state["wait"] < int(patience)):
             epoch = state["epoch"]
             lr = float(optimizer.param_groups[-1]["lr"])  # the base rate (ESM-2 groups come first)
             net.train()
-            sums: dict[str, float] = {}
-            weights = 0.0
-            for batch in task.batches(splits["train"], batch_size, epoch):
+            proteins, epoch_started = 0, time.perf_counter()
+            if world_size > 1:  # the same batches on every process: process 0's generator
+                task.rng.setstate(distributed.broadcast(task.rng.getstate()))
+            batches = task.batches(splits["train"], batch_size, epoch)
+            if rank > 0:  # the draws inside the losses (truncation windows) differ between processes
+                task.rng.seed(f"{seed}/{rank}/{epoch}")
+            steps: list[tuple[float, dict[str, float], float]] = []  # (fraction of the batch, parts, weight)
+            bar = tqdm(batches, desc=f"{run_label} epoch {epoch}", unit="batch", disable=True if rank else None,
+                       leave=False)  # fmt: skip
+            for batch in bar:
                 optimizer.zero_grad()
-                loss, parts, weight = task.training_loss(net, batch, epoch)
-                loss.backward()
+                if ddp is None:
+                    proteins += len(batch)
+                    loss, parts, weight = task.training_loss(net, batch, epoch)
+                    loss.backward()
+                    steps.append((1.0, parts, weight))
+                else:
+                    mine = distributed.shard(batch, rank, world_size)
+                    proteins += len(mine)
+                    fraction = len(mine) / len(batch)
+                    # an empty part runs the batch's first example at weight 0: every process joins the all-reduce
+                    work = mine or list(batch[:1])
+                    loss, parts, weight = ddp(lambda m, work=work, epoch=epoch: task.training_loss(m, work, epoch))
+                    # DDP averages the processes' gradients: sum_r fraction_r x grad_r, the whole batch's gradient
+                    (loss * (fraction * world_size)).backward()
+                    steps.append((fraction, parts, weight))
                 if s.get("clip"):
                     nn.utils.clip_grad_norm_(net.parameters(), max_norm=float(s["clip"]), norm_type=2)
                 optimizer.step()
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + value * weight
-                weights += weight
             if per_epoch:
                 scheduler.step()
+            sums, weights = _epoch_sums(distributed.gather(steps))
             record: dict[str, Any] = {"epoch": epoch, "lr": lr}
             record.update({f"train_{k}": v / max(weights, 1.0) for k, v in sums.items()})
-            if (epoch + 1) % interval == 0 or epoch + 1 == epochs:
+            record.update(_global_throughput(proteins, time.perf_counter() - epoch_started, device))
+            if validates and ((epoch + 1) % interval == 0 or epoch + 1 == epochs):
                 valid, _ = evaluate_split(task, net, splits["valid"])
                 value = float(valid[selection["metric"]])
                 record["valid_loss"] = valid["loss"]
@@ -344,31 +424,34 @@ def fit(
             state["history"].append(record)
             log.info("%s epoch %d: %s", run_label, epoch, record)
             state["epoch"] = epoch + 1
-            atomic.torch_save(
-                {
-                    "settings": settings,
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": None if scheduler is None else scheduler.state_dict(),
-                    "rng": task.rng.getstate(),
-                    "torch_rng": torch.get_rng_state(),
-                    "state": state,
-                },
-                resume_path,
-            )
+            if world_size > 1:
+                state["rank_torch_rng"] = distributed.gather(torch.get_rng_state())
+            if main:
+                atomic.torch_save(
+                    {
+                        "settings": settings,
+                        "model": net.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": None if scheduler is None else scheduler.state_dict(),
+                        "rng": task.rng.getstate(),
+                        "torch_rng": torch.get_rng_state(),
+                        "state": state,
+                    },
+                    resume_path,
+                )
 
         if s["test_weights"] == "best" and state["best_state"] is not None:
             net.load_state_dict(state["best_state"])
         results, evaluations = {}, {}
-        for name in ("valid", *task.test_splits):
+        for name in ("valid", *task.test_splits) if validates else task.test_splits:
             results[name], evaluations[name] = evaluate_split(task, net, splits[name])
-        test = task.test_splits[0]
+        test = task.test_splits[0] if task.test_splits else None
         metrics = {
             "run": run_name,
             "task_kind": s["kind"],
             "seed": seed,
-            "test": results[test],
-            "valid": results["valid"],
+            "test": results.get(test),
+            "valid": results.get("valid"),
             "splits": results,
             "selection": dict(selection),
             "best_epoch": state["best_epoch"],
@@ -378,42 +461,135 @@ def fit(
             "node_input_dim": input_dim,
             "train_seconds": round(time.time() - started, 2),
             "device": str(device),
+            "processes": world_size,
             "initialised_from": None if init is None else init[0],
         }
         metrics.update(task.report(splits, evaluations))
-        atomic.torch_save(
-            {
-                "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                "task": dict(s),
-                "task_state": task.state(),
-                "model_config": dict(model),
-                "input_dim": input_dim,
-            },
-            checkpoint_path,
-        )
-        atomic.write_json(metrics_path, metrics)
-        resume_path.unlink(missing_ok=True)
-        log.info("%s %s: %s", run_label, test, results[test])
+        if main:  # process 0 alone writes (torchdrug Engine.save), the others wait for it
+            atomic.torch_save(
+                {
+                    "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                    "task": dict(s),
+                    "task_state": task.state(),
+                    "model_config": dict(model),
+                    "input_dim": input_dim,
+                },
+                checkpoint_path,
+            )
+            if encoder_path is not None:  # the encoder's state_dict alone, as the references save a pretraining
+                atomic.torch_save({k: v.detach().cpu() for k, v in net.encoder.state_dict().items()}, encoder_path)
+            atomic.write_json(metrics_path, metrics)
+            resume_path.unlink(missing_ok=True)
+        distributed.barrier()
+        log.info("%s %s: %s", run_label, test or "train", results.get(test) or state["history"][-1:])
         return metrics
 
 
-def load_init(path: str | os.PathLike, part: str = "model") -> tuple[str, dict[str, Tensor]]:
-    """The weights of a finished run's ``model.pt`` to start another run from: ``part`` ``"model"`` (encoder and
-    head: fine-tuning the same task family, e.g. EquiDock pretrained on DIPS then trained on DB5.5, Wu et al.
-    Table 3) or ``"encoder"`` (the ``encoder.*`` weights; the new task's head starts afresh).
+def _epoch_sums(steps_by_rank: Sequence[Sequence[tuple[float, Mapping[str, float], float]]]):
+    """An epoch's weighted sums of the logged loss parts and the summed weight, from every process's
+    ``(fraction of the batch, parts, weight)`` per batch: a batch's part is ``sum_r fraction_r x part_r`` (the
+    loss of the whole batch when the part is a mean over examples) at weight ``sum_r fraction_r x weight_r`` (one
+    process: fraction 1, the batch's own part and weight)."""
+    sums: dict[str, float] = {}
+    weights = 0.0
+    for index in range(len(steps_by_rank[0])):
+        parts: dict[str, float] = {}
+        weight = 0.0
+        for steps in steps_by_rank:
+            fraction, values, own_weight = steps[index]
+            if fraction == 0.0:  # an empty part (its loss was multiplied by 0)
+                continue
+            for key, value in values.items():
+                parts[key] = parts.get(key, 0.0) + fraction * value
+            weight += fraction * own_weight
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + value * weight
+        weights += weight
+    return sums, weights
+
+
+def _global_throughput(proteins: int, seconds: float, device: str | torch.device) -> dict[str, float]:
+    """:func:`throughput` of the epoch over all processes: the proteins of every process over the slowest one's
+    seconds, the largest peak memory."""
+    own = throughput(proteins, seconds, device)
+    everyone = distributed.gather((proteins, seconds, own["peak_memory_mb"]))
+    if len(everyone) == 1:
+        return own
+    total, slowest = sum(p for p, _, _ in everyone), max(t for _, t, _ in everyone)
+    return {"proteins_per_second": round(total / max(slowest, 1e-9), 3),
+            "peak_memory_mb": max(m for _, _, m in everyone)}  # fmt: skip
+
+
+def _file_stamp(path: str | os.PathLike | None) -> tuple | None:
+    """A file's path, size and modification time: a rewritten start checkpoint (a pretraining rerun) makes a
+    resume state built on the old one stale."""
+    if path is None:
+        return None
+    stat = os.stat(path)
+    return (str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def _ids(members) -> list[str]:
+    """The example ids of a split: a list of examples, or a streamed corpus (its ``ids``, without reading it)."""
+    ids = getattr(members, "ids", None)
+    return list(ids) if ids is not None else [e.id for e in members]
+
+
+def throughput(proteins: int, seconds: float, device: str | torch.device) -> dict[str, float]:
+    """An epoch's training throughput: ``proteins_per_second`` and ``peak_memory_mb`` (CUDA: the peak allocated
+    by torch on the device since the last reset, reset here; CPU: the process's peak resident set size)."""
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"proteins_per_second": round(proteins / max(seconds, 1e-9), 3), "peak_memory_mb": round(peak, 1)}
+
+
+#: the parts of a checkpoint a run can start from (:func:`load_init`)
+INIT_PARTS = ("model", "encoder", "encoder_state", "published")
+
+
+def load_init(path: str | os.PathLike, part: str = "model") -> tuple[str, Any]:
+    """The weights to start a run from:
+
+    * ``"model"``: a finished run's ``model.pt``, encoder and head (fine-tuning the same task family, e.g.
+      EquiDock pretrained on DIPS then trained on DB5.5, Wu et al. Table 3);
+    * ``"encoder"``: its ``encoder.*`` weights only (the new task's head starts afresh);
+    * ``"encoder_state"``: a pretraining run's ``encoder.pt``, the encoder's bare ``state_dict`` (as GearNet's
+      ``script/pretrain.py`` saves it), loaded strictly into the encoder;
+    * ``"published"``: an authors' published torchdrug checkpoint, its keys mapped onto the encoder's
+      (:func:`geoplm.pretraining.published.encoder_weights`); returned as a function of the built encoder.
+
+    Returns:
+        ``(source, weights)``: ``source`` names the file and part in messages; ``weights`` a state dict with
+        ``encoder.`` / ``head.`` keys, or (``published``) a function ``encoder -> encoder state dict``.
 
     Raises:
-        GeoplmError: the file is not a run's checkpoint, or ``part`` is neither.
+        GeoplmError: the file is not such a checkpoint, or ``part`` is none of :data:`INIT_PARTS`.
     """
-    if part not in ("model", "encoder"):
-        raise GeoplmError(f"{path}: cannot start from part {part!r} of it (model, encoder)")
+    if part not in INIT_PARTS:
+        raise GeoplmError(f"{path}: cannot start from part {part!r} of it ({', '.join(INIT_PARTS)})")
+    source = f"{path} ({part})"
+    if part == "published":
+        from geoplm.pretraining.published import encoder_weights
+
+        return source, lambda encoder: encoder_weights(path, encoder)
     try:
-        weights = torch.load(path, map_location="cpu", weights_only=True)["model"]
-    except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as error:
-        raise GeoplmError(f"{path}: not a training run's model.pt ({error})") from error
-    if part == "encoder":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        weights = state if part == "encoder_state" else state["model"]
+    except (OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as error:
+        kind = "pretraining run's encoder.pt" if part == "encoder_state" else "training run's model.pt"
+        raise GeoplmError(f"{path}: not a {kind} ({error})") from error
+    if not isinstance(weights, Mapping) or not all(isinstance(v, Tensor) for v in weights.values()):
+        raise GeoplmError(f"{path}: not a state dict of tensors")
+    if part == "encoder_state":
+        weights = {f"encoder.{k}": v for k, v in weights.items()}
+    elif part == "encoder":
         weights = {k: v for k, v in weights.items() if k.startswith("encoder.")}
-    return f"{path} ({part})", weights
+    return source, weights
 
 
 def load_weights(net: nn.Module, weights: Mapping[str, Tensor], source: str, model_name: str = "model") -> None:
@@ -554,7 +730,7 @@ def train_run(
         plm=loader.uses_embeddings or esm is not None,
         esm=esm,
         graph_settings=graph_settings,
-        extra_settings=(esm_settings, sorted(split_of.items()), str(init_checkpoint), init_part),
+        extra_settings=(esm_settings, sorted(split_of.items()), _file_stamp(init_checkpoint), init_part),
         model_name=model_name or "model",
         init=None if init_checkpoint is None else load_init(init_checkpoint, init_part),
     )

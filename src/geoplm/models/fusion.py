@@ -34,7 +34,10 @@ B proteins with N residues (graph nodes = residues with a Cα) in all:
 
 ESM-2 input: the ESM can run inside the model (fair-esm ``ESM2``, fine-tuned or frozen) or its per-residue
 output can be given precomputed (the workflow's embedding store, :class:`geoplm.esm.EmbeddingStore`).
-See :meth:`ESMFusion.forward`.
+See :meth:`ESMFusion.forward`. A frozen ESM-2 inside the model (``freeze_esm=True`` with ``esm_model``: no
+gradients, eval mode, left out of :func:`param_groups`, its weights still in the ``state_dict`` as the reference's
+``sequence_model.*``) is what ESM-GearNet's pretraining runs (``fix_sequence_model: True``), computing features
+of masked inputs on the fly; in an input sequence :data:`ESM_MASK_CHAR` stands for ESM-2's ``<mask>`` token.
 
 Deliberate differences from the reference (all documented where they occur):
 
@@ -81,11 +84,18 @@ __all__ = [
     "ESMFusion",
     "ESMGearNet",
     "ESMModule",
+    "ESM_MASK_CHAR",
     "FUSIONS",
     "SelfAttentionBlock",
     "param_groups",
     "record_esm_inputs",
 ]
+
+#: The character of an in-model ESM's input sequence that reads as ESM-2's ``<mask>`` token: one character per
+#: residue, so masked sequences keep their length and stay aligned with ``residue_mask`` and the graph's nodes
+#: (:func:`geoplm.pretraining.masking.mask_residues`; ESM-GearNet's ``ResidueTypePrediction`` sets masked residues
+#: to ``alphabet.get_idx("<mask>")``). :meth:`ESMModule.embed` hands it to fair-esm as ``"<mask>"``.
+ESM_MASK_CHAR = "?"
 
 #: Fusion schemes; ``"series"`` (the reference's name) is accepted as an alias of ``"serial"``.
 FUSIONS = ("serial", "parallel", "cross")
@@ -218,7 +228,7 @@ class ESMModule(nn.Module):
             self.repr_layer = (repr_layer + num_layers + 1) % (num_layers + 1)
             self.sequence_model = _SequenceModel(esm_model)
             self.alphabet = esm_alphabet
-            self._allowed = set(esm_alphabet.standard_toks)
+            self._allowed = set(esm_alphabet.standard_toks) | {ESM_MASK_CHAR}
             for param in self.sequence_model.parameters():
                 param.requires_grad_(not freeze_esm)
             if freeze_esm:
@@ -256,6 +266,8 @@ class ESMModule(nn.Module):
         residue gets the mean over the windows covering it, as :func:`geoplm.esm.embed_sequences` does.
         Differentiable when the ESM is not frozen.
 
+        A residue written :data:`ESM_MASK_CHAR` is read as ESM-2's ``<mask>`` token (masked pretraining inputs).
+
         Raises:
             EmbeddingError: no in-model ESM, an empty sequence or characters outside the ESM alphabet
                 (naming the protein's index in the batch).
@@ -282,9 +294,12 @@ class ESMModule(nn.Module):
         outputs: dict[tuple[int, int], Tensor] = {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_esm):
             for batch in batches:
-                batch_labels, strs, tokens = converter([dataset[i] for i in batch])
+                items = [dataset[i] for i in batch]
+                # one character per residue here; fair-esm tokenizes "<mask>" (a special token) as ESM's mask
+                masked = [(label, chunk.replace(ESM_MASK_CHAR, "<mask>")) for label, chunk in items]
+                batch_labels, _, tokens = converter(masked)
                 hidden = model(tokens.to(device), repr_layers=[self.repr_layer])["representations"][self.repr_layer]
-                for row, (label, chunk) in enumerate(zip(batch_labels, strs, strict=True)):
+                for row, (label, (_, chunk)) in enumerate(zip(batch_labels, items, strict=True)):
                     outputs[label] = hidden[row, offset : offset + len(chunk)]
 
         result = []

@@ -8,7 +8,8 @@ Every encoder built here has one interface, what the training loop calls::
 ``residue_type`` (N,), ``node2graph`` (N,), ``edge_list`` (E, 3)); ``node_feature`` is the residue
 one-hot (21) or the ESM-2 per-residue embedding. ``D`` is returned by :func:`build_encoder`. An
 ``esm`` / ``esm_*`` entry with ``freeze_esm: false`` also takes ``sequences`` and ``residue_mask`` (each
-chain's sequence for the ESM-2 inside it; :func:`geoplm.models.fusion.record_esm_inputs`).
+chain's sequence for the ESM-2 inside it; :func:`geoplm.models.fusion.record_esm_inputs`), as does one with
+``esm_in_model: true`` (a key the pretraining run sets, not the config: ESM-2 inside the model but frozen).
 
 =========== ============================================================== =========================
 type        model                                                          graph
@@ -223,6 +224,9 @@ CDCONV_KEYS = frozenset(
 )
 #: keys of the ESM half (``esm``, ``esm_*`` fusions); ``esm_lr_ratio`` is read by the training loop
 ESM_KEYS = frozenset({"freeze_esm", "esm_lr_ratio"})
+#: keys a run sets on an ESM entry, not the config: ``esm_in_model`` (a pretraining run,
+#: :mod:`geoplm.pretraining.run`, runs the frozen ESM-2 inside the model; see :func:`_esm_half`)
+ESM_RUN_KEYS = frozenset({"esm_in_model"})
 #: keys of the fusion itself (``esm_*``)
 FUSION_KEYS = frozenset({"fusion", "cross_dim"})
 
@@ -249,10 +253,10 @@ def _cdconv(spec: Mapping, input_dim: int) -> tuple[nn.Module, int]:
 class _FusionEncoder(nn.Module):
     """An :class:`geoplm.models.fusion.ESMModule` (ESM fusion or ESM-2 alone) behind the encoder interface. On
     stored (frozen) ESM-2 features, ``node_feature`` is the ESM-2 embedding. With ESM-2 inside the model
-    (``freeze_esm: false``), ESM-2 reads each chain's full sequence (``sequences`` / ``residue_mask``,
-    :func:`geoplm.models.fusion.record_esm_inputs`) in every forward pass and ``node_feature`` (the one-hot) is
-    not needed. A fusion's structure encoder reads the residue one-hot from the graph (parallel / cross) or the
-    ESM output (serial)."""
+    (``freeze_esm: false``, or frozen with ``esm_in_model: true``), ESM-2 reads each chain's full sequence
+    (``sequences`` / ``residue_mask``, :func:`geoplm.models.fusion.record_esm_inputs`) in every forward pass and
+    ``node_feature`` (the one-hot) is not needed. A fusion's structure encoder reads the residue one-hot from the
+    graph (parallel / cross) or the ESM output (serial)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -266,22 +270,30 @@ class _FusionEncoder(nn.Module):
 
 def _esm_half(spec: Mapping, esm_dim: int, name: str, esm) -> dict:
     """The :class:`geoplm.models.fusion.ESMModule` arguments of an entry: stored features of width ``esm_dim``
-    (``freeze_esm: true``, default) or the ESM-2 ``esm = (model, alphabet, plm settings)`` fine-tuned inside.
+    (``freeze_esm: true``, default), the ESM-2 ``esm = (model, alphabet, plm settings)`` fine-tuned inside
+    (``freeze_esm: false``), or that ESM-2 inside the model but frozen (``freeze_esm: true`` with
+    ``esm_in_model: true``, ESM-GearNet's pretraining: ``fix_sequence_model: True`` with the ESM in the
+    ``FusionNetwork``): ``requires_grad=False``, always in eval mode, run without gradients, left out of the
+    optimizer by :func:`geoplm.models.fusion.param_groups`, and its weights in the encoder's ``state_dict``
+    (``net.sequence_model.model.*``, the reference's ``sequence_model.model.*``). It reads the proteins'
+    ``sequences`` / ``residue_mask`` like a fine-tuned one, so masked inputs reach ESM-2 as masked sequences.
 
     Raises:
-        ConfigError: ``freeze_esm: false`` without an ESM-2.
+        ConfigError: ``freeze_esm: false`` or ``esm_in_model: true`` without an ESM-2.
     """
     from geoplm.esm import DEFAULT_STRIDE, DEFAULT_WINDOW
 
-    if spec.get("freeze_esm", True):
+    frozen = bool(spec.get("freeze_esm", True))
+    if frozen and not spec.get("esm_in_model", False):
         return {"esm_dim": esm_dim}
     if esm is None:
-        raise ConfigError(f"models.{name}: freeze_esm: false fine-tunes ESM-2 inside the model; give its checkpoint")
+        what = "freeze_esm: false fine-tunes" if not frozen else "esm_in_model: true runs"
+        raise ConfigError(f"models.{name}: {what} ESM-2 inside the model; give its checkpoint")
     esm_model, alphabet, settings = esm
     return {
         "esm_model": esm_model,
         "esm_alphabet": alphabet,
-        "freeze_esm": False,
+        "freeze_esm": frozen,
         "repr_layer": settings.get("repr_layer", -1),
         "window": settings.get("window", DEFAULT_WINDOW),
         "stride": settings.get("stride", DEFAULT_STRIDE),
@@ -304,7 +316,8 @@ def build_esm_fusion(
     ``freeze_esm: true`` (default): on the workflow's stored ESM-2 embeddings (ESM frozen; ``esm_dim`` their
     width). ``freeze_esm: false``: ESM-2 (``esm = (model, alphabet, plm settings)``) runs inside the model
     and is fine-tuned; :func:`geoplm.models.fusion.param_groups` gives it ``esm_lr_ratio`` (0.1) times the
-    learning rate, as the reference's ``sequence_model_lr_ratio``.
+    learning rate, as the reference's ``sequence_model_lr_ratio``. ``esm_in_model: true`` (set by a pretraining
+    run) with ``freeze_esm: true``: ESM-2 runs inside the model, frozen (:func:`_esm_half`).
 
     Raises:
         ConfigError: unknown fusion, ``cross_dim`` not a multiple of the 8 heads, or ``freeze_esm: false``
@@ -407,7 +420,7 @@ def _build_esm_gvp(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> 
     :func:`build_esm_fusion` with ESM-GearNet's GVP-GNN (needs ESM-2 features)."""
     if not plm:
         raise ConfigError(f"models.{name}: esm_gvp fuses ESM-2 with GVP-GNN; use it with a plm, not 'none'")
-    _check_keys(spec, name, GVP_ESMGEARNET_KEYS | ESM_KEYS | FUSION_KEYS)
+    _check_keys(spec, name, GVP_ESMGEARNET_KEYS | ESM_KEYS | ESM_RUN_KEYS | FUSION_KEYS)
     return build_esm_fusion(spec, input_dim, lambda s, dim: _gvp_esmgearnet(s, dim, name), name, esm)
 
 
@@ -460,7 +473,7 @@ def _build_esm_gearnet(spec: Mapping, input_dim: int, plm: bool, name: str, esm)
     """``type: esm_gearnet``: :func:`build_esm_gearnet` (needs ESM-2 features)."""
     if not plm:
         raise ConfigError(f"models.{name}: esm_gearnet fuses ESM-2 with GearNet; use it with a plm, not 'none'")
-    _check_keys(spec, name, GEARNET_KEYS | ESM_KEYS | FUSION_KEYS)
+    _check_keys(spec, name, GEARNET_KEYS | ESM_KEYS | ESM_RUN_KEYS | FUSION_KEYS)
     return build_esm_gearnet(spec, input_dim, name, esm)
 
 
@@ -475,7 +488,7 @@ def _build_esm_cdconv(spec: Mapping, input_dim: int, plm: bool, name: str, esm) 
     """``type: esm_cdconv``: ESM-CDConv, :func:`build_esm_fusion` with CDConv (needs ESM-2 features)."""
     if not plm:
         raise ConfigError(f"models.{name}: esm_cdconv fuses ESM-2 with CDConv; use it with a plm, not 'none'")
-    _check_keys(spec, name, CDCONV_KEYS | ESM_KEYS | FUSION_KEYS)
+    _check_keys(spec, name, CDCONV_KEYS | ESM_KEYS | ESM_RUN_KEYS | FUSION_KEYS)
     return build_esm_fusion(spec, input_dim, _cdconv, name, esm)
 
 
@@ -487,7 +500,7 @@ def _build_esm(spec: Mapping, input_dim: int, plm: bool, name: str, esm) -> tupl
 
     if not plm:
         raise ConfigError(f"models.{name}: type esm is ESM-2 alone; use it with a plm, not 'none'")
-    _check_keys(spec, name, ESM_KEYS | {"readout"})
+    _check_keys(spec, name, ESM_KEYS | ESM_RUN_KEYS | {"readout"})
     net = ESMEncoder(esm_readout=spec.get("readout", "mean"), **_esm_half(spec, input_dim, name, esm))
     return _FusionEncoder(net), net.output_dim
 
@@ -550,7 +563,7 @@ def build_encoder(
             place of the residue-type input; ``esm``, ``esm_gearnet``, ``esm_cdconv`` require it).
         name: the entry's name, for error messages.
         esm: ``(model, alphabet, plm settings)`` of the ESM-2 an ``esm`` / ``esm_*`` entry with
-            ``freeze_esm: false`` fine-tunes (:func:`build_esm_fusion`).
+            ``freeze_esm: false`` fine-tunes, or runs frozen inside with ``esm_in_model: true`` (:func:`_esm_half`).
 
     Raises:
         ConfigError: an unknown type, keys that do not apply to it, or an ESM type without ESM.
@@ -558,8 +571,9 @@ def build_encoder(
     from geoplm.config import ESM_TYPES
 
     kind = spec["type"]
-    if kind not in ESM_TYPES and "freeze_esm" in spec:
-        raise ConfigError(f"models.{name}: freeze_esm applies to types {', '.join(ESM_TYPES)} only, not '{kind}'")
+    for key in ("freeze_esm", *ESM_RUN_KEYS):
+        if kind not in ESM_TYPES and key in spec:
+            raise ConfigError(f"models.{name}: {key} applies to types {', '.join(ESM_TYPES)} only, not '{kind}'")
     if kind not in ENCODERS:
         raise ConfigError(f"models.{name}: unknown model type '{kind}' (known: {', '.join(ENCODER_TYPES)})")
     return ENCODERS[kind](spec, input_dim, plm, name, esm)

@@ -220,6 +220,8 @@ class Task:
     loop_defaults: ClassVar[dict[str, Any]] = {}
     #: the default ``selection``
     default_selection: ClassVar[dict[str, Any]] = {"metric": "loss", "mode": "min"}
+    #: the config section of the task's entries (named in messages)
+    section: ClassVar[str] = "tasks"
 
     @classmethod
     def known_settings(cls) -> frozenset[str]:
@@ -234,17 +236,19 @@ class Task:
         unknown = sorted(set(spec) - known)
         if unknown:
             raise ConfigError(
-                f"config key 'tasks.{name}.{unknown[0]}': not a setting of task kind '{spec.get('kind')}' "
+                f"config key '{self.section}.{name}.{unknown[0]}': not a setting of task kind '{spec.get('kind')}' "
                 f"(its settings: {', '.join(sorted(known - {'kind'}))})"
             )
         self.settings: dict[str, Any] = {**LOOP_DEFAULTS, **self.loop_defaults, **self.options, **dict(spec)}
         selection = {**self.default_selection, **(self.settings.get("selection") or {})}
         if selection["mode"] not in ("min", "max"):
-            raise ConfigError(f"config key 'tasks.{name}.selection.mode': 'min' or 'max', not {selection['mode']!r}")
+            raise ConfigError(
+                f"config key '{self.section}.{name}.selection.mode': 'min' or 'max', not {selection['mode']!r}"
+            )
         self.selection = selection
         if self.settings["optimizer"] not in OPTIMIZERS:
             raise ConfigError(
-                f"config key 'tasks.{name}.optimizer': {self.settings['optimizer']!r} is not one of "
+                f"config key '{self.section}.{name}.optimizer': {self.settings['optimizer']!r} is not one of "
                 f"{', '.join(OPTIMIZERS)}"
             )
         self.graph_settings: Mapping | None = None
