@@ -30,6 +30,9 @@ demo: install
 	  $(SNAKEMAKE) $(DEMO_TABLES) --cores $(CORES) --configfile config/demo.yaml --set-threads train_model=1
 	@for table in $(DEMO_TABLES:table_%=%); do echo; cat results/tables/$$table.md; done
 	@echo "Tables written to results/tables/ (CSV and Markdown), figures to results/figures/"
+	@# your own structures: the sheet config/demo_structures.tsv through the EC run above (README "Your own structures")
+	GEOPLM_MIRROR=$$( [ -d "$(MIRROR)" ] && echo "$(MIRROR)" ) \
+	  $(SNAKEMAKE) embed --cores $(CORES) --configfile config/demo.yaml --quiet rules
 
 test: install
 	$(VENV)/bin/pytest -q

@@ -15,7 +15,7 @@ from geoplm import config as geoplm_config  # noqa: E402
 # The config files, in merge order: the workflow's, then each --configfile (Snakemake has parsed those already).
 CONFIG_FILES = [
     geoplm_config.display_path(path)
-    for path in ["config/config.yaml", *workflow.config_settings.configfiles]
+    for path in [geoplm_config.CATALOGUE, "config/config.yaml", *workflow.config_settings.configfiles]
     if Path(path).exists()
 ]
 
@@ -24,6 +24,9 @@ CONFIG_FILES = [
 with geoplm_config.exit_on_config_error():
     for path in CONFIG_FILES:
         geoplm_config.read_yaml(path)
+
+
+configfile: geoplm_config.CATALOGUE  # the download catalogue (sources), then the settings
 
 
 configfile: "config/config.yaml"
@@ -46,6 +49,7 @@ include: "rules/graphs.smk"
 include: "rules/pretrain.smk"
 include: "rules/train.smk"
 include: "rules/tables.smk"
+include: "rules/apply.smk"
 
 
 rule all:

@@ -22,7 +22,9 @@ SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 @pytest.fixture
 def demo() -> dict:
-    full = geoplm_config.read_yaml(CONFIG / "config.yaml")
+    full = geoplm_config.merge(
+        geoplm_config.read_yaml(CONFIG / "sources.yaml"), geoplm_config.read_yaml(CONFIG / "config.yaml")
+    )
     demo = geoplm_config.read_yaml(CONFIG / "demo.yaml")
     return geoplm_config.merge(full, demo)  # Snakemake's recursive --configfile merge
 

@@ -102,7 +102,7 @@ def recorded_run(record_dir: str, crash_after: int | None = None, **kwargs) -> d
 
 
 TARGET = f"{__name__}.recorded_run"
-TIMING = ("proteins_per_second", "peak_memory_mb")
+TIMING = train.TIMING_KEYS
 
 
 def without_timing(history: list[dict]) -> list[dict]:

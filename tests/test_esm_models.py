@@ -257,7 +257,11 @@ def test_schema_accepts_cdconv_keys_and_rejects_an_even_seq_cutoff():
 
     import yaml
 
-    base = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+    folder = Path(__file__).resolve().parents[1] / "config"
+    base = {
+        **yaml.safe_load((folder / "sources.yaml").read_text()),
+        **yaml.safe_load((folder / "config.yaml").read_text()),
+    }
     base["models"]["esm_cdconv_parallel"] = {
         "type": "esm_cdconv",
         "fusion": "parallel",

@@ -113,11 +113,13 @@ def test_pretrain_run_writes_the_encoder_and_a_downstream_run_loads_it_strictly(
     assert json.loads((tmp_path / "metrics.json").read_text())["test"] is None
     encoder_state = torch.load(tmp_path / "encoder.pt", weights_only=True)
     # the encoder's state_dict alone, with GearNet's own keys (as the references save it); no head
-    assert any(k.startswith("layers.0.") for k in encoder_state) and not any(k.startswith("head") for k in encoder_state)
+    assert any(k.startswith("layers.0.") for k in encoder_state)
+    assert not any(k.startswith("head") for k in encoder_state)
     torch.manual_seed(0)  # the run's seeded initialisation, before training
     encoder, _ = build_encoder(SMALL_EDGE, 21)
     assert set(encoder_state) == set(encoder.state_dict())
     assert not torch.equal(encoder.state_dict()["layers.0.linear.weight"], encoder_state["layers.0.linear.weight"])
+
     # downstream: loaded strictly into a task model's encoder
     def task_model(spec):
         return TaskModel(build_encoder(spec, 21)[0], torch.nn.Linear(32, 3))
@@ -141,8 +143,9 @@ def test_pretrain_run_resumes_with_identical_results(corpus_files, tmp_path, mon
 
     def run(folder: Path):
         folder.mkdir(exist_ok=True)
-        return pretrain_run(spec, SMALL_EDGE, [manifest], shards, seed=1, name="attr", encoder_path=folder / "encoder.pt",
-                            metrics_path=folder / "metrics.json", checkpoint_path=folder / "model.pt")  # fmt: skip
+        outputs = {f"{key}_path": folder / f"{key}.{ext}" for key, ext in (("encoder", "pt"), ("metrics", "json"))}
+        return pretrain_run(spec, SMALL_EDGE, [manifest], shards, seed=1, name="attr",
+                            checkpoint_path=folder / "model.pt", **outputs)  # fmt: skip
 
     whole = run(tmp_path / "whole")
     # the same run, killed during its second pass, then rerun: it continues from the resume state

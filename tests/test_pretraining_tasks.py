@@ -512,3 +512,22 @@ def test_loss_falls_in_training(kind, examples, tmp_path):
     # the stage's output: the encoder's state_dict alone (GearNet's layers.*), no head
     encoder = torch.load(tmp_path / "encoder.pt", weights_only=True)
     assert any(k.startswith("layers.0.") for k in encoder) and not any(k.startswith("head") for k in encoder)
+
+
+def test_attribute_masking_shows_an_in_model_esm_its_mask_token(records):
+    """ESM-GearNet's residue type prediction: the masked residues are ESM-2's <mask> in its input sequence."""
+    from geoplm.models.fusion import ESM_MASK_CHAR
+
+    task = make_task("attribute_masking")
+    proteins = [InputLoader(esm_inputs=True)(r) for r in records]
+    torch.manual_seed(0)
+    masked, index = task.mask(proteins)
+    first = 0
+    for record, protein, out in zip(records, proteins, masked, strict=True):
+        own = sorted({int(i) - first for i in index.tolist() if first <= i < first + protein.num_nodes})
+        residues = {int(protein.residue_index[i]) for i in own}
+        sequence = out.esm_input[0]
+        assert {i for i, c in enumerate(sequence) if c == ESM_MASK_CHAR} == residues and residues
+        assert all(sequence[i] == record["sequence"][i] for i in range(len(sequence)) if i not in residues)
+        assert (out.residue_type[own] == 0).all() and protein.esm_input[0] == record["sequence"]
+        first += protein.num_nodes

@@ -27,6 +27,7 @@ from geoplm.pretraining.published import (
     PUBLISHED_ARCHITECTURES,
     PUBLISHED_CHECKPOINTS,
     check_esm2_keys,
+    encoder_weights,
     load_published,
     published_sources,
 )
@@ -201,6 +202,20 @@ def test_gearnet_edge_matches_torchdrug(reference, tmp_path, inputs, request):
     with torch.no_grad():
         out = encoder(batch.graph, batch.node_feature)
     _assert_outputs(out, reference, "gearnet_edge")
+
+
+def test_encoder_weights_for_the_training_loop(reference, tmp_path):
+    """encoder_weights maps without loading (geoplm.train.load_init, part ``published``, loads them strictly)."""
+    from geoplm.train import load_init
+
+    path = _save(reference["gearnet_edge_state_dict"], tmp_path / "mc_gearnet_edge.pth")
+    encoder = _gearnet_edge(reference)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    weights = encoder_weights(path, encoder)
+    assert all(torch.equal(v, before[k]) for k, v in encoder.state_dict().items())  # not loaded
+    assert {k: tuple(v.shape) for k, v in weights.items()} == {k: tuple(v.shape) for k, v in before.items()}
+    source, init = load_init(path, "published")
+    assert str(path) in source and init(encoder).keys() == weights.keys()
 
 
 def test_engine_checkpoints_load(reference, tmp_path):

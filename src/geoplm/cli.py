@@ -11,6 +11,8 @@ Each subcommand runs the same function as the corresponding Snakemake rule::
     geoplm train     --config config/config.yaml [config/demo.yaml] --task T --model M \
                      --records a.pt [b.pt ...] --manifest m.tsv --out DIR \
                      [--embeddings index.tsv ... | --esm-checkpoint esm2_t33_650M_UR50D.pt --plm P]
+    geoplm embed-structures --structures my.tsv|FOLDER --encoder RUN_DIR|PRETRAINED [--model M] [--plm P] \
+                     [--config config/config.yaml ...] [--out results/embed/NAME] [--shards N] [--shard K]
     geoplm check-config config/config.yaml [config/demo.yaml ...]
 
 Errors on bad input print one line naming the file, entry or key and exit with status 2.
@@ -81,6 +83,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for metrics.json and model.pt")
 
     p = sub.add_parser(
+        "embed-structures",
+        help="your structures through a trained encoder: embeddings (and predictions of a fine-tuned run)",
+        description="Per-residue and per-protein features of the structures of a sheet (TSV: id, path, chain) or a "
+        "folder, from a fine-tuned run (then its task's predictions too) or a 'pretrained' entry (geoplm.apply).",
+    )
+    p.add_argument("--structures", required=True, help="a TSV sheet (columns id, path, chain) or a folder")
+    p.add_argument("--encoder", required=True,
+                   help="a training run folder, task/model/plm/pretrain/seedN, or a 'pretrained' entry")  # fmt: skip
+    p.add_argument("--model", help="the 'models' entry of a 'pretrained' encoder")
+    p.add_argument("--plm", help="the 'plms' entry of a 'pretrained' encoder (default: none)")
+    p.add_argument("--config", nargs="+", default=["config/config.yaml"], help="config files, later merged over earlier")
+    p.add_argument("--out", help="output folder (default: results/embed/<sheet>-<encoder>)")
+    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--shard", type=int, help="run this shard only (no gathering)")
+    p.add_argument("--max-residues", type=int, default=4096, help="residues per batch")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--truncate", type=int, help="keep at most this many residues per protein (the first ones)")
+    p.add_argument("--results", default="results")
+    p.add_argument("--resources", default="resources")
+    p.add_argument("--device", default="auto", choices=list(steps.DEVICES))
+
+    p = sub.add_parser(
         "check-config",
         help="check config files as the workflow does (later merged over earlier, as --configfile)",
         description="Check config files as the workflow does: YAML syntax (file and line), every model, task and "
@@ -148,6 +173,22 @@ def _run(args: argparse.Namespace) -> None:
         settings = {"repr_layer": args.repr_layer, "toks_per_batch": args.toks_per_batch, "checksum": args.checksum}
         plm = args.plm or Path(args.checkpoint).stem
         steps.embed_records(args.records, args.checkpoint, args.index, args.store, plm, settings, steps.device())
+    elif args.command == "embed-structures":
+        from geoplm import apply
+        from geoplm import config as geoplm_config
+
+        config = geoplm_config.load_config(*args.config)
+        out = args.out
+        if out is None:
+            spec = apply.resolve_encoder(config, args.encoder, args.model, args.plm, results=args.results)
+            out = Path(args.results) / "embed" / apply.run_name(args.structures, spec)
+        summary = apply.run(
+            args.structures, args.encoder, config, out, model=args.model, plm=args.plm, shards=args.shards,
+            only_shard=args.shard, max_residues=args.max_residues, threshold=args.threshold, top_k=args.top_k,
+            truncate=args.truncate, device=steps.device(args.device), results=args.results, resources=args.resources,
+        )  # fmt: skip
+        if summary is not None:
+            print(apply.describe(summary))
     elif args.command == "train":
         from geoplm import config as geoplm_config
         from geoplm import train

@@ -130,18 +130,27 @@ def merge(base: dict, override: Mapping) -> dict:
     return base
 
 
-def load_config(*paths: str | Path) -> dict:
+#: the download catalogue (``sources``: URLs and checksums), kept apart from the settings as snakemake-workflows
+#: keep sample sheets apart; read before ``config/config.yaml`` (by the Snakefile and :func:`load_config`)
+CATALOGUE = "config/sources.yaml"
+
+
+def load_config(*paths: str | Path, catalogue: bool = True) -> dict:
     """Read YAML config files, later ones merged over earlier ones (as Snakemake merges ``--configfile``), and
-    check the result (:func:`check_config`).
+    check the result (:func:`check_config`). With ``catalogue``, the download catalogue beside the first file
+    (``sources.yaml``, :data:`CATALOGUE`) is read first, as the Snakefile reads it.
 
     Raises:
         ConfigError: a file that is not valid YAML (naming the file and line), or an invalid config (naming the
             key path, and the file and line that set it).
     """
+    files = [Path(path) for path in paths]
+    if catalogue and files and (files[0].parent / Path(CATALOGUE).name).exists():
+        files.insert(0, files[0].parent / Path(CATALOGUE).name)
     config: dict = {}
-    for path in paths:
+    for path in files:
         merge(config, read_yaml(path))
-    check_config(config, files=paths)
+    check_config(config, files=files)
     return config
 
 
@@ -290,8 +299,8 @@ def check_entries(config: Any) -> None:
                          f"pretraining kind '{kind}'")  # fmt: skip
             for model, settings in (entry.get("model_settings") or {}).items():
                 if isinstance(settings, Mapping):
-                    _check_known(settings, known - {"model_settings", "kind"},
-                                 ("pretraining", name, "model_settings", model), f"pretraining kind '{kind}'")  # fmt: skip
+                    where = ("pretraining", name, "model_settings", model)
+                    _check_known(settings, known - {"model_settings", "kind"}, where, f"pretraining kind '{kind}'")
     for name, entry in _entries(config, "graphs"):
         kind = entry.get("kind", "gearnet")
         if isinstance(kind, str) and kind in GRAPH_KINDS:

@@ -535,6 +535,10 @@ def _ids(members) -> list[str]:
     return list(ids) if ids is not None else [e.id for e in members]
 
 
+#: the keys of an epoch's ``history`` record that time it (they differ between otherwise identical runs)
+TIMING_KEYS = ("proteins_per_second", "peak_memory_mb")
+
+
 def throughput(proteins: int, seconds: float, device: str | torch.device) -> dict[str, float]:
     """An epoch's training throughput: ``proteins_per_second`` and ``peak_memory_mb`` (CUDA: the peak allocated
     by torch on the device since the last reset, reset here; CPU: the process's peak resident set size)."""

@@ -36,10 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geoplm.errors import ConfigError, GeoplmError
+from geoplm.errors import ConfigError
 from geoplm.graph import NUM_RESIDUE_TYPE, ResidueGraph
 from geoplm.inputs import ProteinInput, pack
 from geoplm.pretraining.base import PretrainingTask
+from geoplm.pretraining.masking import MASK_TOKEN, mask_residues
 from geoplm.tasks.base import MLP
 
 __all__ = [
@@ -402,8 +403,9 @@ class AttributeMasking(PretrainingTask):
     cross-entropy against the original types over torchdrug's 20 residue types (``constant.NUM_AMINO_ACID``; an
     unknown residue, type 20 here, is glycine 0 as torchdrug's parser makes it). Logged: ``loss``, ``accuracy``.
 
-    Raises (on a batch):
-        GeoplmError: proteins for an ESM-2 inside the model (masking its input tokens is not implemented).
+    With an ESM-2 inside the model (ESM-GearNet ``config/pretrain/attr_esm_gearnet.yaml``), the masked residues
+    are ESM-2's ``<mask>`` token in its input sequence (:func:`geoplm.pretraining.masking.mask_residues`), as
+    ESM-GearNet's residue type prediction masks them.
     """
 
     options: ClassVar[dict[str, Any]] = {**PretrainingTask.options, "mask_rate": 0.15, "num_mlp_layer": 2}
@@ -425,21 +427,13 @@ class AttributeMasking(PretrainingTask):
         masked, first = [], 0
         for protein in proteins:
             own = local[(local >= first) & (local < first + protein.num_nodes)] - first
-            residue_type, node_feature = protein.residue_type.clone(), protein.node_feature.clone()
-            residue_type[own] = 0
-            node_feature[own] = 0
-            masked.append(replace(protein, residue_type=residue_type, node_feature=node_feature))
+            masked.append(mask_residues(protein, own, MASK_TOKEN))
             first += protein.num_nodes
         return masked, index
 
     def training_loss(self, model: nn.Module, batch, epoch: int):
         """Cross-entropy on the masked residues' types: ``(loss, {"loss", "accuracy"}, 1.0)``."""
         proteins = self.batch_inputs(batch)
-        if proteins and proteins[0].esm_input is not None:
-            raise GeoplmError(
-                f"{self.name}: attribute masking with an ESM-2 inside the model is not implemented (masking "
-                "its input tokens); use stored ESM embeddings or residue one-hot inputs"
-            )
         target = torch.cat([p.residue_type for p in proteins]).to(self.device)
         masked, index = self.mask(proteins)
         target = target[index]

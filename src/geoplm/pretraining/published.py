@@ -79,6 +79,7 @@ __all__ = [
     "PUBLISHED_ARCHITECTURES",
     "PUBLISHED_CHECKPOINTS",
     "check_esm2_keys",
+    "encoder_weights",
     "load_published",
     "map_published",
     "published_sources",
@@ -413,6 +414,22 @@ def _compare_esm(esm_state: Mapping[str, Tensor], esm_model: nn.Module, path) ->
         )
 
 
+def encoder_weights(
+    path: str | os.PathLike,
+    encoder: nn.Module,
+    model_name: str = "model",
+    esm_model: nn.Module | None = None,
+) -> dict[str, Tensor]:
+    """The weights of a published (or any torchdrug-written) checkpoint for ``encoder``, mapped and checked but not
+    loaded: exactly ``encoder.state_dict()``'s keys and shapes (:func:`read_checkpoint`, :func:`map_published`).
+    :func:`geoplm.train.load_init` (part ``published``) hands them to the training loop, which loads them strictly.
+
+    Raises:
+        GeoplmError: as :func:`read_checkpoint` and :func:`map_published`, naming the file and the key(s).
+    """
+    return map_published(read_checkpoint(path), encoder, path, model_name, esm_model)
+
+
 def load_published(
     path: str | os.PathLike,
     encoder: nn.Module,
@@ -440,7 +457,7 @@ def load_published(
     Raises:
         GeoplmError: as :func:`read_checkpoint` and :func:`map_published`, naming the file and the key(s).
     """
-    mapped = map_published(read_checkpoint(path), encoder, path, model_name, esm_model)
+    mapped = encoder_weights(path, encoder, model_name, esm_model)
     try:
         encoder.load_state_dict(mapped, strict=True)
     except RuntimeError as error:  # not expected after map_published's checks

@@ -401,6 +401,33 @@ class Task:
         return {"num_examples": {split: len(members) for split, members in splits.items()}}
 
 
+#: labels keys that name the classes of a record's ``target`` (the ``labelled_chains`` reader, geoplm.datasets.chains:
+#: the EC / GO term lists beside the term indices, a fold's SCOPe id, a reaction's EC number)
+CLASS_NAME_KEYS = ("ec", "go_bp", "go_mf", "go_cc", "fold")
+
+
+def class_names_from_labels(labels: Sequence[Mapping], num_classes: int) -> list[str | None]:
+    """Class index -> name from records' ``labels``: ``target`` beside a :data:`CLASS_NAME_KEYS` key (a list of
+    term names in the order of ``target``, or one name for one class index); None where no record names it.
+    A task saves them in its :meth:`Task.state` so that a trained model's predictions can be named
+    (:mod:`geoplm.apply`)."""
+    names: list[str | None] = [None] * num_classes
+    for label in labels:
+        target = label.get("target")
+        for key in CLASS_NAME_KEYS:
+            value = label.get(key)
+            if value is None or target is None:
+                continue
+            if isinstance(value, str) and isinstance(target, int) and 0 <= target < num_classes:
+                names[target] = value
+            elif isinstance(value, list) and isinstance(target, list) and len(value) == len(target):
+                for index, name in zip(target, value, strict=True):
+                    if 0 <= int(index) < num_classes:
+                        names[int(index)] = str(name)
+            break
+    return names
+
+
 def label_value(record: Mapping, key: str, name: str) -> Any:
     """``record["labels"][key]``, where ``key`` may be a dotted path (``scores.gdt_ts``); None when absent.
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from geoplm.errors import ConfigError
 from geoplm.inputs import ProteinInput
 from geoplm.metrics import accuracy
-from geoplm.tasks.base import Task, label_value, torchdrug_head
+from geoplm.tasks.base import Task, class_names_from_labels, label_value, torchdrug_head
 
 
 class Classification(Task):
@@ -43,6 +43,7 @@ class Classification(Task):
     def __init__(self, spec: Mapping, name: str = "task"):
         super().__init__(spec, name)
         self.num_classes = self.settings["num_classes"]
+        self._labels: list[Mapping] = []  # the labels of every record with a target: the class names (state)
 
     def target(self, record: Mapping, protein: ProteinInput) -> Tensor | None:
         value = label_value(record, self.settings["label"], self.name)
@@ -54,9 +55,17 @@ class Classification(Task):
                 f"tasks.{self.name}: record {record['id']} gives no num_classes; set tasks.{self.name}.num_classes"
             )
         self.num_classes = int(num_classes)
+        self._labels.append(record.get("labels") or {})
         if not 0 <= int(value) < self.num_classes:
             raise ConfigError(f"record {record['id']}: class {value} outside 0..{self.num_classes - 1}")
         return torch.tensor(int(value))
+
+    def state(self) -> dict[str, Any]:
+        """The class names by index, as the records' labels give them (None where none does), so that a trained
+        model's predictions are named (:mod:`geoplm.apply`)."""
+        if not self.num_classes:
+            return {}
+        return {"class_names": class_names_from_labels(self._labels, int(self.num_classes))}
 
     def head(self, output_dim: int) -> nn.Module:
         return torchdrug_head(

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from geoplm.errors import ConfigError
 from geoplm.inputs import ProteinInput
 from geoplm.metrics import auprc_micro, f1_max
-from geoplm.tasks.base import Task, label_value, torchdrug_head
+from geoplm.tasks.base import Task, class_names_from_labels, label_value, torchdrug_head
 
 TEST_CUTOFFS = (0.3, 0.4, 0.5, 0.7, 0.95)
 
@@ -57,6 +57,7 @@ class MultiLabelFunction(Task):
             )
         self.cutoff_key = str(round(cutoff * 100))
         self.num_classes = self.settings["num_classes"]
+        self._labels: list[Mapping] = []  # the labels of every record with a target: the class names (state)
 
     def target(self, record: Mapping, protein: ProteinInput) -> Tensor | None:
         terms = label_value(record, self.settings["label"], self.name)
@@ -71,9 +72,17 @@ class MultiLabelFunction(Task):
                 f"tasks.{self.name}: record {record['id']} gives no num_classes; set tasks.{self.name}.num_classes"
             )
         self.num_classes = int(num_classes)
+        self._labels.append(record.get("labels") or {})
         target = torch.zeros(self.num_classes)
         target[torch.as_tensor(list(terms), dtype=torch.long)] = 1.0
         return target
+
+    def state(self) -> dict[str, Any]:
+        """The class names by index, as the records' labels give them (None where none does), so that a trained
+        model's predictions are named (:mod:`geoplm.apply`)."""
+        if not self.num_classes:
+            return {}
+        return {"class_names": class_names_from_labels(self._labels, int(self.num_classes))}
 
     def head(self, output_dim: int) -> nn.Module:
         return torchdrug_head(output_dim, output_dim, int(self.num_classes), self.settings["num_mlp_layer"])
