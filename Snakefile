@@ -41,6 +41,9 @@ if workflow.is_main_process:
 validate(config, schema="config/schema.yaml")  # passes now; fills in the schema's defaults
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/structures.smk"
@@ -50,6 +53,7 @@ include: "rules/pretrain.smk"
 include: "rules/train.smk"
 include: "rules/tables.smk"
 include: "rules/apply.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -1,5 +1,5 @@
-"""The download catalogue (config/sources.yaml, read before config/config.yaml): schema, URLs, checksums, and the samples held by the
-shared data folder (the mirror), each found by file name and matching its pinned checksum."""
+"""The download catalogue (config/sources.yaml, read before config/config.yaml): schema, URLs, checksums, and the
+samples held by the shared data folder (the mirror), each found by file name and matching its pinned checksum."""
 
 from __future__ import annotations
 

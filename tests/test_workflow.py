@@ -211,8 +211,8 @@ def test_pretrained_rows_fine_tune_the_encoders_pretrained_on_alphafold_models(p
     for name in ("demo_mc", "demo_distance"):
         folder = pretrained_demo / "results" / "pretrain" / "gearnet_edge" / "none" / name
         metrics = json.loads((folder / "metrics.json").read_text())
-        # pretrained on the mirror's 14 AlphaFold DB v4 models, one pass per epoch, the loss falling
-        assert metrics["corpus"]["proteins"] == 14 and len(metrics["history"]) == 4
+        # pretrained on the mirror's 25 AlphaFold DB v4 models, one pass per epoch, the loss falling
+        assert metrics["corpus"]["proteins"] == 25 and len(metrics["history"]) == 4
         assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
         assert (folder / "encoder.pt").exists()
     run = pretrained_demo / "results" / "train" / "ec" / "gearnet_edge" / "none" / "mc" / "seed0" / "metrics.json"

@@ -37,6 +37,7 @@ from pathlib import Path
 import esm
 import esm.pretrained
 import torch
+from tqdm import tqdm
 
 from geoplm.atomic import torch_save
 from geoplm.errors import ChecksumError, EmbeddingError
@@ -682,7 +683,7 @@ def embed_sequences(
     model.to(device)
     model.eval()
     try:
-        for batch in batches:
+        for batch in tqdm(batches, desc="ESM-2", unit="batch", disable=None, leave=False):
             labels, strs, tokens = converter([chunks[i] for i in batch])
             with torch.inference_mode(), autocast:
                 tokens = tokens.to(device)

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from geoplm import atomic
 from geoplm.errors import GeoplmError
@@ -139,7 +140,7 @@ def download_files(
     checksum_lock = sources.ChecksumLock(lock) if lock else None
     fetch = checksum_lock.fetch if checksum_lock else sources.fetch
     rows = []
-    for entry in files:
+    for entry in tqdm(files, desc=f"download {Path(manifest).parent.name}", unit="file", disable=None, leave=False):
         name = entry.get("name") or sources.file_name(entry["url"])
         try:  # a ChecksumError is never a missing file: it stops the download
             got = fetch(entry["url"], Path(directory) / name, entry.get("checksum"), mirror_dir, name=name)

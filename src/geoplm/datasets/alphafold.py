@@ -79,6 +79,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from geoplm.datasets.generic import check_on_error, check_shard, expand_files, is_structure_file
 from geoplm.errors import ConfigError, StructureError
@@ -287,7 +288,8 @@ def read_shard(
         reader.scratch = Path(scratch)
         for tarball, slot, slots in tar_assignment(shard, num_shards, len(tarballs)):
             reader.read_tarball(tarballs[tarball], slot, slots)
-        for path in _deal_singles(singles, file_types, shard, num_shards):
+        mine = _deal_singles(singles, file_types, shard, num_shards)
+        for path in tqdm(mine, desc=f"parse shard {shard}", unit="file", disable=None, leave=False):
             reader.read_file(path)
     logger.info(
         "alphafold shard %d/%d: %d records, %d skipped", shard, num_shards, len(reader.records), len(reader.skipped)
@@ -392,7 +394,8 @@ class _Reader:
         count = 0
         last = "(none)"
         try:
-            for member, data in _stream_members(archive, slot, slots, self.file_types):
+            members = _stream_members(archive, slot, slots, self.file_types)
+            for member, data in tqdm(members, desc=f"parse {archive.name}", unit="member", disable=None, leave=False):
                 count += 1
                 last = member
                 name = entry_name(member)
