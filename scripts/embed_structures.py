@@ -11,8 +11,9 @@ sm = snakemake  # noqa: F821
 
 with steps.logged(sm.log[0]):
     device = steps.device(sm.config.get("device", "auto"))
-    spec = apply.resolve_encoder(sm.config, sm.params.encoder, sm.params.model, sm.params.plm, sm.params.seed,
-                                 results=sm.params.results)  # fmt: skip
-    loaded = apply.load_encoder(spec, sm.config, device, sm.input.get("manifest"), truncate=sm.params.truncate)
-    apply.embed_shard(sm.input.sheet, loaded, int(sm.wildcards.shard), sm.params.shards, sm.output.shard,
-                      sm.output.skipped, sm.params.max_residues, device)  # fmt: skip
+    embed = sm.params.embed
+    spec = apply.resolve_encoder(sm.config, sm.params.encoder, sm.params.model, sm.params.plm,
+                                 int(embed.get("seed", 0)), results=sm.params.results)  # fmt: skip
+    loaded = apply.load_encoder(spec, sm.config, device, sm.input.get("manifest"), truncate=embed.get("truncate"))
+    apply.embed_shard(sm.input.sheet, loaded, int(sm.wildcards.shard), int(embed["shards"]), sm.output.shard,
+                      sm.output.skipped, int(embed["max_residues"]), device)  # fmt: skip

@@ -40,8 +40,8 @@ def run_dir(shared_data, tmp_path_factory):
         terms = [i % 3, (i + 1) % 3]
         record["labels"] = {"ec": [NAMES[t] for t in terms], "target": terms, "num_classes": 3}
     task = get_task(TASK, "ec")
-    splits = task.build_examples(records, {r["id"]: s for r, s in zip(records, ["train", "train", "valid", "test"])},
-                                 task.input_loader())  # fmt: skip
+    split_of = {r["id"]: s for r, s in zip(records, ["train", "train", "valid", "test"], strict=True)}
+    splits = task.build_examples(records, split_of, task.input_loader())
     train.fit(task, MODEL, splits, 0, out / "metrics.json", out / "model.pt", input_dim=21, model_name="tiny_edge")
     return results, out, task, splits
 
@@ -157,7 +157,8 @@ def test_embeddings_and_scores_equal_the_encoder_inside_training(run_dir, shared
 def test_rerun_with_more_structures_encodes_only_the_new_ones(run_dir, shared_data, tmp_path, monkeypatch):
     results, out, _, _ = run_dir
     loaded = apply.load_encoder(apply.resolve_encoder(CONFIG, str(out)), CONFIG)
-    rows = [("lys", str(shared_data / "pdb/103l.pdb"), ""), ("p53", str(shared_data / "alphafold/AF-P04637-F1-model_v4.pdb"), "")]
+    rows = [("lys", str(shared_data / "pdb/103l.pdb"), ""),
+            ("p53", str(shared_data / "alphafold/AF-P04637-F1-model_v4.pdb"), "")]  # fmt: skip
     shard, skipped = tmp_path / "emb" / "shards" / "0000.pt", tmp_path / "emb" / "shards" / "0000.skipped.tsv"
     first = apply.embed_shard(_sheet(tmp_path, rows), loaded, 0, 1, shard, skipped)
     assert first == {"records": 2, "reused": 0, "encoded": 2, "skipped": 0}

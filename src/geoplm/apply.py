@@ -167,8 +167,9 @@ def read_sheet(sheet: str | os.PathLike) -> tuple[list[Unit], list[dict[str, str
         chains_text = (row.get("chain") or "").strip()
         chains = tuple(c.strip() for c in chains_text.split(",")) if chains_text else None
 
-        def skip(reason: str, entry=entry, path=path) -> None:
-            skipped.append({"entry": entry, "source_file": str(path), "reason": f"{sheet.name} line {number}: {reason}"})
+        def skip(reason: str, entry=entry, path=path, number=number) -> None:
+            where = f"{sheet.name} line {number}"
+            skipped.append({"entry": entry, "source_file": str(path), "reason": f"{where}: {reason}"})
 
         if not raw:
             skip("no path")
@@ -266,7 +267,8 @@ def _run_spec(directory: Path, name: str, config: Mapping | None) -> EncoderSpec
     parts = directory.parts
     if len(parts) < 5 or not parts[-1].startswith("seed"):
         raise GeoplmError(
-            f"encoder {name}: {directory} is not a training run folder .../{{task}}/{{model}}/{{plm}}/{{pretrain}}/seedN"
+            f"encoder {name}: {directory} is not a training run folder "
+            ".../{task}/{model}/{plm}/{pretrain}/seedN"
         )
     task, model, plm = parts[-5], parts[-4], parts[-3]
     dataset = ((config or {}).get("tasks", {}).get(task) or {}).get("dataset")
@@ -467,7 +469,9 @@ def load_encoder(
         "task_kind": None if task is None else task.settings["kind"],
         "input_dim": input_dim,
         "truncate": truncate,
-        "target_label": task.settings.get("label") if task is not None and task.settings["kind"] == "regression" else None,
+        "target_label": (
+            task.settings.get("label") if task is not None and task.settings["kind"] == "regression" else None
+        ),
     }
     return LoadedEncoder(spec, net, task, graph_settings, input_dim, settings, embeddings, esm_inputs, class_names)
 
@@ -702,8 +706,9 @@ def embed_shard(
     unique: dict[str, tuple[dict, str]] = {}
     for record, entry in pairs:
         if record["id"] in unique:
+            taken = unique[record["id"]][0]["source"]
             skipped.append({"entry": record["id"], "source_file": record["source"],
-                            "reason": f"record id {record['id']} already taken by {unique[record['id']][0]['source']}"})  # fmt: skip
+                            "reason": f"record id {record['id']} already taken by {taken}"})  # fmt: skip
             continue
         unique[record["id"]] = (record, entry)
     records = [record for record, _ in unique.values()]
@@ -711,8 +716,8 @@ def embed_shard(
     key = settings_hash(loaded.settings)
     rows = _previous_rows(shard_path, digests, key)
     todo = [record for record in records if record["id"] not in rows]
-    log.info("shard %d/%d: %d structures, %d reused, %d to encode", shard, shards, len(records), len(records) - len(todo),
-             len(todo))  # fmt: skip
+    reused = len(records) - len(todo)
+    log.info("shard %d/%d: %d structures, %d reused, %d to encode", shard, shards, len(records), reused, len(todo))
     encoded, bad = encode_records(loaded, todo, max_residues, device)
     rows.update(encoded)
     skipped.extend(bad)
@@ -748,7 +753,7 @@ def embed_shard(
     from geoplm.steps import write_tsv
 
     write_tsv(skipped_path, skipped, SKIPPED_COLUMNS)
-    counts = {"records": len(kept), "reused": len(records) - len(todo), "encoded": len(encoded), "skipped": len(skipped)}
+    counts = {"records": len(kept), "reused": reused, "encoded": len(encoded), "skipped": len(skipped)}
     log.info("shard %d/%d: %s -> %s", shard, shards, counts, shard_path)
     return counts
 
@@ -879,6 +884,43 @@ def describe(summary: Mapping[str, Any]) -> str:
         f"  skipped:            {outputs['skipped.tsv']}",
         f"  settings:           {folder / 'settings.json'}",
     ])  # fmt: skip
+
+
+def workflow_job(
+    config: Mapping, results: str = "results", resources: str = "resources"
+) -> dict[str, Any]:
+    """The ``embed`` target's job from the workflow config (``rules/apply.smk``): ``name`` (the output folder under
+    ``results/embed``), ``spec`` (:class:`EncoderSpec`), ``settings`` (``embed`` over :data:`DEFAULTS`), ``shards``
+    (shard ids) and a shard job's ``inputs`` (the sheet, the weights -- a dependency: a run is trained, a
+    pretraining run, a published checkpoint downloaded --, the plm's checkpoint, a fine-tuned run's manifest).
+
+    Raises:
+        ConfigError: ``structures`` or ``encoder`` unset; the errors of :func:`resolve_encoder`.
+    """
+    from geoplm import config as geoplm_config
+
+    if not config.get("structures") or not config.get("encoder"):
+        raise ConfigError(
+            "the embed target needs a sheet and an encoder: snakemake embed --config structures=my.tsv "
+            "encoder=<run folder | task/model/plm/pretrain/seedN | pretrained entry> [model=<models entry>] [plm=...]"
+        )
+    settings = {**DEFAULTS, **(config.get("embed") or {})}
+    spec = resolve_encoder(config, str(config["encoder"]), config.get("model"), config.get("plm"),
+                           int(settings.get("seed", 0)), results, Path(resources) / "raw")  # fmt: skip
+    inputs = {"sheet": str(config["structures"]), "weights": str(spec.weights)}
+    if spec.plm != geoplm_config.NO_PLM:
+        checkpoint = plm_checkpoint(config, spec.plm, resources)
+        inputs["esm_model"] = str(checkpoint)
+        inputs["esm_regression"] = str(checkpoint.with_name(f"{checkpoint.stem}-contact-regression.pt"))
+    if spec.dataset and spec.dataset in (config.get("datasets") or {}):
+        inputs["manifest"] = f"{resources}/records/{spec.dataset}/manifest.tsv"
+    return {
+        "name": settings.get("name") or run_name(config["structures"], spec),
+        "spec": spec,
+        "settings": settings,
+        "shards": geoplm_config.shard_ids(int(settings["shards"])),
+        "inputs": inputs,
+    }
 
 
 def read_summary(settings_path: str | os.PathLike) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="a training run folder, task/model/plm/pretrain/seedN, or a 'pretrained' entry")  # fmt: skip
     p.add_argument("--model", help="the 'models' entry of a 'pretrained' encoder")
     p.add_argument("--plm", help="the 'plms' entry of a 'pretrained' encoder (default: none)")
-    p.add_argument("--config", nargs="+", default=["config/config.yaml"], help="config files, later merged over earlier")
+    p.add_argument("--config", nargs="+", default=["config/config.yaml"], help="config files, merged in order")
     p.add_argument("--out", help="output folder (default: results/embed/<sheet>-<encoder>)")
     p.add_argument("--shards", type=int, default=1)
     p.add_argument("--shard", type=int, help="run this shard only (no gathering)")
