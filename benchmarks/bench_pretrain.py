@@ -31,8 +31,8 @@ own initial weights; batch ``--batch-size`` (GearNet: 96 per GPU); the same prot
 (torchdrug's loader draws them in the order geoplm's ``task.batches`` shuffles them to). By default each batch also
 uses the same crop and noise function per view on both sides: geoplm's choices (drawn from its task generator)
 are read ahead and torchdrug's ``random.sample`` of them in ``MultiviewContrast.forward`` is answered with the same
-functions (the crop windows and masked edges themselves are drawn by each side); a subspace view costs several
-times a subsequence view, so this keeps the per-batch ratios comparable. ``--independent-views`` lets torchdrug
+functions (the crop windows and masked edges themselves are drawn by each side), so that batch i does the same kind
+of work on both sides and the per-batch ratios stay comparable. ``--independent-views`` lets torchdrug
 draw its own. Batch i runs on both sides back to back, alternating which goes first; a side's epoch time is the
 sum of its step times. Ratio = torchdrug time / geoplm time (= geoplm / torchdrug steps per second), per round and
 per batch, as median and range. A warm-up epoch on the first two batches first (numba caches, allocator).
@@ -138,7 +138,6 @@ class TorchdrugSide:
         from torchdrug import core, data, models, tasks, transforms, utils
         from torchdrug.layers import geometry
         from torchdrug.models import infograph
-
         from torchdrug_reference import graph_construction
 
         logging.getLogger("torchdrug").setLevel(logging.ERROR)
@@ -169,8 +168,10 @@ class TorchdrugSide:
         model = models.GearNet(input_dim=21, hidden_dims=hidden_dims, num_relation=7, edge_input_dim=59,
                                num_angle_bin=8, batch_norm=True, concat_hidden=True, short_cut=True,
                                readout="sum")  # fmt: skip
-        self.crops = {"subsequence": geometry.SubsequenceNode(max_length=50),
-                      "subspace": geometry.SubspaceNode(entity_level="residue", min_neighbor=15, min_radius=15.0)}
+        self.crops = {
+            "subsequence": geometry.SubsequenceNode(max_length=50),
+            "subspace": geometry.SubspaceNode(entity_level="residue", min_neighbor=15, min_radius=15.0),
+        }
         self.noises = {"identity": geometry.IdentityNode(), "random_edge_mask": geometry.RandomEdgeMask(mask_rate=0.15)}
         self.contrast = models.MultiviewContrast(model, crop_funcs=list(self.crops.values()),
                                                  noise_funcs=list(self.noises.values()), num_mlp_layer=2)  # fmt: skip
@@ -461,9 +462,11 @@ def speed(args) -> int:
     print(f"proteins: {len(paths)} AlphaFold DB models ({sum(nodes)} residues, {min(nodes)}-{max(nodes)}); "
           f"{len(skipped)} of {len(files)} PDB files left out (RDKit cannot read them: {', '.join(skipped) or '-'}); "
           f"{batches} batches of {args.batch_size}")  # fmt: skip
-    print(f"model: GearNet-Edge {hidden_dims} + 2-layer projection MLP, InfoNCE (tau 0.07), Adam lr {LR}; "
-          f"parameters torchdrug {params['torchdrug']:,}, geoplm {params['geoplm']:,}; views: "
-          f"{'independent' if args.independent_views else 'same crop / noise functions per batch on both sides'}")
+    print(
+        f"model: GearNet-Edge {hidden_dims} + 2-layer projection MLP, InfoNCE (tau 0.07), Adam lr {LR}; "
+        f"parameters torchdrug {params['torchdrug']:,}, geoplm {params['geoplm']:,}; views: "
+        f"{'independent' if args.independent_views else 'same crop / noise functions per batch on both sides'}"
+    )
     same = not args.independent_views
 
     run_epoch(theirs, ours, dataset, examples, same, limit=2 * args.batch_size)  # warm-up, not reported
@@ -591,9 +594,10 @@ def memory(args) -> int:
             _, shards = write_corpus(records, scale, shard_size, folder / "corpus")
             out = folder / "run"
             out.mkdir()
-            command = [sys.executable, str(Path(__file__).resolve()), "memory-child", "--corpus", str(folder / "corpus"),
-                       "--out", str(out), "--split-size", str(split_size), "--batch-size", str(args.batch_size),
-                       "--hidden-dim", str(args.hidden_dim), "--num-layers", str(args.num_layers),
+            script = str(Path(__file__).resolve())
+            command = [sys.executable, script, "memory-child", "--corpus", str(folder / "corpus"), "--out", str(out),
+                       "--split-size", str(split_size), "--batch-size", str(args.batch_size), "--hidden-dim",
+                       str(args.hidden_dim), "--num-layers", str(args.num_layers),
                        "--threads", str(args.threads)]  # fmt: skip
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
@@ -605,9 +609,9 @@ def memory(args) -> int:
                 results[scale] = result
             label = f"{scale}x" if run < 2 else f"control, {scale}x as one split (no streaming)"
             print(f"{label}: {result['corpus']['proteins']} proteins in splits {result['corpus']['splits']}, "
-                  f"{result['passes']} loop passes, {result['seconds']:.1f} s; peak RSS {result['peak_rss_mb']:.0f} MB "
-                  f"(RSS after the imports {result['rss_before_mb']:.0f} MB); record shards {result['shard_mb']:.1f} MB "
-                  f"on disk", flush=True)  # fmt: skip
+                  f"{result['passes']} loop passes, {result['seconds']:.1f} s; peak RSS "
+                  f"{result['peak_rss_mb']:.0f} MB (RSS after the imports {result['rss_before_mb']:.0f} MB); record "
+                  f"shards {result['shard_mb']:.1f} MB on disk", flush=True)  # fmt: skip
     one, many = results[1], results[args.scale]
     growth = (many["peak_rss_mb"] - many["rss_before_mb"]) / max(1e-9, one["peak_rss_mb"] - one["rss_before_mb"])
     print(f"peak RSS ratio {args.scale}x / 1x: {many['peak_rss_mb'] / one['peak_rss_mb']:.3f} (goal <= 1.2); "

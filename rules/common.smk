@@ -1,6 +1,7 @@
 # Input functions and config look-ups shared by the stage files; no rules here. The config has been checked
 # (geoplm.config.check_config, in the Snakefile, which also puts src/ on sys.path and imports geoplm_config).
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,18 @@ wildcard_constraints:
     seed=r"\d+",
     table=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     graph=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+
+
+# PyTorch build of the GPU rules' conda envs (--use-conda): envs/{train,esm}.yaml pin conda-forge's CUDA build,
+# their -cpu twins the CPU build; GEOPLM_TORCH=cpu picks the twins on a machine without a GPU (README).
+TORCH_BUILD = os.environ.get("GEOPLM_TORCH", "cuda")
+if TORCH_BUILD not in ("cuda", "cpu"):
+    raise WorkflowError(f"GEOPLM_TORCH={TORCH_BUILD!r}: cuda (the default) or cpu")
+
+
+def torch_env(name):
+    """The conda env file (relative to rules/) of a GPU rule's env ``name`` for the PyTorch build chosen."""
+    return f"../envs/{name}.yaml" if TORCH_BUILD == "cuda" else f"../envs/{name}-cpu.yaml"
 
 
 def source_files(wildcards):

@@ -10,7 +10,7 @@ rule build_random_esm:
     benchmark:
         "benchmarks/embeddings/{plm}/build_random_esm.tsv"
     conda:
-        "../envs/esm.yaml"
+        torch_env("esm")
     params:
         random_init=lambda wildcards: config["plms"][wildcards.plm]["random_init"],
     script:
@@ -27,7 +27,7 @@ rule embed_esm:
     benchmark:
         "benchmarks/embeddings/{plm}/{dataset}/{shard}.tsv"
     conda:
-        "../envs/esm.yaml"
+        torch_env("esm")
     threads: 2
     resources:
         gpu=1,

@@ -15,7 +15,7 @@ rule pretrain_model:
     benchmark:
         "benchmarks/pretrain/{model}/{plm}/{pretraining}.tsv"
     conda:
-        "../envs/train.yaml"
+        torch_env("train")
     threads: 2
     resources:
         gpu=lambda wildcards: int(pretraining_spec(wildcards).get("gpus", 1)),

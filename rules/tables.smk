@@ -6,8 +6,18 @@ rule make_table:
         metrics=lambda wildcards: table_inputs(wildcards.table),
         published="config/published_values.tsv",
     output:
-        csv=report(f"{RESULTS}/tables/{{table}}.csv", category="Tables"),
-        markdown=report(f"{RESULTS}/tables/{{table}}.md", category="Tables"),
+        csv=report(
+            f"{RESULTS}/tables/{{table}}.csv",
+            caption="../report/csv.rst",
+            category="Tables",
+            subcategory="{table}",
+        ),
+        markdown=report(
+            f"{RESULTS}/tables/{{table}}.md",
+            caption="../report/csv.rst",
+            category="Tables",
+            subcategory="{table}",
+        ),
     log:
         "logs/tables/{table}.log",
     benchmark:
@@ -25,7 +35,12 @@ rule make_figure:
     input:
         csv=f"{RESULTS}/tables/{{table}}.csv",
     output:
-        png=report(f"{RESULTS}/figures/{{table}}.png", category="Figures"),
+        png=report(
+            f"{RESULTS}/figures/{{table}}.png",
+            caption="../report/figure.rst",
+            category="Tables",
+            subcategory="{table}",
+        ),
     log:
         "logs/figures/{table}.log",
     benchmark:

@@ -12,7 +12,7 @@ rule train_model:
     benchmark:
         "benchmarks/train/{task}/{model}/{plm}/{pretrain}/seed{seed}.tsv"
     conda:
-        "../envs/train.yaml"
+        torch_env("train")
     threads: 2
     resources:
         gpu=1,
