@@ -1,4 +1,4 @@
-# The two commands of the README:  make demo  |  make test
+# The two commands of the README:  make demo  |  make test   (and on a Slurm-less Debian as root: make test-cluster)
 # Both create .venv on first use and install everything the project needs into it.
 
 PYTHON ?= python3
@@ -8,8 +8,10 @@ CORES ?= 2
 TORCH ?= torch==2.13.0
 MIRROR ?= $(abspath ../shared/data)
 SNAKEMAKE = $(VENV)/bin/snakemake
+# the workstation settings (one GPU job at a time), named: profiles/slurm runs without them
+PROFILE ?= profiles/workstation
 
-.PHONY: install demo test lint dryrun bench clean
+.PHONY: install demo test test-cluster lint dryrun bench clean report
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,18 +23,28 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 DEMO_TABLES = table_toy_position table_docking_db5 table_gearnet_function table_gearnet_fold table_esm_gearnet_fusion \
-	table_wu_mqa table_wu_docking table_wu_scale table_wu_ppi
+	table_wu_mqa table_wu_docking table_wu_scale table_wu_ppi table_gearnet_pretrained
 
 # The demo's small training jobs run single-threaded, $(CORES) at a time: faster than one two-threaded job on
 # small graphs, and immune to OpenMP's spinning waiters when other jobs share the cores (benchmarks/README.md).
 demo: install
 	GEOPLM_MIRROR=$$( [ -d "$(MIRROR)" ] && echo "$(MIRROR)" ) \
-	  $(SNAKEMAKE) $(DEMO_TABLES) --cores $(CORES) --configfile config/demo.yaml --set-threads train_model=1
-	@for table in $(DEMO_TABLES:table_%=%); do echo; cat results/tables/$$table.md; done
-	@echo "Tables written to results/tables/ (CSV and Markdown), figures to results/figures/"
+	  $(SNAKEMAKE) $(DEMO_TABLES) --profile $(PROFILE) --cores $(CORES) --configfile config/demo.yaml \
+	  --set-threads train_model=1
+	@for table in $(DEMO_TABLES:table_%=%); do echo; cat demo/results/tables/$$table.md; done
+	@echo "Tables written to demo/results/tables/ (CSV and Markdown), figures to demo/results/figures/"
 	@# your own structures: the sheet config/demo_structures.tsv through the EC run above (README "Your own structures")
 	GEOPLM_MIRROR=$$( [ -d "$(MIRROR)" ] && echo "$(MIRROR)" ) \
-	  $(SNAKEMAKE) embed --cores $(CORES) --configfile config/demo.yaml --quiet rules
+	  $(SNAKEMAKE) embed --profile $(PROFILE) --cores $(CORES) --configfile config/demo.yaml --quiet rules
+
+# The Snakemake report of the demo tables (demo/results/report.html, self-contained: open it in a browser): builds what is
+# missing of the demo first (the report pages are cheap once `make demo` has run), then writes the report.
+report: install
+	GEOPLM_MIRROR=$$( [ -d "$(MIRROR)" ] && echo "$(MIRROR)" ) \
+	  $(SNAKEMAKE) $(DEMO_TABLES:table_%=report_%) --profile $(PROFILE) --cores $(CORES) --configfile config/demo.yaml \
+	  --set-threads train_model=1
+	$(SNAKEMAKE) $(DEMO_TABLES:table_%=report_%) --configfile config/demo.yaml --report demo/results/report.html
+	@echo "Report written to demo/results/report.html"
 
 test: install
 	$(VENV)/bin/pytest -q
@@ -44,11 +56,20 @@ lint: install
 	$(SNAKEMAKE) --lint --configfile config/demo.yaml
 
 dryrun: install
-	$(SNAKEMAKE) all tables --dry-run --quiet rules --configfile config/config.yaml
+	$(SNAKEMAKE) all tables --dry-run --quiet rules --configfile config/config.yaml --profile $(PROFILE)
+
+# profiles/slurm on a one-node Slurm started here (tests/cluster/run.sh): root, Debian (apt-get), ~5 minutes
+test-cluster: $(VENV)/.installed-cluster
+	VENV=$(VENV) tests/cluster/run.sh
+
+$(VENV)/.installed-cluster: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet -e ".[cluster]"
+	touch $@
 
 bench: install
 	$(VENV)/bin/python benchmarks/run.py
 
 clean:
-	rm -rf .snakemake resources results logs benchmarks/download benchmarks/structures \
-	  benchmarks/embeddings benchmarks/train benchmarks/tables
+	rm -rf .snakemake resources results logs demo benchmarks/download benchmarks/structures \
+	  benchmarks/embeddings benchmarks/train benchmarks/tables benchmarks/pretrain benchmarks/graphs \
+	  benchmarks/figures benchmarks/report benchmarks/embed

@@ -151,8 +151,10 @@ def main(argv=None) -> int:
         print(f"round {i}: torchdrug {pair['td']:.2f} s, geoplm {pair['ours']:.2f} s, ratio {ratios[-1]:.2f}x")
     n = len(paths)
     t_td, t_ours = statistics.median(times_td), statistics.median(times_ours)
-    print(f"proteins per second, PDB files -> GearNet-Edge embeddings: torchdrug {n / t_td:.2f}, geoplm "
-          f"{n / t_ours:.2f}; ratio {statistics.median(ratios):.2f}x (median of {args.repeat} rounds; goal >= 3x)")
+    print(
+        f"proteins per second, PDB files -> GearNet-Edge embeddings: torchdrug {n / t_td:.2f}, geoplm "
+        f"{n / t_ours:.2f}; ratio {statistics.median(ratios):.2f}x (median of {args.repeat} rounds; goal >= 3x)"
+    )
     return 0
 
 

@@ -11,14 +11,14 @@ EMBED = f"{RESULTS}/embed"
 
 rule embed_structures:
     input:
-        unpack(lambda wildcards: geoplm_apply.workflow_job(config, RESULTS)["inputs"]),
+        unpack(lambda wildcards: geoplm_apply.workflow_job(config, RESULTS, RESOURCES)["inputs"]),
     output:
         shard=f"{EMBED}/{{name}}/shards/{{shard}}.pt",
         skipped=f"{EMBED}/{{name}}/shards/{{shard}}.skipped.tsv",
     log:
-        "logs/embed/{name}/{shard}.log",
+        f"{LOGS}/embed/{{name}}/{{shard}}.log",
     benchmark:
-        "benchmarks/embed/{name}/{shard}.tsv"
+        f"{BENCHMARKS}/embed/{{name}}/{{shard}}.tsv"
     wildcard_constraints:
         name=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     conda:
@@ -34,11 +34,11 @@ rule embed_structures:
         plm=lambda wildcards: config.get("plm"),
         # the settings a shard depends on (threshold and top_k only change the gathered predictions.tsv)
         embed=lambda wildcards: {
-            key: geoplm_apply.workflow_job(config, RESULTS)["settings"].get(key)
+            key: geoplm_apply.workflow_job(config, RESULTS, RESOURCES)["settings"].get(key)
             for key in ("shards", "max_residues", "truncate", "seed")
         },
         model_config=lambda wildcards: config["models"].get(
-            geoplm_apply.workflow_job(config, RESULTS)["spec"].model
+            geoplm_apply.workflow_job(config, RESULTS, RESOURCES)["spec"].model
         ),
         results=lambda wildcards, output: str(Path(output.shard).parents[3]),
     script:
@@ -49,11 +49,11 @@ rule gather_embeddings:
     input:
         shards=lambda wildcards: expand(
             f"{EMBED}/{wildcards.name}/shards/{{shard}}.pt",
-            shard=geoplm_apply.workflow_job(config, RESULTS)["shards"],
+            shard=geoplm_apply.workflow_job(config, RESULTS, RESOURCES)["shards"],
         ),
         skipped=lambda wildcards: expand(
             f"{EMBED}/{wildcards.name}/shards/{{shard}}.skipped.tsv",
-            shard=geoplm_apply.workflow_job(config, RESULTS)["shards"],
+            shard=geoplm_apply.workflow_job(config, RESULTS, RESOURCES)["shards"],
         ),
     output:
         proteins=f"{EMBED}/{{name}}/proteins.parquet",
@@ -61,17 +61,17 @@ rule gather_embeddings:
         skipped=f"{EMBED}/{{name}}/skipped.tsv",
         settings=f"{EMBED}/{{name}}/settings.json",
     log:
-        "logs/embed/{name}/gather.log",
+        f"{LOGS}/embed/{{name}}/gather.log",
     benchmark:
-        "benchmarks/embed/{name}/gather.tsv"
+        f"{BENCHMARKS}/embed/{{name}}/gather.tsv"
     wildcard_constraints:
         name=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     localrule: True
     conda:
         torch_env("train")
     params:
-        threshold=lambda wildcards: float(geoplm_apply.workflow_job(config, RESULTS)["settings"]["threshold"]),
-        top_k=lambda wildcards: int(geoplm_apply.workflow_job(config, RESULTS)["settings"]["top_k"]),
+        threshold=lambda wildcards: float(geoplm_apply.workflow_job(config, RESULTS, RESOURCES)["settings"]["threshold"]),
+        top_k=lambda wildcards: int(geoplm_apply.workflow_job(config, RESULTS, RESOURCES)["settings"]["top_k"]),
     script:
         "../scripts/gather_embeddings.py"
 
@@ -82,6 +82,6 @@ rule embed:
     input:
         lambda wildcards: expand(
             f"{EMBED}/{{name}}/{{file}}",
-            name=geoplm_apply.workflow_job(config, RESULTS)["name"],
+            name=geoplm_apply.workflow_job(config, RESULTS, RESOURCES)["name"],
             file=["proteins.parquet", "predictions.tsv", "skipped.tsv", "settings.json"],
         ),

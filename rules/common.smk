@@ -5,11 +5,17 @@ import os
 import sys
 from pathlib import Path
 
-RAW = "resources/raw"
-RECORDS = "resources/records"
-EMBEDDINGS = "resources/embeddings"
-GRAPHS = "resources/graphs"
-RESULTS = "results"
+# Every output under the config's `outdir` ("": the workflow's folder; config/demo.yaml: demo/), so the demo and a
+# full run never see each other's outputs as stale nor overwrite them.
+OUT = geoplm_config.output_prefix(config)
+RESOURCES = f"{OUT}resources"
+RAW = f"{RESOURCES}/raw"
+RECORDS = f"{RESOURCES}/records"
+EMBEDDINGS = f"{RESOURCES}/embeddings"
+GRAPHS = f"{RESOURCES}/graphs"
+RESULTS = f"{OUT}results"
+LOGS = f"{OUT}logs"
+BENCHMARKS = f"{OUT}benchmarks"
 
 
 wildcard_constraints:
@@ -70,7 +76,7 @@ def esm_checkpoint(plm):
     """Checkpoint and contact-regression file of a configured protein language model."""
     spec = config["plms"][plm]
     if "random_init" in spec:
-        stem = f"resources/esm/random_init/{plm}"
+        stem = f"{RESOURCES}/esm/random_init/{plm}"
     else:
         stem = f"{RAW}/esm/{spec['checkpoint']}"
     return {"model": f"{stem}.pt", "regression": f"{stem}-contact-regression.pt"}
@@ -204,7 +210,7 @@ def all_datasets():
     if left_out:
         print(
             f"geoplm: the mirror holds no file of {len(left_out)} datasets, left out of 'all' "
-            f"(request resources/records/<dataset>/manifest.tsv to download them): {', '.join(left_out)}",
+            f"(request {RECORDS}/<dataset>/manifest.tsv to download them): {', '.join(left_out)}",
             file=sys.stderr,
         )
     return [f"{RECORDS}/{dataset}/{name}.tsv" for dataset in datasets for name in ("manifest", "skipped")]

@@ -6,9 +6,9 @@ rule download_structures:
     output:
         f"{RAW}/{{source}}/download_{{shard}}.tsv",
     log:
-        "logs/download/{source}/{shard}.log",
+        f"{LOGS}/download/{{source}}/{{shard}}.log",
     benchmark:
-        "benchmarks/download/{source}/{shard}.tsv"
+        f"{BENCHMARKS}/download/{{source}}/{{shard}}.tsv"
     retries: 3
     localrule: True
     conda:
@@ -28,9 +28,9 @@ rule download_esm:
         model=f"{RAW}/esm/{{checkpoint}}.pt",
         regression=f"{RAW}/esm/{{checkpoint}}-contact-regression.pt",
     log:
-        "logs/download/esm/{checkpoint}.log",
+        f"{LOGS}/download/esm/{{checkpoint}}.log",
     benchmark:
-        "benchmarks/download/esm/{checkpoint}.tsv"
+        f"{BENCHMARKS}/download/esm/{{checkpoint}}.tsv"
     wildcard_constraints:
         checkpoint=r"esm2_t\d+_\d+[MB]_UR50D",
     retries: 3

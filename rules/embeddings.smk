@@ -3,12 +3,12 @@
 
 rule build_random_esm:
     output:
-        model="resources/esm/random_init/{plm}.pt",
-        regression="resources/esm/random_init/{plm}-contact-regression.pt",
+        model=f"{RESOURCES}/esm/random_init/{{plm}}.pt",
+        regression=f"{RESOURCES}/esm/random_init/{{plm}}-contact-regression.pt",
     log:
-        "logs/embeddings/{plm}/build_random_esm.log",
+        f"{LOGS}/embeddings/{{plm}}/build_random_esm.log",
     benchmark:
-        "benchmarks/embeddings/{plm}/build_random_esm.tsv"
+        f"{BENCHMARKS}/embeddings/{{plm}}/build_random_esm.tsv"
     conda:
         torch_env("esm")
     params:
@@ -23,9 +23,9 @@ rule embed_esm:
     output:
         index=f"{EMBEDDINGS}/{{plm}}/index/{{dataset}}/{{shard}}.tsv",
     log:
-        "logs/embeddings/{plm}/{dataset}/{shard}.log",
+        f"{LOGS}/embeddings/{{plm}}/{{dataset}}/{{shard}}.log",
     benchmark:
-        "benchmarks/embeddings/{plm}/{dataset}/{shard}.tsv"
+        f"{BENCHMARKS}/embeddings/{{plm}}/{{dataset}}/{{shard}}.tsv"
     conda:
         torch_env("esm")
     threads: 2

@@ -8,9 +8,9 @@ rule build_graphs:
     output:
         graphs=f"{GRAPHS}/{{dataset}}/{{graph}}/{{shard}}.pt",
     log:
-        "logs/graphs/{dataset}/{graph}/{shard}.log",
+        f"{LOGS}/graphs/{{dataset}}/{{graph}}/{{shard}}.log",
     benchmark:
-        "benchmarks/graphs/{dataset}/{graph}/{shard}.tsv"
+        f"{BENCHMARKS}/graphs/{{dataset}}/{{graph}}/{{shard}}.tsv"
     conda:
         "../envs/structures.yaml"
     resources:

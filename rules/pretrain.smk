@@ -11,9 +11,9 @@ rule pretrain_model:
         checkpoint=f"{RESULTS}/pretrain/{{model}}/{{plm}}/{{pretraining}}/model.pt",
         metrics=f"{RESULTS}/pretrain/{{model}}/{{plm}}/{{pretraining}}/metrics.json",
     log:
-        "logs/pretrain/{model}/{plm}/{pretraining}.log",
+        f"{LOGS}/pretrain/{{model}}/{{plm}}/{{pretraining}}.log",
     benchmark:
-        "benchmarks/pretrain/{model}/{plm}/{pretraining}.tsv"
+        f"{BENCHMARKS}/pretrain/{{model}}/{{plm}}/{{pretraining}}.tsv"
     conda:
         torch_env("train")
     threads: 2
@@ -39,9 +39,9 @@ rule download_published:
     output:
         f"{RAW}/published/{{checkpoint}}",
     log:
-        "logs/download/published/{checkpoint}.log",
+        f"{LOGS}/download/published/{{checkpoint}}.log",
     benchmark:
-        "benchmarks/download/published/{checkpoint}.tsv"
+        f"{BENCHMARKS}/download/published/{{checkpoint}}.tsv"
     wildcard_constraints:
         checkpoint=r"[A-Za-z0-9_]+\.pth",
     retries: 3

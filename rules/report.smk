@@ -31,9 +31,9 @@ rule report_table:
             subcategory="{table}",
         ),
     log:
-        "logs/report/{table}.log",
+        f"{LOGS}/report/{{table}}.log",
     benchmark:
-        "benchmarks/report/{table}.tsv"
+        f"{BENCHMARKS}/report/{{table}}.tsv"
     localrule: True
     conda:
         "../envs/tables.yaml"

@@ -9,9 +9,9 @@ rule parse_structures:
         manifest=f"{RECORDS}/{{dataset}}/{{shard}}.manifest.tsv",
         skipped=f"{RECORDS}/{{dataset}}/{{shard}}.skipped.tsv",
     log:
-        "logs/structures/{dataset}/{shard}.log",
+        f"{LOGS}/structures/{{dataset}}/{{shard}}.log",
     benchmark:
-        "benchmarks/structures/{dataset}/{shard}.tsv"
+        f"{BENCHMARKS}/structures/{{dataset}}/{{shard}}.tsv"
     conda:
         "../envs/structures.yaml"
     resources:
@@ -42,9 +42,9 @@ rule gather_records:
         manifest=f"{RECORDS}/{{dataset}}/manifest.tsv",
         skipped=f"{RECORDS}/{{dataset}}/skipped.tsv",
     log:
-        "logs/structures/{dataset}/gather.log",
+        f"{LOGS}/structures/{{dataset}}/gather.log",
     benchmark:
-        "benchmarks/structures/{dataset}/gather.tsv"
+        f"{BENCHMARKS}/structures/{{dataset}}/gather.tsv"
     localrule: True
     conda:
         "../envs/structures.yaml"

@@ -19,9 +19,9 @@ rule make_table:
             subcategory="{table}",
         ),
     log:
-        "logs/tables/{table}.log",
+        f"{LOGS}/tables/{{table}}.log",
     benchmark:
-        "benchmarks/tables/{table}.tsv"
+        f"{BENCHMARKS}/tables/{{table}}.tsv"
     localrule: True
     conda:
         "../envs/tables.yaml"
@@ -42,9 +42,9 @@ rule make_figure:
             subcategory="{table}",
         ),
     log:
-        "logs/figures/{table}.log",
+        f"{LOGS}/figures/{{table}}.log",
     benchmark:
-        "benchmarks/figures/{table}.tsv"
+        f"{BENCHMARKS}/figures/{{table}}.tsv"
     localrule: True
     conda:
         "../envs/tables.yaml"

@@ -8,9 +8,9 @@ rule train_model:
         metrics=f"{RESULTS}/train/{{task}}/{{model}}/{{plm}}/{{pretrain}}/seed{{seed}}/metrics.json",
         checkpoint=f"{RESULTS}/train/{{task}}/{{model}}/{{plm}}/{{pretrain}}/seed{{seed}}/model.pt",
     log:
-        "logs/train/{task}/{model}/{plm}/{pretrain}/seed{seed}.log",
+        f"{LOGS}/train/{{task}}/{{model}}/{{plm}}/{{pretrain}}/seed{{seed}}.log",
     benchmark:
-        "benchmarks/train/{task}/{model}/{plm}/{pretrain}/seed{seed}.tsv"
+        f"{BENCHMARKS}/train/{{task}}/{{model}}/{{plm}}/{{pretrain}}/seed{{seed}}.tsv"
     conda:
         torch_env("train")
     threads: 2

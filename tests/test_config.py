@@ -359,3 +359,13 @@ def test_check_config_command(tmp_path, capsys):
     broken = _write(tmp_path / "broken.yaml", "models:\n  gearnet: {hidden_dims: [32, 32}\n")
     assert main(["check-config", str(CONFIG / "config.yaml"), str(broken)]) == 2
     assert f"geoplm check-config: {broken}, line 2, column " in capsys.readouterr().err
+
+
+def test_outdir_puts_every_output_under_its_folder():
+    """The demo writes under demo/ (config/demo.yaml): a full run never sees its outputs as stale."""
+    assert geoplm_config.output_prefix({}) == "" and geoplm_config.output_prefix({"outdir": "."}) == ""
+    assert geoplm_config.output_prefix({"outdir": "demo/"}) == "demo/"
+    assert geoplm_config.read_yaml(CONFIG / "demo.yaml")["outdir"] == "demo"
+    for bad in ("/tmp/out", "../elsewhere"):
+        with pytest.raises(ConfigError, match="outdir"):
+            geoplm_config.output_prefix({"outdir": bad})

@@ -175,6 +175,7 @@ def test_report_in_chromium(shared_data, tmp_path):
     demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     override = {
         "mirror": str(shared_data),
+        "outdir": "",
         "tables": {"toy_position": dict(demo["tables"]["toy_position"], models=["gearnet"], plms=["none"])},
     }
     (workdir / "config" / "test_report.yaml").write_text(yaml.safe_dump(override))

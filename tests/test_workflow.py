@@ -69,6 +69,7 @@ def demo(shared_data, tmp_path_factory) -> Path:
     second = dict(demo_config["models"]["gearnet"], hidden_dims=[32, 32])
     test_config = {
         "mirror": str(shared_data),
+        "outdir": "",  # the workflow's own folder (the demo's is demo/)
         "models": {"gearnet_small": second},
         "tables": {"toy_position": dict(demo_config["tables"]["toy_position"], models=["gearnet", "gearnet_small"])},
     }
@@ -193,6 +194,7 @@ def pretrained_demo(shared_data, tmp_path_factory) -> Path:
     table = demo_config["tables"]["gearnet_pretrained"]
     test_config = {
         "mirror": str(shared_data),
+        "outdir": "",
         "tasks": {"ec": {"epochs": 2, "truncate": 100}},
         "tables": {"gearnet_pretrained": dict(table, rows=[r for r in table["rows"] if r.get("pretrain", "none") in
                                                            ("none", "mc", "distance")])},

@@ -886,9 +886,7 @@ def describe(summary: Mapping[str, Any]) -> str:
     ])  # fmt: skip
 
 
-def workflow_job(
-    config: Mapping, results: str = "results", resources: str = "resources"
-) -> dict[str, Any]:
+def workflow_job(config: Mapping, results: str = "results", resources: str = "resources") -> dict[str, Any]:
     """The ``embed`` target's job from the workflow config (``rules/apply.smk``): ``name`` (the output folder under
     ``results/embed``), ``spec`` (:class:`EncoderSpec`), ``settings`` (``embed`` over :data:`DEFAULTS`), ``shards``
     (shard ids) and a shard job's ``inputs`` (the sheet, the weights -- a dependency: a run is trained, a

@@ -589,6 +589,25 @@ def pretrain_start(config: Mapping, job: Mapping) -> dict[str, Any] | None:
     return {"from": "task", "run": pretrain_run(config, job), "part": entry.get("part", "model")}
 
 
+def output_prefix(config: Mapping) -> str:
+    """The prefix of every workflow output path: ``""`` for ``outdir`` empty or ``.`` (the workflow's folder), else
+    ``"<outdir>/"`` (config/demo.yaml: ``demo/``, so the demo's resources, results, logs and benchmarks never mix
+    with a full run's).
+
+    Raises:
+        ConfigError: an absolute ``outdir`` or one that leaves the workflow's folder.
+    """
+    outdir = str(config.get("outdir") or "").strip().rstrip("/")
+    if outdir in ("", "."):
+        return ""
+    path = Path(outdir)
+    if path.is_absolute() or ".." in path.parts:
+        raise ConfigError(
+            f"config key 'outdir': {outdir!r} must be a relative folder inside the workflow", key=("outdir",)
+        )
+    return f"{path.as_posix()}/"
+
+
 def pretraining_spec(config: Mapping, name: str, model: str) -> dict[str, Any]:
     """The settings of ``pretraining`` entry ``name`` for ``model``: the entry, with its ``model_settings[model]``
     applied and null settings (an anchor's keys a kind does not take) dropped.
