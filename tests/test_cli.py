@@ -87,3 +87,17 @@ def test_cli_bad_input_is_one_line_naming_the_file(tmp_path):
     )
     assert result.returncode == 2
     assert "broken.pdb" in result.stderr.splitlines()[-1]
+
+
+def test_every_cli_option_has_help_text():
+    from geoplm.cli import _parser
+
+    parser = _parser()
+    subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict))
+    missing = [
+        f"{name} {'/'.join(action.option_strings) or action.dest}"
+        for name, sub in subparsers.choices.items()
+        for action in sub._actions
+        if not action.help and action.dest != "help"
+    ]
+    assert not missing, missing
