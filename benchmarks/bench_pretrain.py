@@ -388,6 +388,7 @@ def profile_steps(name: str) -> list[tuple[str, object]]:
         ("  of which GearNet-Edge forward", GearNet.forward),
         ("    of which line graph (spatial_line_graph)", graph.spatial_line_graph),
         ("    of which sparse adjacencies (RelationalAdjacency.blocks)", RelationalAdjacency.blocks),
+        ("    of which sparse adjacencies (RelationalAdjacency.plan: small views)", RelationalAdjacency.plan),
         ("  of which InfoNCE", mc.info_nce),
         *common,
     ]
