@@ -231,3 +231,40 @@ def test_pretrained_entry_and_the_command_line(shared_data, tmp_path, capsys):
     frame = pd.read_parquet(tmp_path / "cli" / "proteins.parquet")
     assert sorted(frame["id"]) == ["103l", "AF-P04637-F1"]
     assert pd.read_csv(tmp_path / "cli" / "predictions.tsv", sep="\t").empty
+
+
+def test_a_fine_tuned_esm_gearnet_run_embeds_with_its_esm2_inside(shared_data, tmp_path):
+    """ESM-GearNet with ESM-2 fine-tuned inside the model (a random tiny ESM-2 in fair-esm's format, loaded from the
+    plm's checkpoint path as the workflow writes it): its embeddings equal the encoder's output inside training."""
+    from geoplm.esm import load_esm2, write_random_esm2_checkpoint
+
+    plm = {"random_init": {"num_layers": 1, "embed_dim": 16, "attention_heads": 2, "seed": 0}, "repr_layer": 1}
+    checkpoint = tmp_path / "resources" / "esm" / "random_init" / "esm2_tiny.pt"
+    checkpoint.parent.mkdir(parents=True)
+    write_random_esm2_checkpoint(checkpoint, num_layers=1, embed_dim=16, attention_heads=2, seed=0)
+    model = {"type": "esm_gearnet", "graph": "gearnet", "fusion": "serial", "freeze_esm": False, "hidden_dims": [8, 8],
+             "short_cut": True, "batch_norm": True, "concat_hidden": True, "readout": "sum"}  # fmt: skip
+    config = {**CONFIG, "models": {"tiny_esm": model}, "plms": {"esm2_tiny": plm}}
+    records = _records(shared_data, TRAIN_FILES)
+    for i, record in enumerate(records):
+        record["labels"] = {"ec": [NAMES[i % 3]], "target": [i % 3], "num_classes": 3}
+    task = get_task(TASK, "ec")
+    esm = (*load_esm2(checkpoint), {"repr_layer": 1})
+    split_of = {r["id"]: s for r, s in zip(records, ["train", "train", "valid", "test"], strict=True)}
+    splits = task.build_examples(records, split_of, task.input_loader(esm_inputs=True))
+    results = tmp_path / "results"
+    out = results / "train" / "ec" / "tiny_esm" / "esm2_tiny" / "none" / "seed0"
+    train.fit(task, model, splits, 0, out / "metrics.json", out / "model.pt", input_dim=21, plm=True, esm=esm,
+              model_name="tiny_esm")  # fmt: skip
+    spec = apply.resolve_encoder(config, "ec/tiny_esm/esm2_tiny/none/seed0", results=results)
+    loaded = apply.load_encoder(spec, config, resources=tmp_path / "resources")
+    net = task.build_model(model, 21, True, esm=(*load_esm2(checkpoint), {"repr_layer": 1}), name="tiny_esm")
+    net.load_state_dict(torch.load(out / "model.pt", weights_only=True)["model"])
+    net.eval()
+    examples = [e for split in splits.values() for e in split]
+    with torch.no_grad():
+        expected = task.encode(net, [e.proteins[0] for e in examples])["graph_feature"]
+    encoded, skipped = apply.encode_records(loaded, records, max_residues=600)
+    assert not skipped
+    ours = torch.stack([encoded[e.id]["protein_features"] for e in examples])
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-4)
