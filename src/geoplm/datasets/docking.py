@@ -583,6 +583,10 @@ _SAFE_GLOBALS = frozenset(
         ("datetime", "datetime"),
         ("datetime", "date"),
         ("datetime", "timedelta"),
+        # pandas >= 3 with pyarrow installed stores strings as Arrow arrays: their reconstruction functions
+        ("pyarrow.lib", "_restore_array"),
+        ("pyarrow.lib", "type_for_alias"),
+        ("pyarrow.lib", "py_buffer"),
     }
 )
 _DILL_MODULES = ("dill._dill", "dill.dill", "dill")
