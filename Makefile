@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 DEMO_TABLES = table_toy_position table_docking_db5 table_gearnet_function table_gearnet_fold table_esm_gearnet_fusion \
-	table_wu_mqa table_wu_docking table_wu_scale table_wu_ppi table_gearnet_pretrained
+	table_wu_mqa table_wu_docking table_wu_ppi table_gearnet_pretrained
 
 # The demo's small training jobs run single-threaded, $(CORES) at a time: faster than one two-threaded job on
 # small graphs, and immune to OpenMP's spinning waiters when other jobs share the cores (benchmarks/README.md).

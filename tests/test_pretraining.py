@@ -99,15 +99,15 @@ def test_corpus_names_a_manifest_record_missing_from_its_shard(corpus_files, tmp
 
 def test_pretrain_run_writes_the_encoder_and_a_downstream_run_loads_it_strictly(corpus_files, tmp_path):
     manifest, shards, _ = corpus_files
-    spec = {"kind": "distance_prediction", "corpus": ["afdb"], "epochs": 4, "batch_size": 2, "lr": 1e-3,
-            "num_sample": 32, "max_split_size": 3, "epochs_per_split": 2, "truncate": 60}  # fmt: skip
+    spec = {"kind": "distance_prediction", "corpus": ["afdb"], "epochs": 2, "batch_size": 2, "lr": 1e-3,
+            "num_sample": 32, "max_split_size": 3, "epochs_per_split": 1, "truncate": 60}  # fmt: skip
     metrics = pretrain_run(
         spec, SMALL_EDGE, [manifest], shards, seed=0, encoder_path=tmp_path / "encoder.pt",
         metrics_path=tmp_path / "metrics.json", checkpoint_path=tmp_path / "model.pt", name="distance",
     )  # fmt: skip
     history = metrics["history"]
-    # 2 splits x 4 epochs, round robin in blocks of 2: every pass trains, loss and throughput logged
-    assert len(history) == 8 and metrics["corpus"] == {"proteins": 5, "splits": [3, 2], "passes": 8}
+    # 2 splits x 2 epochs, round robin in blocks of 1: every pass trains, loss and throughput logged
+    assert len(history) == 4 and metrics["corpus"] == {"proteins": 5, "splits": [3, 2], "passes": 4}
     assert all(h["proteins_per_second"] > 0 and h["peak_memory_mb"] > 0 for h in history)
     assert all(math.isfinite(h["train_loss"]) for h in history)  # learning: tests/test_pretraining_tasks.py
     assert json.loads((tmp_path / "metrics.json").read_text())["test"] is None
@@ -138,7 +138,7 @@ def test_pretrain_run_writes_the_encoder_and_a_downstream_run_loads_it_strictly(
 
 def test_pretrain_run_resumes_with_identical_results(corpus_files, tmp_path, monkeypatch):
     manifest, shards, _ = corpus_files
-    spec = {"kind": "attribute_masking", "corpus": ["afdb"], "epochs": 3, "batch_size": 2, "lr": 1e-3,
+    spec = {"kind": "attribute_masking", "corpus": ["afdb"], "epochs": 2, "batch_size": 2, "lr": 1e-3,
             "truncate": 50, "truncate_random": True}  # fmt: skip
 
     def run(folder: Path):
