@@ -297,6 +297,23 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(out["graph_feature"].cpu(), ref["graph_feature"], rtol=1e-4, atol=1e-2)
 
 
+def _adjacency_of(kind: str):
+    """A real protein's relational adjacency of ``kind`` (its residue graph, line graph or edge-to-node map), the
+    ``(E, 3)`` ``[source, target, relation]`` entries it sums over, and its number of sources."""
+    from geoplm.models.gearnet import RelationalAdjacency
+
+    pos, rtype = _load(SMALL)
+    graph = build_gearnet_graph(pos, rtype)
+    if kind == "line_graph":
+        graph = spatial_line_graph(graph, 8)
+        return RelationalAdjacency.from_graph(graph), graph.edge_list, graph.num_nodes
+    if kind == "edge_to_node":
+        num_source = graph.num_edges
+        edges = torch.stack([torch.arange(num_source), graph.edge_list[:, 1], graph.edge_list[:, 2]], dim=1)
+        return RelationalAdjacency.edge_to_node(graph), edges, num_source
+    return RelationalAdjacency.from_graph(graph), graph.edge_list, graph.num_nodes
+
+
 @pytest.mark.parametrize("dense", [2.0, 0.9, 0.0], ids=["sparse_rows", "mixed", "all_rows"])
 @pytest.mark.parametrize("compiled", [True, False], ids=["counting_sort", "torch_sort"])
 @pytest.mark.parametrize("kind", ["line_graph", "edge_to_node", "residue_graph"])
@@ -309,24 +326,12 @@ def test_fused_aggregate_linear_matches_unfused_autograd(kind, compiled, dense, 
     from torch.nn import functional as F
 
     from geoplm.models import gearnet as gearnet_module
-    from geoplm.models.gearnet import RelationalAdjacency, relational_aggregate
+    from geoplm.models.gearnet import relational_aggregate
 
     monkeypatch.setattr(gearnet_module, "_CHUNK_ELEMENTS", 64 * 8)  # blocks of 64 rows
     monkeypatch.setattr(gearnet_module, "COMPILED_ADJACENCY", compiled)
     monkeypatch.setattr(gearnet_module, "DENSE_COVERAGE", dense)  # relations multiplied over all their rows
-    pos, rtype = _load(SMALL)
-    graph = build_gearnet_graph(pos, rtype)
-    if kind == "line_graph":
-        graph = spatial_line_graph(graph, 8)
-        adjacency = RelationalAdjacency.from_graph(graph)
-        edges, num_source = graph.edge_list, graph.num_nodes
-    elif kind == "edge_to_node":
-        adjacency = RelationalAdjacency.edge_to_node(graph)
-        num_source = graph.num_edges
-        edges = torch.stack([torch.arange(num_source), graph.edge_list[:, 1], graph.edge_list[:, 2]], dim=1)
-    else:
-        adjacency = RelationalAdjacency.from_graph(graph)
-        edges, num_source = graph.edge_list, graph.num_nodes
+    adjacency, edges, num_source = _adjacency_of(kind)
     num_target, num_relation = adjacency.num_target, adjacency.num_relation
     occupied = torch.unique(edges[:, 1] * num_relation + edges[:, 2])
     assert len(occupied) < num_target * num_relation  # some (target, relation) rows are empty
@@ -424,25 +429,13 @@ def test_planned_aggregate_linear_matches_unfused_autograd(kind, compiled, bags,
     from torch.nn import functional as F
 
     from geoplm.models import gearnet as gearnet_module
-    from geoplm.models.gearnet import RelationalAdjacency, relational_aggregate
+    from geoplm.models.gearnet import relational_aggregate
 
     monkeypatch.setattr(gearnet_module, "PLANNED", True)
     monkeypatch.setattr(gearnet_module, "_PLANNED_CHUNKS", 1 << 20)  # always planned
     monkeypatch.setattr(gearnet_module, "BAG_PRODUCTS", bags)
     monkeypatch.setattr(gearnet_module, "COMPILED_ADJACENCY", compiled)
-    pos, rtype = _load(SMALL)
-    graph = build_gearnet_graph(pos, rtype)
-    if kind == "line_graph":
-        graph = spatial_line_graph(graph, 8)
-        adjacency = RelationalAdjacency.from_graph(graph)
-        edges, num_source = graph.edge_list, graph.num_nodes
-    elif kind == "edge_to_node":
-        adjacency = RelationalAdjacency.edge_to_node(graph)
-        num_source = graph.num_edges
-        edges = torch.stack([torch.arange(num_source), graph.edge_list[:, 1], graph.edge_list[:, 2]], dim=1)
-    else:
-        adjacency = RelationalAdjacency.from_graph(graph)
-        edges, num_source = graph.edge_list, graph.num_nodes
+    adjacency, edges, num_source = _adjacency_of(kind)
     num_target, num_relation = adjacency.num_target, adjacency.num_relation
     torch.manual_seed(1)
     d, d_out = 8, 6

@@ -547,14 +547,24 @@ def pretrain_run(config: Mapping, job: Mapping) -> dict[str, Any] | None:
     Raises:
         ConfigError: an unknown ``pretrained`` entry.
     """
+    entry = _pretrained_entry(config, job)
+    if entry is None or "task" not in entry:
+        return None
+    return {**job, "task": entry["task"], "pretrain": NO_PRETRAIN}
+
+
+def _pretrained_entry(config: Mapping, job: Mapping) -> Mapping | None:
+    """The ``pretrained`` entry a job's ``pretrain`` names (None for :data:`NO_PRETRAIN`).
+
+    Raises:
+        ConfigError: an unknown entry.
+    """
     if job["pretrain"] == NO_PRETRAIN:
         return None
     entry = config.get("pretrained", {}).get(job["pretrain"])
     if entry is None:
         raise ConfigError(f"pretrain '{job['pretrain']}' is not an entry of 'pretrained' in the config")
-    if "task" not in entry:
-        return None
-    return {**job, "task": entry["task"], "pretrain": NO_PRETRAIN}
+    return entry
 
 
 def pretrain_start(config: Mapping, job: Mapping) -> dict[str, Any] | None:
@@ -571,11 +581,9 @@ def pretrain_start(config: Mapping, job: Mapping) -> dict[str, Any] | None:
     Raises:
         ConfigError: an unknown ``pretrained`` entry.
     """
-    if job["pretrain"] == NO_PRETRAIN:
-        return None
-    entry = config.get("pretrained", {}).get(job["pretrain"])
+    entry = _pretrained_entry(config, job)
     if entry is None:
-        raise ConfigError(f"pretrain '{job['pretrain']}' is not an entry of 'pretrained' in the config")
+        return None
     if "pretraining" in entry:
         return {"from": "pretraining", "pretraining": entry["pretraining"], "part": "encoder_state"}
     if "published" in entry:
