@@ -434,10 +434,17 @@ def profile_epoch(side, ours, paths, records, top: int) -> None:
     for _ in epoch:
         pass
     profiler.disable()
-    total = time.perf_counter() - start
+    print_profile(side.name, profiler, time.perf_counter() - start, profile_steps(side.name), top)
+
+
+def print_profile(
+    name: str, profiler: cProfile.Profile, total: float, steps: list[tuple[str, object]], top: int
+) -> None:
+    """One profiled epoch: the cumulative time of each ``(label, function)`` step, then the ``top`` functions by own
+    time (shared by the benchmarks' ``--profile`` modes)."""
     stats = pstats.Stats(profiler)
-    print(f"-- {side.name}: one epoch under cProfile, {total:.2f} s")
-    for label, function in profile_steps(side.name):
+    print(f"-- {name}: one epoch under cProfile, {total:.2f} s")
+    for label, function in steps:
         code = inspect.unwrap(function).__code__
         entry = stats.stats.get((code.co_filename, code.co_firstlineno, code.co_name))
         if entry is None:

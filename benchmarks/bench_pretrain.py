@@ -54,12 +54,9 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import inspect
-import io
 import json
 import logging
 import os
-import pstats
 import random
 import resource
 import statistics
@@ -79,6 +76,7 @@ DATA = Path(os.environ.get("GEOPLM_TEST_DATA") or REPO.parent / "shared" / "data
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(HERE))
 
+from bench_ec_epoch import evenly_spaced, print_profile, rdkit_reads, summary  # noqa: E402
 from machine import machine_facts  # noqa: E402
 
 LR = 1e-3  # mc_gearnet_edge.yaml: Adam, lr 1e-3
@@ -95,16 +93,6 @@ def alphafold_files(data: Path) -> list[Path]:
         entry = name.removeprefix("AF-").split("-F1")[0].removesuffix(".pdb")
         by_entry[entry] = path  # sorted: the last (newest) version wins
     return [by_entry[key] for key in sorted(by_entry)]
-
-
-def evenly_spaced(items: list, count: int) -> list:
-    if not count or count >= len(items):
-        return list(items)
-    return [items[(i * len(items)) // count] for i in range(count)]
-
-
-def summary(values: list[float]) -> str:
-    return f"median {statistics.median(values):.2f}x (range {min(values):.2f}x-{max(values):.2f}x)"
 
 
 def model_spec(hidden_dims: list[int]) -> dict:
@@ -406,32 +394,7 @@ def profile_epoch(side, theirs, ours, dataset, examples, top: int) -> None:
     for _ in steps:
         pass
     profiler.disable()
-    total = time.perf_counter() - start
-    stats = pstats.Stats(profiler)
-    print(f"-- {side.name}: one epoch under cProfile, {total:.2f} s")
-    for label, function in profile_steps(side.name):
-        code = inspect.unwrap(function).__code__
-        entry = stats.stats.get((code.co_filename, code.co_firstlineno, code.co_name))
-        if entry is None:
-            print(f"   {label}: (not called)")
-            continue
-        calls, _, _, cumulative, _ = entry
-        print(f"   {label}: {cumulative:.2f} s ({100 * cumulative / total:.0f}%), {calls} calls")
-    buffer = io.StringIO()
-    pstats.Stats(profiler, stream=buffer).sort_stats("tottime").print_stats(top)
-    lines = buffer.getvalue().splitlines()
-    first = next((i for i, line in enumerate(lines) if line.strip().startswith("ncalls")), 0)
-    print("\n".join(lines[first:]))
-
-
-def rdkit_reads(path: Path) -> bool:
-    from rdkit import Chem, RDLogger
-
-    RDLogger.DisableLog("rdApp.*")
-    try:
-        return Chem.MolFromPDBFile(str(path)) is not None
-    finally:
-        RDLogger.EnableLog("rdApp.*")
+    print_profile(side.name, profiler, time.perf_counter() - start, profile_steps(side.name), top)
 
 
 def speed(args) -> int:
