@@ -21,6 +21,11 @@ TORCHDRUG_BENCHMARKS = (
         "bench_pretrain.py",
         ("speed", "--proteins", "16", "--rounds", "3", "--threads", "1"),
     ),
+    (  # the README's figure: 10 AlphaFold models, 128 x 4, one thread
+        "Your structures to per-protein GearNet-Edge embeddings vs the TorchDrug tutorials' route (10 models, 128 x 4)",
+        "bench_apply.py",
+        ("--files", "10", "--hidden-dim", "128", "--num-layers", "4", "--threads", "1"),
+    ),
 )
 
 #: bench_pretrain.py's memory mode here: 1x and 10x corpus of 8 models, a small GearNet-Edge (about a minute)
