@@ -458,3 +458,73 @@ def test_planned_aggregate_linear_matches_unfused_autograd(kind, compiled, bags,
     assert calls  # the planned path ran
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("planned", [True, False], ids=["planned", "blocks"])
+def test_paired_adjacency_matches_line_graph_autograd(planned, monkeypatch):
+    """PairedAdjacency (the line graph's sums computed over paired_line_graph's node pairs, parallel edges
+    multiplied once) gives the values and the input / weight / bias gradients of the line graph's
+    RelationalAdjacency (linear and the plain per-relation sums), in float64, on a real protein's graph, through
+    the all-relations-at-once path and through the blocks."""
+    from geoplm.graph import paired_line_graph
+    from geoplm.models import gearnet as gearnet_module
+    from geoplm.models.gearnet import PairedAdjacency, RelationalAdjacency
+
+    monkeypatch.setattr(gearnet_module, "PLANNED", planned)
+    monkeypatch.setattr(gearnet_module, "_CHUNK_ELEMENTS", 1 << 21 if planned else 64 * 8)
+    pos, rtype = _load(SMALL)
+    graph = build_gearnet_graph(pos, rtype)
+    paired = PairedAdjacency(paired_line_graph(graph, 8))
+    full = RelationalAdjacency.from_graph(spatial_line_graph(graph, 8))
+    assert paired.num_pairs < 0.9 * graph.num_edges
+    assert (paired.num_target, paired.num_source, paired.num_relation) == (full.num_target, full.num_source, 8)
+    torch.manual_seed(2)
+    d, d_out = 8, 6
+    inputs = [
+        torch.randn(graph.num_edges, d, dtype=torch.float64, requires_grad=True),
+        torch.randn(d_out, 8 * d, dtype=torch.float64, requires_grad=True),
+        torch.randn(d_out, dtype=torch.float64, requires_grad=True),
+    ]
+    grad_out = torch.randn(graph.num_edges, d_out, dtype=torch.float64)
+    results = []
+    for adjacency in (paired, full):
+        out = adjacency.linear(*inputs)
+        results.append((out, *torch.autograd.grad(out, inputs, grad_out)))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    sums = [adjacency(inputs[0]) for adjacency in (paired, full)]
+    assert sums[0].shape == (graph.num_edges, 8 * d)
+    torch.testing.assert_close(sums[0], sums[1], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"expected input of shape \(1388, d\)"):
+        paired.linear(inputs[0][:-1], inputs[1])
+
+
+@pytest.mark.parametrize("model_kind", ["gearnet_edge", "gearnet_edge_ieconv"])
+def test_paired_line_graph_model_equals_full_line_graph(model_kind, monkeypatch):
+    """GearNet-Edge and GearNet-Edge-IEConv over the paired line graph (the default) give the outputs and
+    parameter gradients of the same models over the full spatial line graph, in float64 (training mode: batch
+    statistics), on a batch of two real proteins."""
+    from geoplm.models import GearNetIEConv
+    from geoplm.models import gearnet as gearnet_module
+
+    pos_a, type_a = _load(SMALL)
+    pos_b, type_b = _load(MEDIUM)
+    node2graph = torch.cat([torch.zeros(len(pos_a), dtype=torch.long), torch.ones(len(pos_b), dtype=torch.long)])
+    graph = build_gearnet_graph(torch.cat([pos_a, pos_b]), torch.cat([type_a, type_b]), node2graph)
+    graph.edge_feature = graph.edge_feature.double()
+    x = residue_one_hot(torch.cat([type_a, type_b])).double()
+    torch.manual_seed(3)
+    if model_kind == "gearnet_edge":
+        model = _edge_model().double().train()
+    else:
+        model = GearNetIEConv(21, 16, [16, 16], 7, 59, 8, batch_norm=True, concat_hidden=True, layer_norm=True)
+        model = model.double().train()
+    results = []
+    for paired in (True, False):
+        monkeypatch.setattr(gearnet_module, "PAIRED_LINE_GRAPH", paired)
+        model.zero_grad()
+        out = model(graph, x)
+        (out["graph_feature"].square().mean() + out["node_feature"].mean()).backward()
+        results.append([out["node_feature"], out["graph_feature"]] + [p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

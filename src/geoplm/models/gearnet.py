@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from geoplm import graph_kernels
-from geoplm.graph import LineGraph, ResidueGraph, readout, spatial_line_graph
+from geoplm.graph import LineGraph, PairedLineGraph, ResidueGraph, paired_line_graph, readout, spatial_line_graph
 
-__all__ = ["GearNet", "GeometricRelationalGraphConv", "RelationalAdjacency", "relational_aggregate"]
+__all__ = ["GearNet", "GeometricRelationalGraphConv", "PairedAdjacency", "RelationalAdjacency", "relational_aggregate"]
 
 
 def relational_aggregate(edge_list: Tensor, num_nodes: int, num_relation: int, message: Tensor) -> Tensor:
@@ -547,6 +547,73 @@ class RelationalAdjacency:
         return out.view(self.num_target, self.num_relation * input.shape[1])
 
 
+#: GearNet-Edge's edge layers aggregate over :func:`~geoplm.graph.paired_line_graph` (:class:`PairedAdjacency`)
+#: rather than the full :func:`~geoplm.graph.spatial_line_graph` (the tests switch it off to compare the two).
+PAIRED_LINE_GRAPH = True
+
+
+class PairedAdjacency:
+    """The spatial line graph's relational adjacency ``A_r = G A'_r G^T`` (``(E * R, E)``, the same matrix as
+    :meth:`RelationalAdjacency.from_graph` of :func:`~geoplm.graph.spatial_line_graph`), applied in factored
+    form over :func:`~geoplm.graph.paired_line_graph`'s pairs: ``G^T h`` sums the features of each pair's parallel
+    edges (``(E, d) -> (P, d)``), ``A'_r`` aggregates and multiplies over pairs (:meth:`RelationalAdjacency.linear`),
+    ``G`` copies each pair's result back to its edges. The dense products (``W_r`` times a ``(rows, d)``
+    aggregate) run once per ``(pair, relation)`` row instead of once per ``(edge, relation)`` row.
+
+    Args:
+        line_graph: a :class:`~geoplm.graph.PairedLineGraph`.
+    """
+
+    def __init__(self, line_graph: PairedLineGraph):
+        self.pair_of_edge = line_graph.pair_of_edge
+        self.num_pairs = line_graph.num_pairs
+        self.num_relation = line_graph.num_relation
+        self.num_target = self.num_source = int(line_graph.pair_of_edge.shape[0])
+        pair_in, pair_out, relation = line_graph.edge_list.unbind(1)
+        self.pairs = RelationalAdjacency(pair_out, relation, pair_in, self.num_pairs, self.num_relation, self.num_pairs)
+
+    def _pool(self, input: Tensor) -> Tensor:
+        """``G^T input``: ``(E, d)`` -> ``(P, d)``, each pair's edges summed.
+
+        Raises:
+            ValueError: if ``input`` does not have one row per edge.
+        """
+        if input.dim() != 2 or input.shape[0] != self.num_source:
+            raise ValueError(f"expected input of shape ({self.num_source}, d), got {tuple(input.shape)}")
+        return input.new_zeros(self.num_pairs, input.shape[1]).index_add(0, self.pair_of_edge, input)
+
+    def linear(self, input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """:meth:`RelationalAdjacency.linear` of the line graph: ``(E, d)`` -> ``(E, d_out)``.
+
+        Raises:
+            ValueError: as :meth:`RelationalAdjacency.linear`.
+        """
+        return self.pairs.linear(self._pool(input), weight, bias).index_select(0, self.pair_of_edge)
+
+    def __call__(self, input: Tensor) -> Tensor:
+        """``(E, d)`` -> ``(E, num_relation * d)`` per-relation sums (:meth:`RelationalAdjacency.__call__`).
+
+        Raises:
+            ValueError: if ``input`` does not have one row per edge.
+        """
+        return self.pairs(self._pool(input)).index_select(0, self.pair_of_edge)
+
+
+def line_graph_adjacency(
+    graph: ResidueGraph, num_angle_bin: int, line_graph: LineGraph | None = None
+) -> tuple[LineGraph | PairedLineGraph, RelationalAdjacency | PairedAdjacency, Tensor]:
+    """GearNet-Edge's edge-layer inputs: ``(line graph, its adjacency, its node feature)``, the node feature being
+    ``graph.edge_feature`` ``(E, D_e)``. A given ``line_graph`` (:func:`~geoplm.graph.spatial_line_graph`) is used
+    as it is; otherwise :func:`~geoplm.graph.paired_line_graph` with a :class:`PairedAdjacency` (the same sums,
+    parallel edges multiplied once; :data:`PAIRED_LINE_GRAPH`)."""
+    if line_graph is None and PAIRED_LINE_GRAPH:
+        paired = paired_line_graph(graph, num_angle_bin)
+        return paired, PairedAdjacency(paired), graph.edge_feature
+    if line_graph is None:
+        line_graph = spatial_line_graph(graph, num_angle_bin)
+    return line_graph, RelationalAdjacency.from_graph(line_graph), line_graph.node_feature
+
+
 class GeometricRelationalGraphConv(nn.Module):
     """torchdrug ``layers.GeometricRelationalGraphConv`` (sum aggregation, unnormalised):
 
@@ -587,7 +654,10 @@ class GeometricRelationalGraphConv(nn.Module):
         self.edge_linear = nn.Linear(edge_input_dim, input_dim) if edge_input_dim else None
 
     def message_and_aggregate(
-        self, graph: ResidueGraph | LineGraph, input: Tensor, adjacency: RelationalAdjacency | None = None
+        self,
+        graph: ResidueGraph | LineGraph,
+        input: Tensor,
+        adjacency: RelationalAdjacency | PairedAdjacency | None = None,
     ) -> Tensor:
         """``input`` ``(N, input_dim)`` -> ``(N, num_relation * input_dim)`` per-relation sums of the
         neighbours' features (plus ``edge_linear`` of the edge features, summed the same way).
@@ -598,7 +668,11 @@ class GeometricRelationalGraphConv(nn.Module):
         """
         if graph.num_relation != self.num_relation:
             raise ValueError(f"graph has {graph.num_relation} relations, layer expects {self.num_relation}")
-        if adjacency is None:
+        if isinstance(graph, PairedLineGraph):
+            if self.edge_linear is not None:
+                raise ValueError("a PairedLineGraph has no edge features for edge_linear")
+            adjacency = PairedAdjacency(graph) if adjacency is None else adjacency
+        elif adjacency is None:
             adjacency = RelationalAdjacency.from_graph(graph)
         update = adjacency(input)
         if self.edge_linear is not None:  # torchdrug: scatter_add of edge_linear(edge_feature), added after
@@ -620,14 +694,21 @@ class GeometricRelationalGraphConv(nn.Module):
         return output
 
     def forward(
-        self, graph: ResidueGraph | LineGraph, input: Tensor, adjacency: RelationalAdjacency | None = None
+        self,
+        graph: ResidueGraph | LineGraph | PairedLineGraph,
+        input: Tensor,
+        adjacency: RelationalAdjacency | PairedAdjacency | None = None,
     ) -> Tensor:
-        """``input`` ``(N, input_dim)`` -> ``(N, output_dim)``; ``adjacency`` as in :meth:`message_and_aggregate`.
-        Without ``edge_linear`` the aggregate and ``linear`` are fused (:meth:`RelationalAdjacency.linear`)."""
+        """``input`` ``(N, input_dim)`` -> ``(N, output_dim)``; ``adjacency`` as in :meth:`message_and_aggregate`
+        (a :class:`PairedAdjacency` for a :class:`~geoplm.graph.PairedLineGraph`, whose rows are the original
+        graph's edges). Without ``edge_linear`` the aggregate and ``linear`` are fused
+        (:meth:`RelationalAdjacency.linear`)."""
         if self.edge_linear is not None:
             return self.combine(input, self.message_and_aggregate(graph, input, adjacency))
         if graph.num_relation != self.num_relation:
             raise ValueError(f"graph has {graph.num_relation} relations, layer expects {self.num_relation}")
+        if adjacency is None and isinstance(graph, PairedLineGraph):
+            adjacency = PairedAdjacency(graph)
         if adjacency is None:
             adjacency = RelationalAdjacency.from_graph(graph)
         output = adjacency.linear(input, self.linear.weight, self.linear.bias)
@@ -740,7 +821,9 @@ class GearNet(nn.Module):
         """``graph``: a :class:`~geoplm.graph.ResidueGraph` with ``num_relation`` relations (and, for
         GearNet-Edge, ``edge_feature`` of width ``edge_input_dim``); ``input``: ``(N, input_dim)``
         node features (21-d residue one-hot, :func:`geoplm.graph.residue_one_hot`). ``line_graph``
-        may be passed to reuse a precomputed :func:`~geoplm.graph.spatial_line_graph`."""
+        may be passed to reuse a precomputed :func:`~geoplm.graph.spatial_line_graph`; without it the edge layers
+        run over :func:`~geoplm.graph.paired_line_graph` (:class:`PairedAdjacency`: the same sums, parallel edges
+        multiplied once)."""
         if graph.num_relation != self.num_relation:
             raise ValueError(f"graph has {graph.num_relation} relations, model expects {self.num_relation}")
         hiddens = []
@@ -748,10 +831,8 @@ class GearNet(nn.Module):
         # sparse adjacencies built once per call and shared by all layers (and their backward passes)
         adjacency = RelationalAdjacency.from_graph(graph)
         if self.num_angle_bin:
-            if line_graph is None:
-                line_graph = spatial_line_graph(graph, self.num_angle_bin)
-            edge_input = line_graph.node_feature.float()
-            line_adjacency = RelationalAdjacency.from_graph(line_graph)
+            line_graph, line_adjacency, edge_input = line_graph_adjacency(graph, self.num_angle_bin, line_graph)
+            edge_input = edge_input.to(input.dtype if input.is_floating_point() else torch.float32)
             edge_to_node = RelationalAdjacency.edge_to_node(graph)
 
         for i, layer in enumerate(self.layers):

@@ -44,8 +44,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from geoplm.graph import LineGraph, ResidueGraph, readout, spatial_line_graph
-from geoplm.models.gearnet import GeometricRelationalGraphConv, RelationalAdjacency
+from geoplm.graph import LineGraph, ResidueGraph, readout
+from geoplm.models.gearnet import GeometricRelationalGraphConv, RelationalAdjacency, line_graph_adjacency
 
 __all__ = [
     "FRAME_MODES",
@@ -418,7 +418,8 @@ class GearNetIEConv(nn.Module):
     def forward(self, graph: ResidueGraph, input: Tensor, line_graph: LineGraph | None = None) -> dict[str, Tensor]:
         """``graph``: a :class:`~geoplm.graph.ResidueGraph` with ``num_relation`` relations (Cα ``node_position``
         in Å; with ``num_angle_bin``, ``edge_feature`` of width ``edge_input_dim``); ``input`` ``(N, input_dim)``.
-        ``line_graph``: a precomputed :func:`~geoplm.graph.spatial_line_graph` to reuse.
+        ``line_graph``: a precomputed :func:`~geoplm.graph.spatial_line_graph` to reuse (without it the edge layers
+        run over :func:`~geoplm.graph.paired_line_graph`; see :func:`~geoplm.models.gearnet.line_graph_adjacency`).
 
         Returns:
             ``{"node_feature": (N, D), "graph_feature": (B, D)}``.
@@ -441,10 +442,8 @@ class GearNetIEConv(nn.Module):
                 raise ValueError(
                     f"graph.edge_feature has width {graph.edge_feature.shape[-1]}, model expects {self.edge_dims[0]}"
                 )
-            if line_graph is None:
-                line_graph = spatial_line_graph(graph, self.num_angle_bin)
-            edge_hidden = line_graph.node_feature.to(layer_input.dtype)
-            line_adjacency = RelationalAdjacency.from_graph(line_graph)
+            line_graph, line_adjacency, edge_hidden = line_graph_adjacency(graph, self.num_angle_bin, line_graph)
+            edge_hidden = edge_hidden.to(layer_input.dtype)
             edge_to_node = RelationalAdjacency.edge_to_node(graph)
         if self.use_ieconv:
             ieconv_feature = ieconv_edge_feature(graph, self.frames).to(layer_input.dtype)
