@@ -747,7 +747,7 @@ def paired_line_graph(graph: ResidueGraph, num_angle_bin: int = 8) -> PairedLine
     ``A_r = G A'_r G^T``: ``A_r @ h = G (A'_r (G^T h))``, the per-relation sums of GearNet-Edge's edge layers
     computed over pairs (a residue pair joined by a spatial and a kNN edge is multiplied once). Same sums as
     :func:`spatial_line_graph`'s up to float summation order; fewer rows wherever the residue graph has parallel
-    edges (on AlphaFold DB models about 15% of the edges).
+    edges (on AlphaFold DB models 15-18% of the edges).
 
     Pairs are numbered by ascending ``node_in * N + node_out``; the line-graph edges over them are ordered as in
     :func:`spatial_line_graph`.
