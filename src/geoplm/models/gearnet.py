@@ -729,9 +729,11 @@ class GearNet(nn.Module):
         h^(l)  = BN_l(u)          if batch_norm
 
     with ``m^(l) = edge_layers[l](line_graph, m^(l-1))``, ``m^(0) = graph.edge_feature`` (the line
-    graph's node feature). The paper's Eq. 1 ``h_i^(l) = h_i^(l-1) + σ(BN(Σ_r W_r Σ_{j∈N_r(i)}
-    h_j^(l-1)))`` is the ``short_cut`` form; torchdrug additionally has the ``self_loop`` linear,
-    biases, and (with ``batch_norm``) a second, model-level BatchNorm after the residual.
+    graph's node feature; the edge layers' sums are computed over :func:`~geoplm.graph.paired_line_graph`, the
+    same sums with parallel edges multiplied once, see :class:`PairedAdjacency`). The paper's Eq. 1
+    ``h_i^(l) = h_i^(l-1) + σ(BN(Σ_r W_r Σ_{j∈N_r(i)} h_j^(l-1)))`` is the ``short_cut`` form; torchdrug
+    additionally has the ``self_loop`` linear, biases, and (with ``batch_norm``) a second, model-level
+    BatchNorm after the residual.
     The edge update re-uses the node layer's ``linear`` (its weights are shared, as in torchdrug),
     hence ``edge_layers[l]`` outputs ``dims[l]`` (= the node layer's *input* width):
     ``edge_dims = [edge_input_dim] + dims[:-1]``.

@@ -315,7 +315,8 @@ class GearNetIEConv(nn.Module):
         h^(l)  = layer_norms[l](u)                                       if layer_norm
 
     ``f`` ``(E, 14)``: :func:`ieconv_edge_feature` (``frames``); the line graph is
-    :func:`~geoplm.graph.spatial_line_graph` with ``num_angle_bin`` angle bins (relations) and the edge layers
+    :func:`~geoplm.graph.spatial_line_graph` with ``num_angle_bin`` angle bins (relations; its sums computed over
+    :func:`~geoplm.graph.paired_line_graph`) and the edge layers
     map ``edge_dims = [edge_input_dim] + dims[:-1]``. The per-layer convs are built with ``edge_input_dim=None``
     (edge features only enter through the line graph) and ``batch_norm`` applies to the node and edge convs.
 
