@@ -528,3 +528,29 @@ def test_paired_line_graph_model_equals_full_line_graph(model_kind, monkeypatch)
         results.append([out["node_feature"], out["graph_feature"]] + [p.grad.clone() for p in model.parameters()])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("num_residues", [0, 1, 3], ids=["no_edges", "one_residue", "three_residues"])
+def test_paired_line_graph_on_degenerate_graphs(num_residues, monkeypatch):
+    """GearNet-Edge over the paired line graph equals the full line graph's on the smallest graphs: one residue
+    (its sequential self-loop only), three residues, and twelve residues with every edge removed (no pairs)."""
+    import dataclasses
+
+    from geoplm.models import gearnet as gearnet_module
+
+    pos, rtype = _load(SMALL)
+    n = num_residues or 12
+    graph = build_gearnet_graph(pos[:n], rtype[:n])
+    if num_residues == 0:
+        graph = dataclasses.replace(graph, edge_list=graph.edge_list[:0], edge_feature=graph.edge_feature[:0])
+    outputs = []
+    for paired in (True, False):
+        monkeypatch.setattr(gearnet_module, "PAIRED_LINE_GRAPH", paired)
+        torch.manual_seed(0)
+        model = _edge_model().eval()
+        out = model(graph, residue_one_hot(rtype[:n]))
+        out["graph_feature"].sum().backward()
+        outputs.append((out["node_feature"].detach(), model.edge_layers[1].linear.weight.grad))
+    assert outputs[0][0].shape == (n, 96)
+    for a, b in zip(*outputs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
