@@ -468,7 +468,7 @@ def test_paired_adjacency_matches_line_graph_autograd(planned, monkeypatch):
     the all-relations-at-once path and through the blocks."""
     from geoplm.graph import paired_line_graph
     from geoplm.models import gearnet as gearnet_module
-    from geoplm.models.gearnet import PairedAdjacency, RelationalAdjacency
+    from geoplm.models.gearnet import GeometricRelationalGraphConv, PairedAdjacency, RelationalAdjacency
 
     monkeypatch.setattr(gearnet_module, "PLANNED", planned)
     monkeypatch.setattr(gearnet_module, "_CHUNK_ELEMENTS", 1 << 21 if planned else 64 * 8)
@@ -497,6 +497,10 @@ def test_paired_adjacency_matches_line_graph_autograd(planned, monkeypatch):
     torch.testing.assert_close(sums[0], sums[1], rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match=r"expected input of shape \(1388, d\)"):
         paired.linear(inputs[0][:-1], inputs[1])
+    # a layer given the paired line graph alone builds its PairedAdjacency (adjacency_of)
+    layer = GeometricRelationalGraphConv(d, d_out, 8).double()
+    by_graph = [layer(g, inputs[0]) for g in (paired_line_graph(graph, 8), spatial_line_graph(graph, 8))]
+    torch.testing.assert_close(by_graph[0], by_graph[1], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("model_kind", ["gearnet_edge", "gearnet_edge_ieconv"])

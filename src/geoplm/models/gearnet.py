@@ -27,7 +27,15 @@ from torch.nn import functional as F
 from geoplm import graph_kernels
 from geoplm.graph import LineGraph, PairedLineGraph, ResidueGraph, paired_line_graph, readout, spatial_line_graph
 
-__all__ = ["GearNet", "GeometricRelationalGraphConv", "PairedAdjacency", "RelationalAdjacency", "relational_aggregate"]
+__all__ = [
+    "GearNet",
+    "GeometricRelationalGraphConv",
+    "PairedAdjacency",
+    "RelationalAdjacency",
+    "adjacency_of",
+    "line_graph_adjacency",
+    "relational_aggregate",
+]
 
 
 def relational_aggregate(edge_list: Tensor, num_nodes: int, num_relation: int, message: Tensor) -> Tensor:
@@ -599,6 +607,15 @@ class PairedAdjacency:
         return self.pairs(self._pool(input)).index_select(0, self.pair_of_edge)
 
 
+def adjacency_of(graph: ResidueGraph | LineGraph | PairedLineGraph) -> RelationalAdjacency | PairedAdjacency:
+    """The relational adjacency a layer aggregates ``graph`` with: a :class:`PairedAdjacency` for a
+    :class:`~geoplm.graph.PairedLineGraph` (rows and columns: the original graph's edges), otherwise
+    :meth:`RelationalAdjacency.from_graph`."""
+    if isinstance(graph, PairedLineGraph):
+        return PairedAdjacency(graph)
+    return RelationalAdjacency.from_graph(graph)
+
+
 def line_graph_adjacency(
     graph: ResidueGraph, num_angle_bin: int, line_graph: LineGraph | None = None
 ) -> tuple[LineGraph | PairedLineGraph, RelationalAdjacency | PairedAdjacency, Tensor]:
@@ -661,19 +678,17 @@ class GeometricRelationalGraphConv(nn.Module):
     ) -> Tensor:
         """``input`` ``(N, input_dim)`` -> ``(N, num_relation * input_dim)`` per-relation sums of the
         neighbours' features (plus ``edge_linear`` of the edge features, summed the same way).
-        ``adjacency``: :meth:`RelationalAdjacency.from_graph` of ``graph``, to reuse across layers.
+        ``adjacency``: :func:`adjacency_of` ``graph``, to reuse across layers.
 
         Raises:
             ValueError: if ``graph.num_relation`` differs from the layer's ``num_relation``.
         """
         if graph.num_relation != self.num_relation:
             raise ValueError(f"graph has {graph.num_relation} relations, layer expects {self.num_relation}")
-        if isinstance(graph, PairedLineGraph):
-            if self.edge_linear is not None:
-                raise ValueError("a PairedLineGraph has no edge features for edge_linear")
-            adjacency = PairedAdjacency(graph) if adjacency is None else adjacency
-        elif adjacency is None:
-            adjacency = RelationalAdjacency.from_graph(graph)
+        if isinstance(graph, PairedLineGraph) and self.edge_linear is not None:
+            raise ValueError("a PairedLineGraph has no edge features for edge_linear")
+        if adjacency is None:
+            adjacency = adjacency_of(graph)
         update = adjacency(input)
         if self.edge_linear is not None:  # torchdrug: scatter_add of edge_linear(edge_feature), added after
             edge_update = self.edge_linear(graph.edge_feature.float())
@@ -707,10 +722,8 @@ class GeometricRelationalGraphConv(nn.Module):
             return self.combine(input, self.message_and_aggregate(graph, input, adjacency))
         if graph.num_relation != self.num_relation:
             raise ValueError(f"graph has {graph.num_relation} relations, layer expects {self.num_relation}")
-        if adjacency is None and isinstance(graph, PairedLineGraph):
-            adjacency = PairedAdjacency(graph)
         if adjacency is None:
-            adjacency = RelationalAdjacency.from_graph(graph)
+            adjacency = adjacency_of(graph)
         output = adjacency.linear(input, self.linear.weight, self.linear.bias)
         if self.self_loop is not None:
             output = output + self.self_loop(input)

@@ -44,8 +44,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from geoplm.graph import LineGraph, ResidueGraph, readout
-from geoplm.models.gearnet import GeometricRelationalGraphConv, RelationalAdjacency, line_graph_adjacency
+from geoplm.graph import LineGraph, PairedLineGraph, ResidueGraph, readout
+from geoplm.models.gearnet import (
+    GeometricRelationalGraphConv,
+    PairedAdjacency,
+    RelationalAdjacency,
+    adjacency_of,
+    line_graph_adjacency,
+)
 
 __all__ = [
     "FRAME_MODES",
@@ -269,16 +275,17 @@ class EdgeMessageRelationalConv(GeometricRelationalGraphConv):
 
     def forward(
         self,
-        graph: ResidueGraph | LineGraph,
+        graph: ResidueGraph | LineGraph | PairedLineGraph,
         input: Tensor,
         edge_input: Tensor | None = None,
-        adjacency: RelationalAdjacency | None = None,
+        adjacency: RelationalAdjacency | PairedAdjacency | None = None,
         edge_adjacency: RelationalAdjacency | None = None,
     ) -> Tensor:
-        """``input`` ``(N, input_dim)`` -> ``(N, output_dim)``. ``adjacency``: :meth:`RelationalAdjacency.from_graph`
-        of ``graph``; ``edge_adjacency``: :meth:`RelationalAdjacency.edge_to_node` (to sum ``edge_input``); both
-        built when not given. ``linear`` is applied to the node and the edge sums separately (fused, without
-        the ``(N, R * d)`` aggregate) and added: the same value up to float32 summation order.
+        """``input`` ``(N, input_dim)`` -> ``(N, output_dim)``. ``adjacency``:
+        :func:`~geoplm.models.gearnet.adjacency_of` ``graph``; ``edge_adjacency``:
+        :meth:`RelationalAdjacency.edge_to_node` (to sum ``edge_input``); both built when not given. ``linear`` is
+        applied to the node and the edge sums separately (fused, without the ``(N, R * d)`` aggregate) and added:
+        the same value up to float32 summation order.
 
         Raises:
             ValueError: ``graph.num_relation`` differs from the layer's, or ``edge_input`` is not
@@ -287,7 +294,7 @@ class EdgeMessageRelationalConv(GeometricRelationalGraphConv):
         if graph.num_relation != self.num_relation:
             raise ValueError(f"graph has {graph.num_relation} relations, layer expects {self.num_relation}")
         if adjacency is None:
-            adjacency = RelationalAdjacency.from_graph(graph)
+            adjacency = adjacency_of(graph)
         output = adjacency.linear(input, self.linear.weight, self.linear.bias)
         if edge_input is not None:
             if edge_input.shape != (graph.num_edges, self.input_dim):
