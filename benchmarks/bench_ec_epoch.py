@@ -418,7 +418,7 @@ def profile_steps(name: str) -> list[tuple[str, object]]:
         ("pack (graph construction on the batch)", inputs.pack),
         ("  of which build_gearnet_graph", graph.build_gearnet_graph),
         ("GearNet-Edge forward", GearNet.forward),
-        ("  of which line graph (spatial_line_graph)", graph.spatial_line_graph),
+        ("  of which line graph (paired_line_graph)", graph.paired_line_graph),
         ("  of which sparse adjacencies (RelationalAdjacency.blocks)", RelationalAdjacency.blocks),
         ("head + BCE (criterion)", MultiLabelFunction.criterion),
         *common,
@@ -466,9 +466,8 @@ def breakdown(theirs, ours, paths: list[Path], records: list[dict]) -> None:
     subtracted from it ("rest of the forward")."""
     from torchdrug import layers
 
-    from geoplm.graph import spatial_line_graph
     from geoplm.inputs import pack
-    from geoplm.models.gearnet import _CHUNK_ELEMENTS, RelationalAdjacency
+    from geoplm.models.gearnet import _CHUNK_ELEMENTS, RelationalAdjacency, line_graph_adjacency
     from geoplm.train import deterministic
 
     dataset, parsed = theirs.parse(paths, records), ours.parse(paths, records)
@@ -526,12 +525,12 @@ def breakdown(theirs, ours, paths: list[Path], records: list[dict]) -> None:
             optimizer.zero_grad()
             packed = pack([e.proteins[0] for e in batch], task.device, task.graph_settings)
             t1 = time.perf_counter()
-            line_graph = spatial_line_graph(packed.graph, 8)
+            _, line_adjacency, _ = line_graph_adjacency(packed.graph, 8)  # what the forward builds
             t2 = time.perf_counter()
             parts = {}
             for kind, adjacency, block_rows in (
                 ("residue graph", RelationalAdjacency.from_graph(packed.graph), node_rows),
-                ("line graph", RelationalAdjacency.from_graph(line_graph), line_rows),
+                ("line graph", getattr(line_adjacency, "pairs", line_adjacency), line_rows),  # over pairs
                 ("edge to residue", RelationalAdjacency.edge_to_node(packed.graph), edge_to_node_rows),
             ):
                 for rows in block_rows:

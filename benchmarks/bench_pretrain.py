@@ -374,7 +374,7 @@ def profile_steps(name: str) -> list[tuple[str, object]]:
         ("    of which subgraph", mc.subgraph),
         ("    of which random_edge_mask + remove_edges", mc.remove_edges),
         ("  of which GearNet-Edge forward", GearNet.forward),
-        ("    of which line graph (spatial_line_graph)", graph.spatial_line_graph),
+        ("    of which line graph (paired_line_graph)", graph.paired_line_graph),
         ("    of which sparse adjacencies (RelationalAdjacency.blocks)", RelationalAdjacency.blocks),
         ("    of which sparse adjacencies (RelationalAdjacency.plan: small views)", RelationalAdjacency.plan),
         ("  of which InfoNCE", mc.info_nce),
