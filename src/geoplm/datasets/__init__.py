@@ -34,8 +34,9 @@ Raises:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
+
+from geoplm.registry import registered
 
 #: reader name -> "module:function" (imported on first use, so that RDKit or lmdb load only when needed)
 READERS: dict[str, str] = {
@@ -58,7 +59,4 @@ def get_reader(name: str) -> Callable:
     """
     from geoplm.errors import GeoplmError
 
-    if name not in READERS:
-        raise GeoplmError(f"unknown dataset reader '{name}' (known: {', '.join(sorted(READERS))})")
-    module, function = READERS[name].split(":")
-    return getattr(importlib.import_module(module), function)
+    return registered(READERS, name, "dataset reader", GeoplmError, sort_known=True)

@@ -22,10 +22,10 @@ A new pretraining task is a module with a subclass plus one entry in :data:`PRET
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 
 from geoplm.errors import ConfigError
+from geoplm.registry import registered
 
 #: pretraining kind -> "module:Class" (imported on first use)
 PRETRAINING_TASKS: dict[str, str] = {
@@ -44,10 +44,7 @@ def pretraining_class(kind: str) -> type:
     Raises:
         ConfigError: an unknown kind.
     """
-    if kind not in PRETRAINING_TASKS:
-        raise ConfigError(f"unknown pretraining kind '{kind}' (known: {', '.join(PRETRAINING_TASKS)})")
-    module, name = PRETRAINING_TASKS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
+    return registered(PRETRAINING_TASKS, kind, "pretraining kind", ConfigError)
 
 
 def get_pretraining_task(spec: Mapping, name: str = "pretraining"):

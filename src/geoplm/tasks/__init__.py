@@ -25,10 +25,10 @@ A new task is a module with a :class:`~geoplm.tasks.base.Task` subclass plus one
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 
 from geoplm.errors import ConfigError
+from geoplm.registry import registered
 
 #: task kind -> "module:Class" (imported on first use)
 TASKS: dict[str, str] = {
@@ -50,10 +50,7 @@ def task_class(kind: str) -> type:
     Raises:
         ConfigError: an unknown kind.
     """
-    if kind not in TASKS:
-        raise ConfigError(f"unknown task kind '{kind}' (known: {', '.join(TASKS)})")
-    module, name = TASKS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
+    return registered(TASKS, kind, "task kind", ConfigError)
 
 
 def task_settings(kind: str) -> frozenset[str]:
