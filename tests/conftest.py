@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,16 @@ def shared_data_dir() -> Path:
 def shared_data() -> Path:
     """The real test data folder (see :func:`shared_data_dir`)."""
     return shared_data_dir()
+
+
+def copy_workflow(workdir: Path) -> None:
+    """Copy the workflow (``Snakefile``, ``rules``, ``scripts``, ``envs``, ``config``, ``profiles``, ``src``,
+    ``report``) into the existing folder ``workdir``, as a fresh checkout has it, for the tests that run Snakemake
+    there."""
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("Snakefile", "rules", "scripts", "envs", "config", "profiles", "src", "report"):
+        source = repo / name
+        if source.is_dir():
+            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, workdir / name)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import copy_workflow
 
 from geoplm import report
 
@@ -154,15 +155,6 @@ window.addEventListener("load", function () {
 });
 </script>
 """
-
-
-def copy_workflow(workdir: Path) -> None:
-    for name in ("Snakefile", "rules", "scripts", "envs", "config", "profiles", "src", "report"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.exists():
-            shutil.copy(source, workdir / name)
 
 
 @pytest.mark.report

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -48,15 +48,6 @@ def planned_jobs(workdir: Path, target: str = TARGET) -> dict[str, int]:
         if match and match.group(1) != "total":
             counts[match.group(1)] = int(match.group(2))
     return counts
-
-
-def copy_workflow(workdir: Path) -> None:
-    for name in ("Snakefile", "rules", "scripts", "envs", "config", "profiles", "src"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, workdir / name)
 
 
 @pytest.fixture(scope="module")

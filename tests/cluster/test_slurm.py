@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+import conftest  # tests/conftest.py (on sys.path as pytest loads it)
 import pandas as pd
 import pytest
 import yaml
@@ -48,12 +48,7 @@ pytestmark = [
 
 def copy_workflow(workdir: Path, mirror: Path) -> Path:
     workdir.mkdir(parents=True)
-    for name in ("Snakefile", "rules", "scripts", "envs", "config", "profiles", "src"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, workdir / name)
+    conftest.copy_workflow(workdir)
     (workdir / "config" / "cluster_test.yaml").write_text(yaml.safe_dump({"mirror": str(mirror), **TEST_CONFIG}))
     return workdir
 
