@@ -314,6 +314,28 @@ def _adjacency_of(kind: str):
     return RelationalAdjacency.from_graph(graph), graph.edge_list, graph.num_nodes
 
 
+def _assert_same_linear(functions, num_source: int, num_relation: int, num_target: int, seed: int):
+    """Call each of ``functions`` (``(x, weight, bias) -> (num_target, 6)``, a relational linear) on the same random
+    float64 ``x`` ``(num_source, 8)``, weight ``(6, num_relation * 8)`` and bias, and assert that their values and
+    their input / weight / bias gradients (for the same random output gradient) agree to 1e-12. Returns the inputs
+    and each function's ``(value, *gradients)``."""
+    torch.manual_seed(seed)
+    d, d_out = 8, 6
+    inputs = [
+        torch.randn(num_source, d, dtype=torch.float64, requires_grad=True),
+        torch.randn(d_out, num_relation * d, dtype=torch.float64, requires_grad=True),
+        torch.randn(d_out, dtype=torch.float64, requires_grad=True),
+    ]
+    grad_out = torch.randn(num_target, d_out, dtype=torch.float64)
+    results = []
+    for fn in functions:
+        out = fn(*inputs)
+        results.append((out, *torch.autograd.grad(out, inputs, grad_out)))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    return inputs, results
+
+
 @pytest.mark.parametrize("dense", [2.0, 0.9, 0.0], ids=["sparse_rows", "mixed", "all_rows"])
 @pytest.mark.parametrize("compiled", [True, False], ids=["counting_sort", "torch_sort"])
 @pytest.mark.parametrize("kind", ["line_graph", "edge_to_node", "residue_graph"])
@@ -345,28 +367,10 @@ def test_fused_aggregate_linear_matches_unfused_autograd(kind, compiled, dense, 
     else:
         assert len(sliced) > 0 or kind == "line_graph"
 
-    torch.manual_seed(0)
-    d, d_out = 8, 6
-    inputs = [
-        torch.randn(num_source, d, dtype=torch.float64, requires_grad=True),
-        torch.randn(d_out, num_relation * d, dtype=torch.float64, requires_grad=True),
-        torch.randn(d_out, dtype=torch.float64, requires_grad=True),
-    ]
-    grad_out = torch.randn(num_target, d_out, dtype=torch.float64)
-
-    def fused(x, w, b):
-        return adjacency.linear(x, w, b)
-
     def reference(x, w, b):
         return F.linear(relational_aggregate(edges, num_target, num_relation, x[edges[:, 0]]), w, b)
 
-    results = []
-    for fn in (fused, reference):
-        out = fn(*inputs)
-        grads = torch.autograd.grad(out, inputs, grad_out)
-        results.append((out, *grads))
-    for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    inputs, results = _assert_same_linear((adjacency.linear, reference), num_source, num_relation, num_target, 0)
     without_bias = adjacency.linear(inputs[0], inputs[1])
     torch.testing.assert_close(without_bias, results[1][0] - inputs[2], rtol=1e-12, atol=1e-12)
 
@@ -437,27 +441,15 @@ def test_planned_aggregate_linear_matches_unfused_autograd(kind, compiled, bags,
     monkeypatch.setattr(gearnet_module, "COMPILED_ADJACENCY", compiled)
     adjacency, edges, num_source = _adjacency_of(kind)
     num_target, num_relation = adjacency.num_target, adjacency.num_relation
-    torch.manual_seed(1)
-    d, d_out = 8, 6
-    inputs = [
-        torch.randn(num_source, d, dtype=torch.float64, requires_grad=True),
-        torch.randn(d_out, num_relation * d, dtype=torch.float64, requires_grad=True),
-        torch.randn(d_out, dtype=torch.float64, requires_grad=True),
-    ]
-    grad_out = torch.randn(num_target, d_out, dtype=torch.float64)
     calls = []
     original = gearnet_module._PlannedAggregateLinear.apply
     monkeypatch.setattr(gearnet_module._PlannedAggregateLinear, "apply", lambda *a: calls.append(1) or original(*a))
-    results = []
-    for fn in (
-        lambda x, w, b: adjacency.linear(x, w, b),
+    functions = (
+        adjacency.linear,
         lambda x, w, b: F.linear(relational_aggregate(edges, num_target, num_relation, x[edges[:, 0]]), w, b),
-    ):
-        out = fn(*inputs)
-        results.append((out, *torch.autograd.grad(out, inputs, grad_out)))
+    )
+    _assert_same_linear(functions, num_source, num_relation, num_target, 1)
     assert calls  # the planned path ran
-    for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("planned", [True, False], ids=["planned", "blocks"])
@@ -478,27 +470,14 @@ def test_paired_adjacency_matches_line_graph_autograd(planned, monkeypatch):
     full = RelationalAdjacency.from_graph(spatial_line_graph(graph, 8))
     assert paired.num_pairs < 0.9 * graph.num_edges
     assert (paired.num_target, paired.num_source, paired.num_relation) == (full.num_target, full.num_source, 8)
-    torch.manual_seed(2)
-    d, d_out = 8, 6
-    inputs = [
-        torch.randn(graph.num_edges, d, dtype=torch.float64, requires_grad=True),
-        torch.randn(d_out, 8 * d, dtype=torch.float64, requires_grad=True),
-        torch.randn(d_out, dtype=torch.float64, requires_grad=True),
-    ]
-    grad_out = torch.randn(graph.num_edges, d_out, dtype=torch.float64)
-    results = []
-    for adjacency in (paired, full):
-        out = adjacency.linear(*inputs)
-        results.append((out, *torch.autograd.grad(out, inputs, grad_out)))
-    for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    inputs, _ = _assert_same_linear((paired.linear, full.linear), graph.num_edges, 8, graph.num_edges, 2)
     sums = [adjacency(inputs[0]) for adjacency in (paired, full)]
-    assert sums[0].shape == (graph.num_edges, 8 * d)
+    assert sums[0].shape == (graph.num_edges, 8 * 8)
     torch.testing.assert_close(sums[0], sums[1], rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match=r"expected input of shape \(1388, d\)"):
         paired.linear(inputs[0][:-1], inputs[1])
     # a layer given the paired line graph alone builds its PairedAdjacency (adjacency_of)
-    layer = GeometricRelationalGraphConv(d, d_out, 8).double()
+    layer = GeometricRelationalGraphConv(8, 6, 8).double()
     by_graph = [layer(g, inputs[0]) for g in (paired_line_graph(graph, 8), spatial_line_graph(graph, 8))]
     torch.testing.assert_close(by_graph[0], by_graph[1], rtol=1e-12, atol=1e-12)
 
