@@ -1,5 +1,5 @@
 """Rule pretrain_model: one self-supervised pretraining run (geoplm.pretraining.run.pretrain_run), data-parallel on
-the job's ``resources.gpu`` GPUs under torchrun when there are several (geoplm.distributed.launch)."""
+the job's ``resources.gpu`` GPUs under torchrun when there are several (geoplm.distributed.launch_job)."""
 
 import sys
 from pathlib import Path
@@ -11,9 +11,7 @@ from geoplm import distributed, steps  # noqa: E402
 sm = snakemake  # noqa: F821
 
 with steps.logged(sm.log[0]):
-    device = steps.device(sm.config.get("device", "auto"))
-    nproc = distributed.processes(sm.resources.get("gpu", 1), device)
-    distributed.launch(
+    distributed.launch_job(
         "geoplm.pretraining.run.pretrain_run",
         dict(
             spec=sm.params.spec,
@@ -25,13 +23,13 @@ with steps.logged(sm.log[0]):
             metrics_path=sm.output.metrics,
             checkpoint_path=sm.output.checkpoint,
             run_name="/".join(["pretrain", sm.wildcards.model, sm.wildcards.plm, sm.wildcards.pretraining]),
-            device=device,
-            threads=max(1, sm.threads // nproc),
             graph_settings=sm.params.graph,
             esm_checkpoint=sm.input.get("esm_checkpoint"),
             esm_settings=sm.params.esm,
             name=sm.wildcards.pretraining,
             model_name=sm.wildcards.model,
         ),
-        nproc,
+        steps.device(sm.config.get("device", "auto")),
+        sm.resources.get("gpu", 1),
+        sm.threads,
     )

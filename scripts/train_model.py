@@ -1,5 +1,5 @@
 """Rule train_model: train and evaluate one run (geoplm.train.train_run), data-parallel on the job's
-``resources.gpu`` GPUs under torchrun when there are several (geoplm.distributed.launch)."""
+``resources.gpu`` GPUs under torchrun when there are several (geoplm.distributed.launch_job)."""
 
 import sys
 from pathlib import Path
@@ -11,9 +11,7 @@ from geoplm import distributed, steps  # noqa: E402
 sm = snakemake  # noqa: F821
 
 with steps.logged(sm.log[0]):
-    device = steps.device(sm.config.get("device", "auto"))
-    nproc = distributed.processes(sm.resources.get("gpu", 1), device)
-    distributed.launch(
+    distributed.launch_job(
         "geoplm.train.train_run",
         dict(
             task=sm.params.task,
@@ -31,10 +29,10 @@ with steps.logged(sm.log[0]):
             metrics_path=sm.output.metrics,
             checkpoint_path=sm.output.checkpoint,
             run_name="/".join([sm.wildcards.task, sm.wildcards.model, sm.wildcards.plm, sm.wildcards.pretrain]),
-            device=device,
-            threads=max(1, sm.threads // nproc),
             init_checkpoint=sm.input.get("init_checkpoint"),
             init_part=sm.params.pretrain.get("part", "model"),
         ),
-        nproc,
+        steps.device(sm.config.get("device", "auto")),
+        sm.resources.get("gpu", 1),
+        sm.threads,
     )

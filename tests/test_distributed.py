@@ -204,3 +204,17 @@ def test_processes_from_the_environment_and_bad_targets(monkeypatch):
         distributed.processes(1, "cpu")
     with pytest.raises(GeoplmError, match="cannot launch 'geoplm.train.no_such_function'"):
         distributed.launch("geoplm.train.no_such_function", {}, 2)
+
+
+def test_launch_job_shares_the_job_threads_among_its_processes(monkeypatch):
+    """launch_job (rules train_model, pretrain_model) adds the device and the job's threads divided among its
+    processes (at least one each) to the target's arguments."""
+    monkeypatch.delenv(distributed.PROCESSES_ENV, raising=False)
+    assert distributed.launch_job("builtins.dict", {"a": 1}, "cpu", 4, 6) == {"a": 1, "device": "cpu", "threads": 6}
+    calls = []
+    monkeypatch.setattr(distributed, "launch", lambda target, kwargs, nproc: calls.append((target, kwargs, nproc)))
+    monkeypatch.setenv(distributed.PROCESSES_ENV, "4")
+    distributed.launch_job("geoplm.train.train_run", {"a": 1}, "cpu", 1, 9)
+    distributed.launch_job("geoplm.train.train_run", {"a": 1}, "cpu", 1, 2)
+    assert [(kwargs["threads"], nproc) for _, kwargs, nproc in calls] == [(2, 4), (1, 4)]
+    assert calls[0][1] == {"a": 1, "device": "cpu", "threads": 2}

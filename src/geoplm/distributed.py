@@ -325,6 +325,18 @@ def launch(target: str, kwargs: Mapping[str, Any], nproc: int = 1, tail: int = 4
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def launch_job(target: str, kwargs: Mapping[str, Any], device: str, gpus: int | None, threads: int) -> Any:
+    """A Snakemake job's run of ``target`` on its resources (rules ``train_model``, ``pretrain_model``): on
+    :func:`processes` ``(gpus, device)`` processes (:func:`launch`), with ``device`` and the job's ``threads``
+    shared among them (at least one each) added to ``kwargs`` as ``device=`` and ``threads=``.
+
+    Raises:
+        GeoplmError: as :func:`processes` and :func:`launch`.
+    """
+    nproc = processes(gpus, device)
+    return launch(target, {**kwargs, "device": device, "threads": max(1, threads // nproc)}, nproc)
+
+
 #: what a worker's log line of its own failure says (:func:`main`; quoted by :func:`launch`)
 FAILED = "WORKER FAILED"
 
