@@ -47,6 +47,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from fixture_io import write_fixture
 
 COMMIT = "bc90557bbf9ee2676e87b9fc84570aa126daa808"
 #: AlphaFold models numbered 1..L (84, 127 residues), an X-ray chain numbered from 2 (209) and an NMR structure with
@@ -190,9 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         "proteins": proteins,
         "models": models,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, args.out)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+    write_fixture(fixture, args.out)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from fixture_io import plain_config, write_fixture
 
 #: AlphaFold models from the shared data (84-209 residues; the same three as tests/fixtures/torchdrug_gearnet.pt).
 PROTEINS = (
@@ -235,19 +236,14 @@ def run(args) -> int:
             "python": sys.version.split()[0],
             "seed": SEED,
         },
-        "config": {
-            name: {k: (list(v) if isinstance(v, list) else v) for k, v in c.items()} for name, c in MODEL_CONFIG.items()
-        },
+        "config": {name: plain_config(c) for name, c in MODEL_CONFIG.items()},
         "onehot_state_dict": {k: v.detach().clone() for k, v in nets["onehot"].state_dict().items()},
         "dense_state_dict": {k: v.detach().clone() for k, v in nets["dense"].state_dict().items()},
         "onehot_grad": grads,
         "max_in_degree": int(in_degree.max()),
         "proteins": proteins,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, args.out)
-    torch.load(args.out, weights_only=True)  # the test loads it this way
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.3f} MB)")
+    write_fixture(fixture, args.out)
     return 0
 
 

@@ -45,6 +45,7 @@ import sys
 from pathlib import Path
 
 import torch
+from fixture_io import write_fixture
 from torchdrug_reference import graph_construction, load_proteins
 
 #: DeepGraphLearning/GearNet commit of ``gearnet/model.py`` and ``gearnet/layer.py``.
@@ -184,10 +185,7 @@ def main(argv=None) -> int:
         "state_dict": {name: {k: v.clone() for k, v in net.state_dict().items()} for name, net in nets.items()},
         "proteins": proteins,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, args.out)
-    torch.load(args.out, weights_only=True)  # the test loads it this way
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+    write_fixture(fixture, args.out)
     return 0
 
 

@@ -55,6 +55,7 @@ import sys
 from pathlib import Path
 
 import torch
+from fixture_io import write_fixture
 
 SEED = 0
 
@@ -207,10 +208,7 @@ def main(argv=None) -> int:
         "accuracy": accuracy,
         "regression": regression,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, args.out)
-    torch.load(args.out, weights_only=True)  # the test loads it this way
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} KB)")
+    write_fixture(fixture, args.out)
     return 0
 
 

@@ -56,6 +56,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from fixture_io import write_fixture
 
 #: (file relative to the data directory, geoplm reader that merges its chains in tests/test_multichain.py).
 FILES = (
@@ -200,10 +201,7 @@ def main(argv=None) -> int:
         },
         "proteins": out,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, args.out)
-    torch.load(args.out, weights_only=True)  # the test loads it this way
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+    write_fixture(fixture, args.out)
     return 0
 
 

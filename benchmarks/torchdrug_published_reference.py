@@ -56,6 +56,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from fixture_io import plain_config, write_fixture
 
 PROTEINS = (
     "alphafold/AF-P76011-F1-model_v4.pdb",
@@ -206,18 +207,15 @@ def main(argv=None) -> int:
             "proteins": list(PROTEINS),
         },
         "config": {
-            "gearnet_edge": {k: (list(v) if isinstance(v, list) else v) for k, v in GEARNET_EDGE_CONFIG.items()},
-            "esm_gearnet": {k: (list(v) if isinstance(v, list) else v) for k, v in ESM_GEARNET_CONFIG.items()},
+            "gearnet_edge": plain_config(GEARNET_EDGE_CONFIG),
+            "esm_gearnet": plain_config(ESM_GEARNET_CONFIG),
             "esm": dict(ESM_CONFIG),
         },
         "gearnet_edge_state_dict": gearnet_edge_state,
         "esm_gearnet_state_dict": esm_gearnet_state,
         "proteins": proteins,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, args.out)
-    torch.load(args.out, weights_only=True)  # the tests load it this way
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+    write_fixture(fixture, args.out)
     return 0
 
 

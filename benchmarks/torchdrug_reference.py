@@ -49,6 +49,7 @@ import sys
 from pathlib import Path
 
 import torch
+from fixture_io import plain_config, write_fixture
 
 #: Proteins (paths relative to the data directory): three AlphaFold models and one X-ray chain, all without
 #: HETATM records, with 84-209 residues (keeps the fixture < 2 MB).
@@ -239,17 +240,12 @@ def main(argv=None) -> int:
             "python": sys.version.split()[0],
             "seed": SEED,
         },
-        "config": {
-            name: {k: (list(v) if isinstance(v, list) else v) for k, v in c.items()} for name, c in MODEL_CONFIG.items()
-        },
+        "config": {name: plain_config(c) for name, c in MODEL_CONFIG.items()},
         "gearnet_state_dict": {k: v.clone() for k, v in nets["gearnet"].state_dict().items()},
         "gearnet_edge_state_dict": {k: v.clone() for k, v in nets["gearnet_edge"].state_dict().items()},
         "proteins": proteins,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, args.out)
-    torch.load(args.out, weights_only=True)  # the test loads it this way
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+    write_fixture(fixture, args.out)
     return 0
 
 
