@@ -753,10 +753,10 @@ def paired_line_graph(graph: ResidueGraph, num_angle_bin: int = 8) -> PairedLine
     :func:`spatial_line_graph`.
     """
     node_in, node_out = graph.edge_list[:, 0], graph.edge_list[:, 1]
-    key = node_in * max(graph.num_nodes, 1) + node_out
-    pairs, pair_of_edge = torch.unique(key, sorted=True, return_inverse=True)
-    pair_in = torch.div(pairs, max(graph.num_nodes, 1), rounding_mode="floor")
-    pair_out = pairs - pair_in * max(graph.num_nodes, 1)
+    n = max(graph.num_nodes, 1)
+    pairs, pair_of_edge = torch.unique(node_in * n + node_out, sorted=True, return_inverse=True)
+    pair_in = torch.div(pairs, n, rounding_mode="floor")
+    pair_out = pairs - pair_in * n
     edge_a, edge_b, relation = _line_graph_edges(pair_in, pair_out, graph.node_position, graph.num_nodes, num_angle_bin)
     return PairedLineGraph(
         num_pairs=int(pairs.shape[0]),

@@ -588,7 +588,7 @@ class PairedAdjacency:
         """
         if input.dim() != 2 or input.shape[0] != self.num_source:
             raise ValueError(f"expected input of shape ({self.num_source}, d), got {tuple(input.shape)}")
-        return input.new_zeros(self.num_pairs, input.shape[1]).index_add(0, self.pair_of_edge, input)
+        return input.new_zeros(self.num_pairs, input.shape[1]).index_add_(0, self.pair_of_edge, input)
 
     def linear(self, input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """:meth:`RelationalAdjacency.linear` of the line graph: ``(E, d)`` -> ``(E, d_out)``.
