@@ -215,5 +215,10 @@ def test_pretrained_rows_start_from_the_pretraining_encoder_or_the_published_fil
     assert {j["model"] for j in jobs if j["task"] == "fold"} == {"gearnet_edge_ieconv"}
     assert {j["model"] for j in jobs if j["task"] == "ec"} == {"gearnet_edge"}
     assert {j["pretrain"] for j in jobs} == {"none", "mc", "attr", "distance", "angle", "dihedral"} | {
-        f"published_{p}" for p in ("mc", "attr", "distance", "angle", "dihedral")
+        f"published_{p}" for p in ("mc", "attr", "distance", "angle", "dihedral", "fold_mc")
     }
+    # the authors' Fold-tuned GearNet-Edge-IEConv (Zenodo 7723075) starts the Fold runs of its row only
+    assert {j["task"] for j in jobs if j["pretrain"] == "published_fold_mc"} == {"fold"}
+    fold_job = dict(job, task="fold", model="gearnet_edge_ieconv", pretrain="published_fold_mc")
+    fold = geoplm_config.pretrain_start(config, fold_job)
+    assert fold == {"from": "published", "checkpoint": "fold_mc_gearnet_edge_ieconv.pth", "part": "published"}

@@ -35,6 +35,8 @@ from geoplm.sources import file_name
 from geoplm.structure import NUM_RESIDUE_TYPES, parse_structure
 
 FIXTURE = Path(__file__).parent / "fixtures" / "torchdrug_published_gearnet_edge.pt"
+#: GearNetIEConv state dicts and outputs written by the GearNet repository's model (tests/test_gearnet_ieconv.py)
+IECONV_FIXTURE = Path(__file__).parent / "fixtures" / "torchdrug_gearnet_ieconv.pt"
 ATOL = RTOL = 1e-5
 ZOO_KEYS = ("hidden_dims", "batch_norm", "concat_hidden", "short_cut", "readout")
 
@@ -129,10 +131,14 @@ def _assert_outputs(out: dict, reference, name: str) -> None:
 def test_catalogue_lists_the_published_files():
     gearnet = {n for n, e in PUBLISHED_CHECKPOINTS.items() if e["model"] == "gearnet_edge"}
     esm_gearnet = {n for n, e in PUBLISHED_CHECKPOINTS.items() if e["model"] == "esm_gearnet"}
+    ieconv = {n for n, e in PUBLISHED_CHECKPOINTS.items() if e["model"] == "gearnet_edge_ieconv"}
     assert gearnet == {f"{t}_gearnet_edge" for t in ("mc", "attr", "distance", "angle", "dihedral")}
     assert esm_gearnet == {f"{t}_esm_gearnet" for t in ("mc", "attr", "dist", "angle", "dihedral", "siamdiff")}
+    assert ieconv == {"fold_mc_gearnet_edge_ieconv"}  # GearNet#41: the only published GearNet-Edge-IEConv
+    assert len(PUBLISHED_CHECKPOINTS) == 12
+    records = {"gearnet_edge": "7593637", "esm_gearnet": "10034578", "gearnet_edge_ieconv": "7723075"}
     for name, entry in PUBLISHED_CHECKPOINTS.items():
-        record = "7593637" if entry["model"] == "gearnet_edge" else "10034578"
+        record = records[entry["model"]]
         assert entry["url"] == f"https://zenodo.org/record/{record}/files/{entry['file']}"
         assert entry["file"] == f"{name}.pth" == file_name(entry["url"])
         assert entry["model"] in PUBLISHED_ARCHITECTURES and entry["pretraining"] in PRETRAINING_TASKS
@@ -167,6 +173,14 @@ def test_published_architectures_have_torchdrug_shapes():
     assert state["net.structure_model.layers.0.linear.weight"].shape == (512, 7 * 1280)
     assert all(k.startswith("net.structure_model.") for k in state)
     assert not any("edge_layers" in k for k in state)  # ESM-GearNet's pretraining GearNet has no edge layers
+    ieconv, width = build_encoder(PUBLISHED_ARCHITECTURES["gearnet_edge_ieconv"]["model"], NUM_RESIDUE_TYPES)
+    state = ieconv.state_dict()
+    assert width == 6 * 512
+    assert state["linear.weight"].shape == (512, 21)  # GearNetIEConv's input embedding
+    assert state["layers.0.linear.weight"].shape == (512, 7 * 512)
+    assert state["edge_layers.0.linear.weight"].shape == (512, 8 * 59)
+    assert state["ieconvs.5.kernel.layers.0.weight"].shape == (32, 14) and state["layer_norms.5.weight"].shape == (512,)
+    assert ieconv.dropout.p == 0.2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,6 +246,63 @@ def test_engine_checkpoints_load(reference, tmp_path):
         load_published(path, encoder)
         for key, value in encoder.state_dict().items():
             assert torch.equal(value, state[key]), (name, key)
+
+
+def _fold_task_checkpoint(state: dict, width: int, num_class: int = 1195) -> dict:
+    """A ``core.Engine.save`` checkpoint of GearNet's Fold task (``tasks.PropertyPrediction``, ``num_mlp_layer`` 3,
+    ``mlp_batch_norm``; GearNet ``config/downstream/Fold3D/gearnet_edge_ieconv.yaml``) around encoder ``state``: the
+    layout of ``fold_mc_gearnet_edge_ieconv.pth`` (read as ``task.load_state_dict(ckpt["model"])``, GearNet#62)."""
+    head = {
+        "mlp.layers.0.weight": torch.randn(width, width),
+        "mlp.layers.0.bias": torch.randn(width),
+        "mlp.layers.1.weight": torch.randn(width, width),
+        "mlp.layers.1.bias": torch.randn(width),
+        "mlp.layers.2.weight": torch.randn(num_class, width),
+        "mlp.layers.2.bias": torch.randn(num_class),
+    }
+    for i in range(2):
+        head.update({f"mlp.batch_norms.{i}.{k}": torch.rand(width) for k in ("weight", "bias", "running_mean")})
+        head[f"mlp.batch_norms.{i}.running_var"] = torch.rand(width) + 0.5
+        head[f"mlp.batch_norms.{i}.num_batches_tracked"] = torch.tensor(100)
+    buffers = {"mean": torch.zeros(1), "std": torch.ones(1), "weight": torch.ones(1)}  # PropertyPrediction's
+    model = {**{f"model.{k}": v for k, v in state.items()}, **head, **buffers}
+    return {"model": model, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]}}
+
+
+def test_fold_checkpoint_loads_the_ieconv_encoder_as_the_reference(tmp_path, shared_data):
+    """``fold_mc_gearnet_edge_ieconv.pth`` (Zenodo 7723075) is the whole fine-tuned Fold task: its encoder (keys
+    ``model.*``) is loaded strictly into the zoo's GearNet-Edge-IEConv, the head and buffers are left out, and the
+    encoder then gives the GearNet repository's outputs on the same real proteins (read from their PDB files).
+    Uses the GearNetIEConv fixture (small widths, the reference's packed-batch frames)."""
+    ref = torch.load(IECONV_FIXTURE, weights_only=True)
+    config, state = ref["config"]["gearnet_edge_ieconv"], ref["state_dict"]["gearnet_edge_ieconv"]
+    keys = ("embedding_dim", "hidden_dims", "batch_norm", "concat_hidden", "short_cut", "readout", "layer_norm")
+    keys += ("dropout", "edge_input_dim", "num_angle_bin", "use_ieconv")
+    spec = {"type": "gearnet_ieconv", **{k: config[k] for k in keys}, "ieconv_frames": "reference"}
+    encoder, width = build_encoder(spec, NUM_RESIDUE_TYPES)
+    path = _save(_fold_task_checkpoint(state, width), tmp_path / "fold_mc_gearnet_edge_ieconv.pth")
+    loaded = load_published(path, encoder)
+    assert set(loaded) == set(state)  # identity map; mlp.*, mean, std, weight not taken
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    proteins = _file_inputs(ref, shared_data)
+    batch = pack(proteins)
+    with torch.no_grad():
+        out = encoder.eval()(batch.graph, batch.node_feature)
+    node = torch.cat([p["gearnet_edge_ieconv"]["node_feature"] for p in ref["proteins"]])
+    graph = torch.stack([p["gearnet_edge_ieconv"]["graph_feature"] for p in ref["proteins"]])
+    for ours, theirs in ((out["node_feature"], node), (out["graph_feature"], graph)):
+        atol = max(ATOL, 1e-6 * float(theirs.abs().max()))  # as tests/test_gearnet_ieconv.py
+        torch.testing.assert_close(ours, theirs, atol=atol, rtol=RTOL)
+
+    key = "ieconvs.1.kernel.layers.1.weight"
+    broken = _fold_task_checkpoint({k: v for k, v in state.items() if k != key}, width)
+    path = _save(broken, tmp_path / "broken_fold_mc_gearnet_edge_ieconv.pth")
+    with pytest.raises(GeoplmError, match=f"{path}.*missing key.*'model.{key}'"):
+        load_published(path, build_encoder(spec, NUM_RESIDUE_TYPES)[0])
+    wider = {**spec, "embedding_dim": 48}  # the same layers, another width: every shape is named
+    with pytest.raises(GeoplmError, match=r"wrong shape\(s\): 'model.linear.weight' \(32, 21\) \(encoder"):
+        load_published(tmp_path / "fold_mc_gearnet_edge_ieconv.pth", build_encoder(wider, NUM_RESIDUE_TYPES)[0])
 
 
 @pytest.mark.parametrize(

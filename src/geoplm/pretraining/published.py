@@ -1,4 +1,5 @@
-"""The authors' published pretrained encoders (GearNet-Edge, ESM-GearNet), loaded strictly into geoplm's encoders.
+"""The authors' published pretrained encoders (GearNet-Edge, GearNet-Edge-IEConv, ESM-GearNet), loaded strictly into
+geoplm's encoders.
 
 Published files (no sizes or checksums are published: the workflow's checksum lock records the SHA-256 of the
 first download, :class:`geoplm.sources.ChecksumLock`):
@@ -9,6 +10,13 @@ first download, :class:`geoplm.sources.ChecksumLock`):
 * Zenodo 10034578 (Zhang et al. 2023, ESM-GearNet; DeepGraphLearning/ESM-GearNet ``README.md``): serial
   ESM-GearNet (ESM-2 650M frozen, ``fix_sequence_model: True``) pretrained with the same five tasks and SiamDiff
   -- ``{mc,attr,dist,angle,dihedral,siamdiff}_esm_gearnet.pth``.
+* Zenodo 7723075 (GearNet's authors in DeepGraphLearning/GearNet#41, for Fold; the README does not list it):
+  GearNet-Edge-IEConv pretrained with multiview contrast and then **fine-tuned on Fold**
+  (``config/downstream/Fold3D/gearnet_edge_ieconv.yaml``) -- ``fold_mc_gearnet_edge_ieconv.pth``, an
+  ``core.Engine.save`` checkpoint of the whole ``tasks.PropertyPrediction`` (encoder under ``model.``, the 3-layer
+  MLP head ``mlp.*`` and the task's buffers beside it: GearNet#41, #62). No encoder before fine-tuning was
+  published (GearNet#41), so this is the only published GearNet-Edge-IEConv; its encoder is loaded and the head
+  ignored, as for any task checkpoint.
 
 What a file holds (the references' ``script/pretrain.py`` ``save()``, GearNet @ 28bf75f5, ESM-GearNet @ bc90557b):
 ``torch.save(model.state_dict(), path)`` of the task's encoder (``solver.model.model``, or
@@ -56,7 +64,9 @@ torchdrug does not load fair-esm's contact regression for ESM-2 and it is not us
 Architectures of the published encoders (:data:`PUBLISHED_ARCHITECTURES`): GearNet-Edge as GearNet's
 ``config/pretrain/*_gearnet_edge.yaml`` (6 x 512, 21-d one-hot input, ``edge_input_dim`` 59, ``num_angle_bin`` 8);
 ESM-GearNet as ESM-GearNet's ``config/pretrain/*_esm_gearnet.yaml`` (serial fusion; plain GearNet, **no** edge
-layers, 6 x 512 on the 1280-d ESM-2 650M output).
+layers, 6 x 512 on the 1280-d ESM-2 650M output); GearNet-Edge-IEConv as GearNet's
+``config/downstream/Fold3D/gearnet_edge_ieconv.yaml`` (``GearNetIEConv``: a 512-d input embedding, 6 x 512, edge
+layers, IEConv layers, layer norm, dropout 0.2).
 """
 
 from __future__ import annotations
@@ -88,7 +98,12 @@ __all__ = [
 
 _GEARNET_RECORD = "7593637"
 _ESM_GEARNET_RECORD = "10034578"
+_FOLD_RECORD = "7723075"
 _GEARNET_SOURCE = "Zhang et al., ICLR 2023 (GearNet); DeepGraphLearning/GearNet README.md, Zenodo 7593637"
+_FOLD_SOURCE = (
+    "Zhang et al., ICLR 2023 (GearNet); DeepGraphLearning/GearNet#41 (the authors' reply), Zenodo 7723075: "
+    "multiview contrast, then fine-tuned on Fold"
+)
 _ESM_GEARNET_SOURCE = "Zhang et al. 2023 (ESM-GearNet); DeepGraphLearning/ESM-GearNet README.md, Zenodo 10034578"
 
 
@@ -115,15 +130,18 @@ _CATALOGUE = (  # name (= file stem), model family, pretraining kind
     ("angle_esm_gearnet", "esm_gearnet", "angle_prediction"),
     ("dihedral_esm_gearnet", "esm_gearnet", "dihedral_prediction"),
     ("siamdiff_esm_gearnet", "esm_gearnet", "siamdiff"),
+    ("fold_mc_gearnet_edge_ieconv", "gearnet_edge_ieconv", "multiview_contrast"),
 )
 _RECORDS = {
     "gearnet_edge": (_GEARNET_RECORD, _GEARNET_SOURCE),
     "esm_gearnet": (_ESM_GEARNET_RECORD, _ESM_GEARNET_SOURCE),
+    "gearnet_edge_ieconv": (_FOLD_RECORD, _FOLD_SOURCE),
 }
 #: name -> ``url`` (Zenodo, as the GearNet README links it; ESM-GearNet's README links the same files as
 #: ``https://zenodo.org/records/<id>/files/<file>?download=1``), ``file``, ``model`` (``gearnet_edge`` |
-#: ``esm_gearnet``, a key of :data:`PUBLISHED_ARCHITECTURES`), ``pretraining`` (the task's kind in
-#: :data:`geoplm.pretraining.PRETRAINING_TASKS`), ``source`` and ``checksum`` (empty: none is published).
+#: ``esm_gearnet`` | ``gearnet_edge_ieconv``, a key of :data:`PUBLISHED_ARCHITECTURES`), ``pretraining`` (the
+#: task's kind in :data:`geoplm.pretraining.PRETRAINING_TASKS`), ``source`` and ``checksum`` (empty: none is
+#: published).
 PUBLISHED_CHECKPOINTS: dict[str, dict[str, str]] = {
     name: _entry(_RECORDS[family][0], f"{name}.pth", family, kind, _RECORDS[family][1])
     for name, family, kind in _CATALOGUE
@@ -150,6 +168,22 @@ PUBLISHED_ARCHITECTURES: dict[str, dict] = {
         "model": {"type": "esm_gearnet", "fusion": "serial", **_GEARNET_COMMON},
         "input": "esm2_t33_650M_UR50D",
         "reference": "DeepGraphLearning/ESM-GearNet config/pretrain/*_esm_gearnet.yaml (FusionNetwork, series)",
+    },
+    # the zoo's gearnet_ieconv defaults are the Fold3D configs (embedding 512, layer norm, dropout 0.2, IEConv
+    # layers); only the local frames differ at chain ends unless ieconv_frames: reference (geoplm.models.gearnet_ieconv)
+    "gearnet_edge_ieconv": {
+        "model": {
+            "type": "gearnet_ieconv",
+            **_GEARNET_COMMON,
+            "embedding_dim": 512,
+            "edge_input_dim": 59,
+            "num_angle_bin": 8,
+            "layer_norm": True,
+            "dropout": 0.2,
+            "use_ieconv": True,
+        },
+        "input": "one_hot",
+        "reference": "DeepGraphLearning/GearNet config/downstream/Fold3D/gearnet_edge_ieconv.yaml (GearNetIEConv)",
     },
 }
 
