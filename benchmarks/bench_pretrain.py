@@ -3,7 +3,7 @@
 Two modes (run from the repository root; ``src/`` is put on ``sys.path``)::
 
     /work/tdenv/bin/python benchmarks/bench_pretrain.py speed [--proteins 16] [--batch-size 4] [--rounds 5] \
-        [--hidden-dim 128] [--num-layers 4] [--threads 2] [--independent-views] [--profile N]
+        [--hidden-dim 128] [--num-layers 4] [--threads 2] [--independent-views] [--profile N] [--dense-bound]
     .venv/bin/python benchmarks/bench_pretrain.py memory [--proteins 8] [--scale 10] [--batch-size 4] \
         [--hidden-dim 128] [--num-layers 4] [--threads 2]
 
@@ -38,6 +38,12 @@ sum of its step times. Ratio = torchdrug time / geoplm time (= geoplm / torchdru
 per batch, as median and range. A warm-up epoch on the first two batches first (numba caches, allocator).
 ``--profile N``: then one more epoch per side under cProfile: cumulative seconds of the main steps and the top-N
 functions by own time (cProfile inflates Python-heavy code).
+``--dense-bound``: then one more geoplm epoch under ``torch.profiler`` (shapes recorded): its dense products
+(``aten::mm``, ``addmm``, ``addmm_``: every linear, fused aggregate + linear and their gradients), their own time in
+the step, and each shape replayed alone (random operands, output preallocated, best of 5: warm caches, no page
+faults). Printed: the ratio geoplm would reach if every dense product ran as fast as alone and all else stayed
+as measured (torchdrug epoch / (geoplm epoch - dense in the step + dense alone)), and if only the dense products
+alone were left (torchdrug epoch / dense alone): how far float32 products of these shapes can take the ratio.
 
 **memory** (any environment with geoplm): the corpus of ``--proteins`` N real AlphaFold records (parsed once) and
 the corpus of ``--scale`` x N (the same records under other ids), written as record shards of N / 2 records with
@@ -397,6 +403,46 @@ def profile_epoch(side, theirs, ours, dataset, examples, top: int) -> None:
     print_profile(side.name, profiler, time.perf_counter() - start, profile_steps(side.name), top)
 
 
+DENSE_OPS = ("aten::mm", "aten::addmm", "aten::addmm_")
+
+
+def dense_bound(ours, examples, torchdrug_epoch: float, geoplm_epoch: float) -> None:
+    """``--dense-bound`` (see the module docstring): one geoplm epoch's dense products, in the step and alone."""
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in ours.start(examples):
+            pass
+    shapes, in_step = Counter(), 0.0
+    for event in prof.events():
+        if event.name in DENSE_OPS:
+            first, second = event.input_shapes[1:3] if event.name != "aten::mm" else event.input_shapes[:2]
+            shapes[(first[0], first[1], second[1])] += 1
+            in_step += event.self_cpu_time_total / 1e6
+
+    def best(m: int, k: int, n: int, repeats: int = 5) -> float:
+        a, b, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+        torch.mm(a, b, out=out)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    alone = sum(best(*shape) * count for shape, count in shapes.items())
+    flop = sum(2 * m * k * n * count for (m, k, n), count in shapes.items()) / 1e9
+    print(f"dense bound: one geoplm epoch has {sum(shapes.values())} dense products ({len(shapes)} shapes), "
+          f"{flop:.2f} GFLOP: {in_step:.3f} s in the step (under the profiler; {flop / in_step:.0f} GFLOP/s), "
+          f"{alone:.3f} s alone ({flop / alone:.0f} GFLOP/s)")  # fmt: skip
+    rest = geoplm_epoch - in_step + alone
+    print(f"dense bound: median epochs torchdrug {torchdrug_epoch:.3f} s, geoplm {geoplm_epoch:.3f} s; with every "
+          f"dense product as fast as alone: geoplm {rest:.3f} s, ratio {torchdrug_epoch / rest:.2f}x; the dense "
+          f"products alone and nothing else: ratio {torchdrug_epoch / alone:.2f}x")  # fmt: skip
+
+
 def speed(args) -> int:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="Unknown (residue|value)")
@@ -457,6 +503,10 @@ def speed(args) -> int:
         for side in (theirs, ours):
             gc.collect()
             profile_epoch(side, theirs, ours, dataset, examples, args.profile)
+    if args.dense_bound:
+        gc.collect()
+        epochs = {name: statistics.median(sum(r[name]) for r in rounds) for name in ("torchdrug", "geoplm")}
+        dense_bound(ours, examples, epochs["torchdrug"], epochs["geoplm"])
     return 0
 
 
@@ -598,6 +648,7 @@ def main(argv=None) -> int:
             sub.add_argument("--rounds", default=5, type=int)
             sub.add_argument("--independent-views", action="store_true")
             sub.add_argument("--profile", default=0, type=int, help="then profile one epoch per side, top N")
+            sub.add_argument("--dense-bound", action="store_true", help="then time geoplm's dense products alone")
         elif mode == "memory":
             sub.add_argument("--proteins", default=8, type=int, help="N, the 1x corpus")
             sub.add_argument("--scale", default=10, type=int)
