@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -222,3 +223,75 @@ def test_pretrained_rows_start_from_the_pretraining_encoder_or_the_published_fil
     fold_job = dict(job, task="fold", model="gearnet_edge_ieconv", pretrain="published_fold_mc")
     fold = geoplm_config.pretrain_start(config, fold_job)
     assert fold == {"from": "published", "checkpoint": "fold_mc_gearnet_edge_ieconv.pth", "part": "published"}
+
+
+def recorded_pretraining(record_dir: str, **kwargs) -> dict:
+    """pretrain_run, recording in ``record_dir/rank<r>.json`` the files this process wrote and in ``rank<r>.pt``
+    the encoder weights it ended with (its DDP replica)."""
+    from geoplm import atomic, distributed
+
+    rank = int(os.environ.get("RANK", "0"))
+    writes: list[str] = []
+    replicas: list[torch.nn.Module] = []
+    save, dump, wrap = atomic.torch_save, atomic.write_json, distributed.data_parallel
+
+    def torch_save(obj, target):
+        writes.append(Path(target).name)
+        save(obj, target)
+
+    def write_json(target, obj):
+        writes.append(Path(target).name)
+        dump(target, obj)
+
+    def data_parallel(net, device):
+        replicas.append(net)
+        return wrap(net, device)
+
+    atomic.torch_save, atomic.write_json, distributed.data_parallel = torch_save, write_json, data_parallel
+    try:
+        return pretrain_run(**kwargs)
+    finally:
+        atomic.torch_save, atomic.write_json, distributed.data_parallel = save, dump, wrap
+        Path(record_dir, f"rank{rank}.json").write_text(json.dumps({"writes": writes}))
+        if replicas:
+            torch.save(replicas[0].encoder.state_dict(), Path(record_dir, f"rank{rank}.pt"))
+
+
+def test_two_process_pretraining_trains_one_encoder_and_process_0_writes(corpus_files, tmp_path):
+    """Pretraining runs in the fine-tuning loop data-parallel: on 2 CPU processes (gloo, under torchrun, as a
+    ``gpu=2`` job starts it) every step's gradient is all-reduced, so both replicas end with the same encoder;
+    process 0 alone writes the encoder, metrics and resume state; each epoch logs the whole corpus split's throughput.
+    Unlike a deterministic fine-tuning run (tests/test_distributed.py), the loss curve is not one process's: each
+    process draws its own sampled edges (its torch generator seeded ``seed + rank``, as GearNet's scripts seed
+    each GPU), so the test asks that both runs learn."""
+    from geoplm import distributed
+
+    manifest, shards, _ = corpus_files
+    spec = {"kind": "distance_prediction", "corpus": ["afdb"], "epochs": 2, "batch_size": 4, "lr": 1e-3,
+            "num_sample": 32, "truncate": 60}  # fmt: skip
+    model = dict(SMALL_EDGE, batch_norm=False)  # CPU processes keep their own batch-norm statistics (no SyncBN)
+    runs = {}
+    for name, nproc in (("one", 1), ("two", 2)):
+        folder = tmp_path / name
+        folder.mkdir()
+        kwargs = dict(spec=spec, model=model, manifests=[str(manifest)], records=[str(s) for s in shards], seed=0,
+                      encoder_path=str(folder / "encoder.pt"), metrics_path=str(folder / "metrics.json"),
+                      checkpoint_path=str(folder / "model.pt"), name="distance", threads=1)  # fmt: skip
+        kwargs["record_dir"] = str(folder)
+        runs[name] = distributed.launch(f"{__name__}.recorded_pretraining", kwargs, nproc)
+    two = tmp_path / "two"
+    writes = {r: json.loads((two / f"rank{r}.json").read_text())["writes"] for r in (0, 1)}
+    assert {"encoder.pt", "metrics.json"} <= set(writes[0]) and writes[1] == []
+    replicas = [torch.load(two / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    written = torch.load(two / "encoder.pt", weights_only=True)
+    assert set(replicas[0]) == set(written)
+    for key, value in written.items():
+        assert torch.equal(replicas[0][key], value) and torch.equal(replicas[1][key], value), key
+    torch.manual_seed(0)  # the run's seeded initialisation, before training
+    initial = build_encoder(model, 21)[0].state_dict()
+    assert not torch.equal(written["layers.0.linear.weight"], initial["layers.0.linear.weight"])  # it trained
+    one, both = runs["one"]["history"], runs["two"]["history"]
+    assert len(one) == len(both) == 2
+    assert all(h["proteins_per_second"] > 0 and math.isfinite(h["train_loss"]) for h in both)
+    for history in (one, both):  # both learn (distance regression from random weights: the loss falls fast)
+        assert history[1]["train_loss"] < 0.7 * history[0]["train_loss"]
