@@ -8,7 +8,6 @@ process (see geoplm.distributed)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -66,42 +65,7 @@ def arguments(root: Path, out: Path, task=TASK) -> dict:
     }
 
 
-def recorded_run(record_dir: str, crash_after: int | None = None, **kwargs) -> dict:
-    """train.train_run, recording in ``record_dir/rank<r>.json`` the files this process wrote and what each
-    evaluation gathered (the split's size, each gathered example's EC classes in order); with ``crash_after``,
-    process 0 fails right after writing the resume file of that epoch (a job killed mid-training)."""
-    from geoplm import atomic
-
-    rank = int(os.environ.get("RANK", "0"))
-    writes: list[str] = []
-    evaluations: list[dict] = []
-    save, dump, evaluate = atomic.torch_save, atomic.write_json, train.evaluate_split
-
-    def torch_save(obj, target):
-        writes.append(Path(target).name)
-        save(obj, target)
-        if crash_after is not None and str(target).endswith(".resume.pt") and obj["state"]["epoch"] == crash_after:
-            raise RuntimeError(f"killed after epoch {crash_after}")
-
-    def write_json(target, obj):
-        writes.append(Path(target).name)
-        dump(target, obj)
-
-    def evaluate_split(task, net, examples):
-        scores, gathered = evaluate(task, net, examples)
-        classes = [row.nonzero().flatten().tolist() for row in gathered["target"]]
-        evaluations.append({"size": len(examples), "classes": classes})
-        return scores, gathered
-
-    atomic.torch_save, atomic.write_json, train.evaluate_split = torch_save, write_json, evaluate_split
-    try:
-        return train.train_run(**kwargs)
-    finally:
-        atomic.torch_save, atomic.write_json, train.evaluate_split = save, dump, evaluate
-        Path(record_dir, f"rank{rank}.json").write_text(json.dumps({"writes": writes, "evaluations": evaluations}))
-
-
-TARGET = f"{__name__}.recorded_run"
+TARGET = "conftest.recorded_run"  # every process records its writes and evaluations
 TIMING = train.TIMING_KEYS
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -225,38 +224,6 @@ def test_pretrained_rows_start_from_the_pretraining_encoder_or_the_published_fil
     assert fold == {"from": "published", "checkpoint": "fold_mc_gearnet_edge_ieconv.pth", "part": "published"}
 
 
-def recorded_pretraining(record_dir: str, **kwargs) -> dict:
-    """pretrain_run, recording in ``record_dir/rank<r>.json`` the files this process wrote and in ``rank<r>.pt``
-    the encoder weights it ended with (its DDP replica)."""
-    from geoplm import atomic, distributed
-
-    rank = int(os.environ.get("RANK", "0"))
-    writes: list[str] = []
-    replicas: list[torch.nn.Module] = []
-    save, dump, wrap = atomic.torch_save, atomic.write_json, distributed.data_parallel
-
-    def torch_save(obj, target):
-        writes.append(Path(target).name)
-        save(obj, target)
-
-    def write_json(target, obj):
-        writes.append(Path(target).name)
-        dump(target, obj)
-
-    def data_parallel(net, device):
-        replicas.append(net)
-        return wrap(net, device)
-
-    atomic.torch_save, atomic.write_json, distributed.data_parallel = torch_save, write_json, data_parallel
-    try:
-        return pretrain_run(**kwargs)
-    finally:
-        atomic.torch_save, atomic.write_json, distributed.data_parallel = save, dump, wrap
-        Path(record_dir, f"rank{rank}.json").write_text(json.dumps({"writes": writes}))
-        if replicas:
-            torch.save(replicas[0].encoder.state_dict(), Path(record_dir, f"rank{rank}.pt"))
-
-
 def test_two_process_pretraining_trains_one_encoder_and_process_0_writes(corpus_files, tmp_path):
     """Pretraining runs in the fine-tuning loop data-parallel: on 2 CPU processes (gloo, under torchrun, as a
     ``gpu=2`` job starts it) every step's gradient is all-reduced, so both replicas end with the same encoder;
@@ -277,8 +244,8 @@ def test_two_process_pretraining_trains_one_encoder_and_process_0_writes(corpus_
         kwargs = dict(spec=spec, model=model, manifests=[str(manifest)], records=[str(s) for s in shards], seed=0,
                       encoder_path=str(folder / "encoder.pt"), metrics_path=str(folder / "metrics.json"),
                       checkpoint_path=str(folder / "model.pt"), name="distance", threads=1)  # fmt: skip
-        kwargs["record_dir"] = str(folder)
-        runs[name] = distributed.launch(f"{__name__}.recorded_pretraining", kwargs, nproc)
+        kwargs.update(record_dir=str(folder), run="geoplm.pretraining.run.pretrain_run", save_replica=True)
+        runs[name] = distributed.launch("conftest.recorded_run", kwargs, nproc)
     two = tmp_path / "two"
     writes = {r: json.loads((two / f"rank{r}.json").read_text())["writes"] for r in (0, 1)}
     assert {"encoder.pt", "metrics.json"} <= set(writes[0]) and writes[1] == []
