@@ -110,6 +110,20 @@ def test_cached_graphs_equal_torchdrugs(cases, tmp_path):
         assert _edges(chainless.edge_list) >= expected
 
 
+def test_graph_built_for_a_node_mask_keeps_the_chain_breaks(cases):
+    """Multiview contrast's views (``make_graph`` with ``node_mask``, built for the cropped nodes alone) of
+    multi-chain proteins: the crop of the whole graph, no sequential edge across a chain junction."""
+    proteins = [inputs.InputLoader()(record) for _, record in cases]
+    whole = inputs.make_graph(proteins, settings=SETTINGS)
+    generator = torch.Generator().manual_seed(0)
+    for rate in (0.2, 0.5, 0.95):
+        mask = torch.rand(whole.num_nodes, generator=generator) < rate
+        view = inputs.make_graph(proteins, settings=SETTINGS, node_mask=mask)
+        expected = graph.subgraph(whole, mask)[0]
+        assert torch.equal(view.edge_list, expected.edge_list) and torch.equal(view.edge_feature, expected.edge_feature)
+        assert torch.equal(view.node_position, expected.node_position)
+
+
 def test_graphs_built_per_batch_equal_torchdrugs(cases):
     proteins = [inputs.InputLoader()(record) for _, record in cases]
     assert all(p.chain_index is not None and p.edge_list is None for p in proteins)

@@ -16,7 +16,7 @@ import torch
 
 from geoplm import structure
 from geoplm.errors import ConfigError
-from geoplm.inputs import InputLoader, make_graph
+from geoplm.inputs import InputLoader, make_graph, pack
 from geoplm.pretraining import gearnet_tasks as gt
 from geoplm.pretraining import get_pretraining_task
 from geoplm.tasks.base import Example
@@ -132,6 +132,67 @@ def test_subgraph_keeps_the_edges_among_kept_nodes_and_their_features(proteins):
         graph
     )
     assert pruned.num_nodes == graph.num_nodes
+
+
+def assert_same_graph(got, expected):
+    for name in ("num_nodes", "batch_size", "num_relation"):
+        assert getattr(got, name) == getattr(expected, name), name
+    for name in ("node_position", "residue_type", "node2graph", "edge_list", "edge_feature"):
+        assert torch.equal(getattr(got, name), getattr(expected, name)), name
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        None,
+        {"knn_k": 40, "spatial_max_num_neighbors": 8},
+        {"radius": 4.5, "knn_k": 3, "spatial_max_num_neighbors": None},
+    ],
+)
+def test_graph_built_for_a_node_mask_is_the_crop_of_the_whole_graph(proteins, settings):
+    """``make_graph(node_mask=...)`` searches neighbours from the kept nodes only, yet its kNN edges, the radius cap
+    (both depend on the nodes left out), sequence distances and edge order are those of the cropped whole graph."""
+    whole = make_graph(proteins, settings=settings)
+    nodes = whole.num_nodes
+    generator = torch.Generator().manual_seed(3)
+    masks = [torch.zeros(nodes, dtype=torch.bool), torch.ones(nodes, dtype=torch.bool)]
+    masks += [torch.rand(nodes, generator=generator) < rate for rate in (0.05, 0.3, 0.9)]
+    torch.manual_seed(0)
+    masks += [gt.subsequence_mask(whole, 50) for _ in range(3)] + [gt.subspace_mask(whole, 15, 15.0) for _ in range(3)]
+    for mask in masks:
+        assert_same_graph(make_graph(proteins, settings=settings, node_mask=mask), gt.subgraph(whole, mask)[0])
+    with pytest.raises(ValueError, match="node_mask"):
+        make_graph(proteins, settings=settings, node_mask=torch.ones(nodes + 1, dtype=torch.bool))
+
+
+def test_multiview_contrast_builds_only_the_views_and_gives_the_losses_of_cropping_the_whole_graph(examples):
+    """The views' graphs built for their nodes alone give, seed for seed, the losses and gradients of cropping the
+    graph built on the whole proteins (what torchdrug's ``MultiviewContrast`` does)."""
+    task = make_task("multiview_contrast")
+    net = task.build_model(SMALL_GEARNET_EDGE, 21, False)
+
+    def whole_graph_loss(batch):  # training_loss with the views cropped from the whole graph
+        proteins = task.batch_inputs(batch)
+        packed = pack(proteins, task.device, task.graph_settings)
+        projected = []
+        for _ in range(2):
+            crop, noise = task.rng.choice(task.settings["crops"]), task.rng.choice(task.settings["noises"])
+            view, kept = task.view(packed.graph, crop, noise)
+            projected.append(net.head(net.encoder(view, packed.node_feature[kept])["graph_feature"]))
+        return gt.info_nce(projected[0], projected[1], task.settings["tau"])
+
+    for seed in range(4):
+        results = []
+        for loss_of in (lambda: task.training_loss(net, examples, 0)[0], lambda: whole_graph_loss(examples)):
+            torch.manual_seed(seed)
+            task.rng.seed(seed)
+            net.zero_grad()
+            loss = loss_of()
+            loss.backward()
+            results.append((loss.detach(), [p.grad.clone() for p in net.parameters()]))
+        (loss, grads), (expected, expected_grads) = results
+        assert torch.equal(loss, expected)
+        assert all(torch.equal(a, b) for a, b in zip(grads, expected_grads, strict=True))
 
 
 # --- multiview contrast: crops, noise, InfoNCE ------------------------------------------------------------

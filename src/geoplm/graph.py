@@ -158,6 +158,8 @@ __all__ = [
     "spatial_line_graph",
     "PairedLineGraph",
     "paired_line_graph",
+    "remove_edges",
+    "subgraph",
 ]
 
 #: ``len(torchdrug.data.Protein.residue2id)``; residue ids follow torchdrug's order
@@ -291,12 +293,15 @@ def _cpu_arrays(pos: Tensor, node2graph: Tensor) -> tuple[np.ndarray, np.ndarray
     return xyz, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
 
-def _radius_search(xyz: np.ndarray, bounds: np.ndarray, r: float, k: int = 0):
+def _radius_search(xyz: np.ndarray, bounds: np.ndarray, r: float, k: int = 0, query: np.ndarray | None = None):
     """:func:`geoplm.graph_kernels.radius_lists` for radius ``r`` (Å): ``d2 < r^2`` in the positions' dtype;
-    cells are made slightly wider than ``r`` so that rounding never hides a pair."""
+    cells are made slightly wider than ``r`` so that rounding never hides a pair. ``query``: ``(n,)`` bool, the
+    nodes whose lists are searched (default all)."""
     r2 = xyz.dtype.type(float(r) * float(r))
     width = max(float(r), 0.0) * (1 + 1e-5) + 1e-4
-    return graph_kernels.radius_lists(xyz, bounds, r2, width, k)
+    if query is None:
+        query = np.ones(len(xyz), dtype=np.bool_)
+    return graph_kernels.radius_lists(xyz, bounds, r2, width, k, query)
 
 
 def _pairs(indptr: np.ndarray, index: np.ndarray, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -489,6 +494,7 @@ def build_gearnet_graph(
     edge_feature: str | None = "gearnet",
     chain_id: Tensor | None = None,
     spatial_max_num_neighbors: int | None = 32,
+    node_mask: Tensor | None = None,
 ) -> ResidueGraph:
     """Build GearNet's multi-relational residue graph (see the module docstring for every detail).
 
@@ -508,6 +514,13 @@ def build_gearnet_graph(
             spatial and kNN edges do not depend on it. ``None``: each protein is one chain.
         spatial_max_num_neighbors: torch_cluster's ``max_num_neighbors`` used by torchdrug's
             ``SpatialEdge`` (32); ``None`` disables the cap.
+        node_mask: optional ``(N,)`` bool: build only the subgraph induced by these nodes, exactly the graph
+            that cropping the whole graph to them gives (torchdrug ``node_mask(compact=True)``, as multiview
+            contrast crops its views after building the graph on whole proteins): the kept nodes in order,
+            renumbered ``0 .. N' - 1`` (``batch_size`` unchanged), the edges between two of them, in their
+            order, with their features (sequence distances counted in the whole protein). The neighbour
+            searches run from the kept nodes only, among all nodes (the kNN and the radius cap depend on the
+            others), so the cost follows the kept nodes, not the proteins.
 
     Returns:
         A :class:`ResidueGraph` on ``node_position.device`` with
@@ -516,7 +529,8 @@ def build_gearnet_graph(
 
     Raises:
         ValueError: a tensor has the wrong shape, ``residue_type`` is outside 0..20, ``node2graph`` is
-            not non-decreasing, a coordinate is not finite, or ``edge_feature`` is unknown.
+            not non-decreasing, a coordinate is not finite, ``edge_feature`` is unknown, or ``node_mask`` is not
+            ``(N,)`` bool.
 
     One neighbour search serves both geometric relations: the pairs within ``radius`` give the spatial
     edges, and the kNN of every residue with at least ``knn_k + 1`` of them (itself included); only the
@@ -553,13 +567,20 @@ def build_gearnet_graph(
         spatial_max_num_neighbors=spatial_max_num_neighbors,
     )
     # whole proteins are independent: runs of them go to torch.get_num_threads() threads
-    chunks = _balanced_chunks(bounds, torch.get_num_threads() if n >= _PARALLEL_MIN_NODES else 1)
+    if node_mask is None:
+        keep = np.ones(n, dtype=np.bool_)
+    else:
+        if node_mask.shape != (n,) or node_mask.dtype != torch.bool:
+            raise ValueError(f"node_mask must be ({n},) bool, got {tuple(node_mask.shape)} {node_mask.dtype}")
+        keep = np.ascontiguousarray(node_mask.detach().cpu().numpy())
+    work = n if node_mask is None else int(keep.sum())  # the searches run from the kept nodes only
+    chunks = _balanced_chunks(bounds, torch.get_num_threads() if work >= _PARALLEL_MIN_NODES else 1)
     nodes = [(int(bounds[first]), int(bounds[last])) for first, last in chunks]
 
     def build(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         (first, last), (a, b) = chunks[i], nodes[i]
         chain = None if chain_id is None else chain_id[a:b]
-        return _gearnet_edges(xyz[a:b], bounds[first : last + 1] - a, chain, **settings)
+        return _gearnet_edges(xyz[a:b], bounds[first : last + 1] - a, chain, keep[a:b], **settings)
 
     edges = _thread_map(build, range(len(chunks)))
     edge_start = np.cumsum([0] + [len(e[0]) for e in edges])
@@ -575,6 +596,13 @@ def build_gearnet_graph(
         )
 
     _thread_map(fill, range(len(chunks)))
+    if node_mask is not None:  # number the kept nodes 0 .. n' - 1, in order
+        kept = np.flatnonzero(keep)
+        index = np.full(n, -1, dtype=np.int64)
+        index[kept] = np.arange(len(kept))
+        edge_list[:, :2] = index[edge_list[:, :2]]
+        kept = torch.from_numpy(kept).to(device)
+        pos, residue_type, node2graph, n = pos[kept], residue_type[kept], node2graph[kept], len(kept)
     edge_list = torch.from_numpy(edge_list).to(device)
 
     return ResidueGraph(
@@ -621,6 +649,7 @@ def _gearnet_edges(
     xyz: np.ndarray,
     bounds: np.ndarray,
     chain_id: np.ndarray | None,
+    keep: np.ndarray,
     *,
     sequential_max_distance: int,
     radius: float,
@@ -630,9 +659,10 @@ def _gearnet_edges(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(node_in, node_out, relation)`` of the GearNet graph of a packed batch with graph ``bounds``
     (``(B + 1,)``, from 0 to ``len(xyz)``; see :func:`build_gearnet_graph`), sorted by
-    ``(graph, relation, node_out, node_in)``."""
+    ``(graph, relation, node_out, node_in)``; only the edges between two nodes of ``keep`` ``(n,)`` bool, whose
+    neighbours alone are searched (among all nodes)."""
     chain = np.zeros(len(xyz), np.int64) if chain_id is None else np.ascontiguousarray(chain_id, dtype=np.int64)
-    lists = _radius_search(xyz, bounds, radius, knn_k + 1)
+    lists = _radius_search(xyz, bounds, radius, knn_k + 1, keep)
     limit = _cap_limit(spatial_max_num_neighbors, loop=False)
     return graph_kernels.gearnet_edges(
         bounds,
@@ -643,6 +673,7 @@ def _gearnet_edges(
         *lists[3:],
         min_distance,
         xyz.dtype.type(_EPS * _EPS),
+        keep,
     )
 
 
@@ -1011,6 +1042,74 @@ GRAPH_KINDS: dict[str, tuple] = {
 }
 
 
+def _as_mask(index: Tensor, size: int) -> Tensor:
+    """A ``(size,)`` bool mask from a bool mask (returned as is) or long indices (duplicates allowed)."""
+    if index.dtype == torch.bool:
+        if index.shape != (size,):
+            raise ValueError(f"mask of shape {tuple(index.shape)}, expected ({size},)")
+        return index
+    mask = torch.zeros(size, dtype=torch.bool, device=index.device)
+    mask[index.long()] = True
+    return mask
+
+
+def subgraph(graph: ResidueGraph, node_mask: Tensor) -> tuple[ResidueGraph, Tensor]:
+    """The subgraph induced by some nodes: the kept nodes (in their order) and the edges whose two ends are both
+    kept, with their edge features unchanged (torchdrug ``PackedGraph.node_mask(index, compact=True)`` /
+    ``Protein.subresidue``, as ``SubsequenceNode`` and ``SubspaceNode`` crop).
+
+    Args:
+        graph: a packed batch, ``N`` nodes, ``E`` edges.
+        node_mask: ``(N,)`` bool (True = kept), or long node indices.
+
+    Returns:
+        ``(subgraph, kept)``: the subgraph (same ``batch_size``, ``node2graph`` of the kept nodes, edges renumbered;
+        a graph left without nodes keeps its slot) and ``kept``, the ``(N',)`` long indices of the kept nodes in
+        ``graph`` (to select their node input rows).
+
+    Raises:
+        ValueError: a mask of the wrong shape.
+    """
+    mask = _as_mask(node_mask.to(graph.node_position.device), graph.num_nodes)
+    kept = torch.nonzero(mask).flatten()
+    mapping = torch.full((graph.num_nodes,), -1, dtype=torch.long, device=kept.device)
+    mapping[kept] = torch.arange(len(kept), device=kept.device)
+    ends = mapping[graph.edge_list[:, :2]]
+    keep_edge = (ends >= 0).all(dim=-1)
+    edge_list = torch.cat([ends[keep_edge], graph.edge_list[keep_edge, 2:]], dim=-1)
+    return (
+        replace(
+            graph,
+            num_nodes=int(len(kept)),
+            node_position=graph.node_position[kept],
+            residue_type=graph.residue_type[kept],
+            node2graph=graph.node2graph[kept],
+            edge_list=edge_list,
+            edge_feature=graph.edge_feature[keep_edge],
+            residue_number=None if graph.residue_number is None else graph.residue_number[kept],
+        ),
+        kept,
+    )
+
+
+def remove_edges(graph: ResidueGraph, edges: Tensor) -> ResidueGraph:
+    """The graph without some edges; nodes untouched (torchdrug ``PackedGraph.edge_mask`` with the complement).
+
+    Args:
+        graph: a packed batch of ``E`` edges.
+        edges: ``(E,)`` bool (True = removed) or long indices of removed edges (duplicates allowed, as the
+            with-replacement samples of ``RandomEdgeMask`` and the prediction tasks).
+
+    Returns:
+        The graph with the remaining edges in their order, with their features.
+
+    Raises:
+        ValueError: a mask of the wrong shape.
+    """
+    keep = ~_as_mask(edges.to(graph.edge_list.device), graph.num_edges)
+    return replace(graph, edge_list=graph.edge_list[keep], edge_feature=graph.edge_feature[keep])
+
+
 def graph_kind(settings: dict | None) -> tuple[str, dict]:
     """Split a graph's settings (:func:`geoplm.config.graph_settings`) into its kind (``gearnet`` when absent)
     and the builder's keyword arguments.
@@ -1029,6 +1128,10 @@ def graph_kind(settings: dict | None) -> tuple[str, dict]:
 #: of Wu et al. (torch_cluster ``radius_graph`` / ``knn_graph``) do not look at chains.
 CHAIN_KINDS = frozenset({"gearnet"})
 
+#: The kinds whose builder takes ``node_mask`` (builds the subgraph induced by some nodes without the rest); the
+#: others are built whole and cropped (:func:`subgraph`).
+MASK_KINDS = frozenset({"gearnet"})
+
 
 def build_batch_graph(
     node_position: Tensor,
@@ -1036,6 +1139,7 @@ def build_batch_graph(
     node2graph: Tensor,
     settings: dict | None = None,
     chain_id: Tensor | None = None,
+    node_mask: Tensor | None = None,
 ) -> ResidueGraph:
     """The graph of ``settings`` (kind looked up in :data:`GRAPH_KINDS`) built on a packed batch.
 
@@ -1047,8 +1151,16 @@ def build_batch_graph(
         chain_id: optional ``(N,)`` integer chain of every node: GearNet's sequential edges do not join nodes of
             different chains (torchdrug ``SequentialEdge``); ignored by kinds without a sequential relation
             (not in :data:`CHAIN_KINDS`). ``None``: each protein is one chain.
+        node_mask: optional ``(N,)`` bool: only the subgraph induced by these nodes, ``subgraph(graph,
+            node_mask)[0]`` of the whole graph; kinds in :data:`MASK_KINDS` build it without the rest.
+
+    Raises:
+        ValueError: as the kind's builder; a ``node_mask`` of the wrong shape.
     """
     kind, options = graph_kind(settings)
     if chain_id is not None and kind in CHAIN_KINDS:
         options["chain_id"] = chain_id
-    return GRAPH_KINDS[kind][0](node_position, residue_type, node2graph, **options)
+    if node_mask is not None and kind in MASK_KINDS:
+        return GRAPH_KINDS[kind][0](node_position, residue_type, node2graph, node_mask=node_mask, **options)
+    graph = GRAPH_KINDS[kind][0](node_position, residue_type, node2graph, **options)
+    return graph if node_mask is None else subgraph(graph, node_mask)[0]

@@ -199,8 +199,8 @@ def _ring(xyz, i, start, width, dims, cell, cell_start, members, k, ring, buf_in
 
 
 @njit(**_JIT)
-def radius_lists(xyz, bounds, r2, width, k):
-    """Neighbours within the radius, and (for ``k > 0``) the ``k`` nearest, of every node.
+def radius_lists(xyz, bounds, r2, width, k, query):
+    """Neighbours within the radius, and (for ``k > 0``) the ``k`` nearest, of every queried node.
 
     Args:
         xyz: ``(n, 3)`` positions (Å), float32 or float64.
@@ -208,6 +208,8 @@ def radius_lists(xyz, bounds, r2, width, k):
         r2: squared radius in ``xyz``'s dtype; pairs with ``d2 < r2`` count (the node itself included).
         width: cell width (Å), at least the radius (slightly enlarged, see :mod:`geoplm.graph`).
         k: nearest nodes per node, itself included (0: none).
+        query: ``(n,)`` bool, the nodes whose lists are searched (among all nodes of their graph); the others get
+            empty lists.
 
     Returns:
         ``(indptr, index, d2, knn_indptr, knn_index, knn_d2)``: CSR lists per node (target) of its
@@ -237,6 +239,10 @@ def radius_lists(xyz, bounds, r2, width, k):
             d2 = _grow(d2, needed)
         for i in range(start, end):
             row = fill
+            if not query[i]:
+                indptr[i + 1] = fill
+                knn_indptr[i + 1] = knn_fill
+                continue
             x, y, z = xyz[i, 0], xyz[i, 1], xyz[i, 2]
             cx, cy, cz = cell[i - start, 0], cell[i - start, 1], cell[i - start, 2]
             for ax in range(max(cx - 1, 0), min(cx + 2, dims[0])):
@@ -340,13 +346,16 @@ def gearnet_edges(
     knn_d2,
     min_distance,
     eps2,
+    keep,
 ):
     """GearNet's edges ``(node_in, node_out, relation)`` sorted by ``(graph, relation, node_out, node_in)``.
 
     Relations ``0 .. 2 d`` are ``SequentialEdge(d)`` (``node_out = node_in + relation - d``, same graph and
     ``chain``), ``2 d + 1`` the radius lists (the first ``limit`` of each list, counting the node itself;
     ``limit < 0``: all) and ``2 d + 2`` the kNN lists; both geometric relations drop the node itself, pairs
-    with ``|node_in - node_out| < min_distance`` and pairs with ``d2 < eps2``.
+    with ``|node_in - node_out| < min_distance`` and pairs with ``d2 < eps2``. Only edges between two nodes of
+    ``keep`` ``(n,)`` bool are given (the lists of the other nodes may be left empty: :func:`radius_lists`'
+    ``query``), in the order they have in the whole graph.
     """
     n = indptr.shape[0] - 1
     size = (2 * max_distance + 1) * n + indptr[n] + knn_indptr[n]
@@ -359,7 +368,7 @@ def gearnet_edges(
         for offset in range(-max_distance, max_distance + 1):
             for i in range(max(start, start + offset), min(end, end + offset)):
                 j = i - offset
-                if chain[i] == chain[j]:
+                if chain[i] == chain[j] and keep[i] and keep[j]:
                     node_in[fill] = j
                     node_out[fill] = i
                     relation[fill] = offset + max_distance
@@ -367,10 +376,12 @@ def gearnet_edges(
         for kind in range(2):
             ptr, nbr, dist = (indptr, index, d2) if kind == 0 else (knn_indptr, knn_index, knn_d2)
             for i in range(start, end):
+                if not keep[i]:
+                    continue
                 stop = ptr[i + 1] if kind == 1 or limit < 0 else min(ptr[i + 1], ptr[i] + limit)
                 for p in range(ptr[i], stop):
                     j = nbr[p]
-                    if j != i and abs(i - j) >= min_distance and not dist[p] < eps2:
+                    if j != i and keep[j] and abs(i - j) >= min_distance and not dist[p] < eps2:
                         node_in[fill] = j
                         node_out[fill] = i
                         relation[fill] = 2 * max_distance + 1 + kind

@@ -319,13 +319,22 @@ class InputLoader:
         )
 
 
-def make_graph(proteins: Sequence[ProteinInput], device: str | torch.device = "cpu", settings: Mapping | None = None):
+def make_graph(
+    proteins: Sequence[ProteinInput],
+    device: str | torch.device = "cpu",
+    settings: Mapping | None = None,
+    node_mask: Tensor | None = None,
+):
     """Pack proteins into one residue graph: their cached edge lists when every protein has one (GearNet's
     graph), else the graph of ``settings`` (:func:`geoplm.graph.build_batch_graph`) built on the packed batch,
     with the proteins' ``chain_index`` (GearNet's sequential edges stop at chain breaks, as the cached graphs
     do). Both give the same graph (``tests/test_train.py``, ``tests/test_multichain.py``). The nodes' author
-    residue numbers go with the graph (``residue_number``, read by CDConv) when every protein has them."""
-    from geoplm.graph import build_batch_graph, graph_kind, pack_graphs
+    residue numbers go with the graph (``residue_number``, read by CDConv) when every protein has them.
+
+    ``node_mask``: optional ``(N,)`` bool over the packed nodes: only the subgraph these nodes induce in that graph
+    (:func:`geoplm.graph.subgraph`; built without the rest where the kind allows, :data:`geoplm.graph.MASK_KINDS`),
+    as multiview contrast crops its views."""
+    from geoplm.graph import build_batch_graph, graph_kind, pack_graphs, subgraph
 
     kind, options = graph_kind(settings)
     numbers = [p.residue_number for p in proteins]
@@ -336,6 +345,8 @@ def make_graph(proteins: Sequence[ProteinInput], device: str | torch.device = "c
             [p.position for p in proteins], [p.residue_type for p in proteins], [p.edge_list for p in proteins],
             num_relation, residue_numbers=residue_numbers,
         )  # fmt: skip
+        if node_mask is not None:
+            graph = subgraph(graph, node_mask.cpu())[0]
         return graph.to(device)
     position = torch.cat([p.position for p in proteins])
     residue_type = torch.cat([p.residue_type for p in proteins])
@@ -343,22 +354,40 @@ def make_graph(proteins: Sequence[ProteinInput], device: str | torch.device = "c
     chain_id = None
     if any(p.chain_index is not None for p in proteins):  # chains only matter within a protein
         chain_id = torch.cat([p.chains() for p in proteins])
-    graph = build_batch_graph(position, residue_type, node2graph, settings, chain_id=chain_id)
+    mask = None if node_mask is None else node_mask.cpu()
+    graph = build_batch_graph(position, residue_type, node2graph, settings, chain_id=chain_id, node_mask=mask)
     if residue_numbers is not None:
-        graph = replace(graph, residue_number=torch.cat(residue_numbers).to(position.device))
+        numbers = torch.cat(residue_numbers).to(position.device)
+        graph = replace(graph, residue_number=numbers if mask is None else numbers[mask])
     return graph.to(device)
 
 
 def pack(
-    proteins: Sequence[ProteinInput], device: str | torch.device = "cpu", settings: Mapping | None = None
+    proteins: Sequence[ProteinInput],
+    device: str | torch.device = "cpu",
+    settings: Mapping | None = None,
+    edges: bool = True,
 ) -> Batch:
     """A :class:`Batch` of proteins: their graph (:func:`make_graph`), stacked node features and, when they
-    carry ESM-2 inputs, the sequences and node masks of the ESM-2 inside the model."""
+    carry ESM-2 inputs, the sequences and node masks of the ESM-2 inside the model. ``edges=False``: the graph
+    holds the nodes only (:func:`geoplm.graph.build_node_graph`), for a task that builds graphs of some of them
+    (:func:`make_graph` with ``node_mask``)."""
+    from geoplm.graph import build_node_graph
+
     inputs: dict = {}
     if proteins and proteins[0].esm_input is not None:
         inputs = {"sequences": [p.esm_input[0] for p in proteins], "residue_mask": [p.esm_input[1] for p in proteins]}
+    if edges:
+        graph = make_graph(proteins, device, settings)
+    else:
+        node2graph = torch.repeat_interleave(
+            torch.arange(len(proteins)), torch.tensor([p.num_nodes for p in proteins], dtype=torch.long)
+        )
+        graph = build_node_graph(
+            torch.cat([p.position for p in proteins]), torch.cat([p.residue_type for p in proteins]), node2graph
+        ).to(device)
     return Batch(
-        graph=make_graph(proteins, device, settings),
+        graph=graph,
         node_feature=torch.cat([p.node_feature for p in proteins]).to(device),
         encoder_inputs=inputs,
     )

@@ -20,16 +20,15 @@ Randomness: the tensors are sampled on torch's global generator (on the task's d
 reference) is drawn from the task's Python generator (:attr:`~geoplm.tasks.base.Task.rng`). Both are seeded by the
 loop, so a fixed seed gives the same losses.
 
-Graph helpers (:func:`subgraph`, :func:`remove_edges`) work on a packed :class:`~geoplm.graph.ResidueGraph` and keep
-``node2graph`` / ``batch_size`` consistent (a graph keeps its slot even with no node left, as torchdrug's
-``node_mask`` keeps ``num_nodes``).
+The graph helpers :func:`~geoplm.graph.subgraph` and :func:`~geoplm.graph.remove_edges` (re-exported here) work on a
+packed :class:`~geoplm.graph.ResidueGraph` and keep ``node2graph`` / ``batch_size`` consistent (a graph keeps its slot
+even with no node left, as torchdrug's ``node_mask`` keeps ``num_nodes``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -37,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geoplm.errors import ConfigError
-from geoplm.graph import NUM_RESIDUE_TYPE, ResidueGraph
-from geoplm.inputs import ProteinInput, pack
+from geoplm.graph import NUM_RESIDUE_TYPE, ResidueGraph, remove_edges, subgraph
+from geoplm.inputs import ProteinInput, make_graph, pack
 from geoplm.pretraining.base import PretrainingTask
 from geoplm.pretraining.masking import MASK_TOKEN, mask_residues
 from geoplm.tasks.base import MLP
@@ -67,74 +66,6 @@ SELF_PREDICTION_LOOP = {"truncate": 100, "truncate_random": True}
 
 # ---------------------------------------------------------------------------------------------------------------
 # graph helpers
-
-
-def _as_mask(index: Tensor, size: int) -> Tensor:
-    """A ``(size,)`` bool mask from a bool mask (returned as is) or long indices (duplicates allowed)."""
-    if index.dtype == torch.bool:
-        if index.shape != (size,):
-            raise ValueError(f"mask of shape {tuple(index.shape)}, expected ({size},)")
-        return index
-    mask = torch.zeros(size, dtype=torch.bool, device=index.device)
-    mask[index.long()] = True
-    return mask
-
-
-def subgraph(graph: ResidueGraph, node_mask: Tensor) -> tuple[ResidueGraph, Tensor]:
-    """The subgraph induced by some nodes: the kept nodes (in their order) and the edges whose two ends are both
-    kept, with their edge features unchanged (torchdrug ``PackedGraph.node_mask(index, compact=True)`` /
-    ``Protein.subresidue``, as ``SubsequenceNode`` and ``SubspaceNode`` crop).
-
-    Args:
-        graph: a packed batch, ``N`` nodes, ``E`` edges.
-        node_mask: ``(N,)`` bool (True = kept), or long node indices.
-
-    Returns:
-        ``(subgraph, kept)``: the subgraph (same ``batch_size``, ``node2graph`` of the kept nodes, edges renumbered;
-        a graph left without nodes keeps its slot) and ``kept``, the ``(N',)`` long indices of the kept nodes in
-        ``graph`` (to select their node input rows).
-
-    Raises:
-        ValueError: a mask of the wrong shape.
-    """
-    mask = _as_mask(node_mask.to(graph.node_position.device), graph.num_nodes)
-    kept = torch.nonzero(mask).flatten()
-    mapping = torch.full((graph.num_nodes,), -1, dtype=torch.long, device=kept.device)
-    mapping[kept] = torch.arange(len(kept), device=kept.device)
-    ends = mapping[graph.edge_list[:, :2]]
-    keep_edge = (ends >= 0).all(dim=-1)
-    edge_list = torch.cat([ends[keep_edge], graph.edge_list[keep_edge, 2:]], dim=-1)
-    return (
-        replace(
-            graph,
-            num_nodes=int(len(kept)),
-            node_position=graph.node_position[kept],
-            residue_type=graph.residue_type[kept],
-            node2graph=graph.node2graph[kept],
-            edge_list=edge_list,
-            edge_feature=graph.edge_feature[keep_edge],
-            residue_number=None if graph.residue_number is None else graph.residue_number[kept],
-        ),
-        kept,
-    )
-
-
-def remove_edges(graph: ResidueGraph, edges: Tensor) -> ResidueGraph:
-    """The graph without some edges; nodes untouched (torchdrug ``PackedGraph.edge_mask`` with the complement).
-
-    Args:
-        graph: a packed batch of ``E`` edges.
-        edges: ``(E,)`` bool (True = removed) or long indices of removed edges (duplicates allowed, as the
-            with-replacement samples of ``RandomEdgeMask`` and the prediction tasks).
-
-    Returns:
-        The graph with the remaining edges in their order, with their features.
-
-    Raises:
-        ValueError: a mask of the wrong shape.
-    """
-    keep = ~_as_mask(edges.to(graph.edge_list.device), graph.num_edges)
-    return replace(graph, edge_list=graph.edge_list[keep], edge_feature=graph.edge_feature[keep])
 
 
 def _graph_order(item2graph: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
@@ -320,7 +251,8 @@ class MultiviewContrast(PretrainingTask):
     """Multiview contrast (GearNet paper Sec. 4.1; torchdrug ``models.MultiviewContrast`` in
     ``tasks.Unsupervised``; GearNet ``config/pretrain/mc_gearnet_edge.yaml``).
 
-    The graph is built on the whole proteins; each of two views picks one crop function (``crops``:
+    The graph is that of the whole proteins (built for each view's nodes only); each of two views picks one crop
+    function (``crops``:
     ``subsequence`` = :func:`subsequence_mask` with ``max_length``, ``subspace`` = :func:`subspace_mask` with
     ``min_neighbor`` / ``min_radius`` Å) and one noise function (``noises``: ``identity`` or ``random_edge_mask``
     = :func:`random_edge_mask` with ``edge_mask_rate``) for the whole batch, uniformly from the task's generator.
@@ -369,21 +301,33 @@ class MultiviewContrast(PretrainingTask):
             return subsequence_mask(graph, int(s["max_length"]))
         return subspace_mask(graph, int(s["min_neighbor"]), float(s["min_radius"]))
 
-    def view(self, graph: ResidueGraph, crop: str, noise: str) -> tuple[ResidueGraph, Tensor]:
-        """One augmented view: ``(graph, kept)`` with ``kept`` the ``(N',)`` indices of its nodes in ``graph``."""
-        view, kept = subgraph(graph, self.crop(graph, crop))
+    def view(
+        self, graph: ResidueGraph, crop: str, noise: str, proteins: Sequence[ProteinInput] | None = None
+    ) -> tuple[ResidueGraph, Tensor]:
+        """One augmented view: ``(graph, kept)`` with ``kept`` the ``(N',)`` indices of its nodes in ``graph``.
+
+        ``graph``: the batch's graph, cropped by :func:`subgraph`; or, with ``proteins``, the batch's nodes only
+        (``pack(..., edges=False)``): the view's graph is then built for the cropped nodes alone
+        (:func:`~geoplm.inputs.make_graph` with ``node_mask``), the same graph without building the rest."""
+        mask = self.crop(graph, crop)
+        if proteins is None:
+            view, kept = subgraph(graph, mask)
+        else:
+            view = make_graph(proteins, self.device, self.graph_settings, node_mask=mask)
+            kept = torch.nonzero(mask).flatten()
         if noise == "random_edge_mask":
             view = remove_edges(view, random_edge_mask(view, float(self.settings["edge_mask_rate"])))
         return view, kept
 
     def training_loss(self, model: nn.Module, batch, epoch: int):
-        """InfoNCE of two views of the batch: ``(loss, {"loss", "mutual_information"}, 1.0)``."""
+        """InfoNCE of two views of the batch: ``(loss, {"loss", "mutual_information"}, 1.0)``. The views' graphs
+        are built for their cropped nodes only (:meth:`view`)."""
         proteins = self.batch_inputs(batch)
-        packed = pack(proteins, self.device, self.graph_settings)
+        packed = pack(proteins, self.device, self.graph_settings, edges=False)
         projected = []
         for _ in range(2):
             crop, noise = self.rng.choice(list(self.settings["crops"])), self.rng.choice(list(self.settings["noises"]))
-            view, kept = self.view(packed.graph, crop, noise)
+            view, kept = self.view(packed.graph, crop, noise, proteins)
             inputs = _encoder_inputs(proteins, packed.encoder_inputs, kept)
             output = model.encoder(view, packed.node_feature[kept], **inputs)
             projected.append(model.head(output["graph_feature"]))
