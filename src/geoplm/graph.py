@@ -131,7 +131,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from functools import partial
@@ -150,6 +150,7 @@ __all__ = [
     "ResidueGraph",
     "LineGraph",
     "build_gearnet_graph",
+    "cat_graphs",
     "gearnet_edge_feature_dim",
     "knn_graph",
     "radius_graph",
@@ -1108,6 +1109,42 @@ def remove_edges(graph: ResidueGraph, edges: Tensor) -> ResidueGraph:
     """
     keep = ~_as_mask(edges.to(graph.edge_list.device), graph.num_edges)
     return replace(graph, edge_list=graph.edge_list[keep], edge_feature=graph.edge_feature[keep])
+
+
+def cat_graphs(graphs: Sequence[ResidueGraph]) -> ResidueGraph:
+    """Packed batches one after another as one batch: the nodes, graphs and edges of each after those of the
+    previous (``node2graph`` shifted by the earlier batch sizes, ``edge_list`` by their node counts), as if every
+    protein had been packed once (multiview contrast encodes its two views in one pass, :meth:`GearNet.forward
+    <geoplm.models.gearnet.GearNet.forward>`'s ``norm_groups``).
+
+    Raises:
+        ValueError: no graph, or graphs of different relations or edge-feature widths.
+    """
+    if not graphs:
+        raise ValueError("cat_graphs needs at least one graph")
+    first = graphs[0]
+    if any(g.num_relation != first.num_relation for g in graphs):
+        raise ValueError(f"graphs of different relations: {[g.num_relation for g in graphs]}")
+    if any(g.edge_feature.shape[1:] != first.edge_feature.shape[1:] for g in graphs):
+        raise ValueError(f"edge features of different widths: {[tuple(g.edge_feature.shape) for g in graphs]}")
+    node_offset = np.cumsum([0] + [g.num_nodes for g in graphs])
+    graph_offset = np.cumsum([0] + [g.batch_size for g in graphs])
+    edge_list = [
+        g.edge_list + torch.tensor([int(o), int(o), 0], device=g.edge_list.device)
+        for g, o in zip(graphs, node_offset, strict=False)
+    ]
+    numbers = [g.residue_number for g in graphs]
+    return ResidueGraph(
+        num_nodes=int(node_offset[-1]),
+        batch_size=int(graph_offset[-1]),
+        node_position=torch.cat([g.node_position for g in graphs]),
+        residue_type=torch.cat([g.residue_type for g in graphs]),
+        node2graph=torch.cat([g.node2graph + int(o) for g, o in zip(graphs, graph_offset, strict=False)]),
+        edge_list=torch.cat(edge_list),
+        edge_feature=torch.cat([g.edge_feature for g in graphs]),
+        num_relation=first.num_relation,
+        residue_number=None if any(n is None for n in numbers) else torch.cat(numbers),
+    )
 
 
 def graph_kind(settings: dict | None) -> tuple[str, dict]:

@@ -33,6 +33,7 @@ __all__ = [
     "PairedAdjacency",
     "RelationalAdjacency",
     "adjacency_of",
+    "grouped_batch_norm",
     "line_graph_adjacency",
     "relational_aggregate",
 ]
@@ -695,15 +696,15 @@ class GeometricRelationalGraphConv(nn.Module):
             update = update + relational_aggregate(graph.edge_list, graph.num_nodes, self.num_relation, edge_update)
         return update
 
-    def combine(self, input: Tensor, update: Tensor) -> Tensor:
+    def combine(self, input: Tensor, update: Tensor, norm_groups: Sequence[int] | None = None) -> Tensor:
         output = self.linear(update)
         if self.self_loop is not None:
             output = output + self.self_loop(input)
-        return self._post(output)
+        return self._post(output, norm_groups)
 
-    def _post(self, output: Tensor) -> Tensor:
+    def _post(self, output: Tensor, norm_groups: Sequence[int] | None = None) -> Tensor:
         if self.batch_norm is not None:
-            output = self.batch_norm(output)
+            output = grouped_batch_norm(self.batch_norm, output, norm_groups)
         if self.activation is not None:
             output = self.activation(output)
         return output
@@ -713,13 +714,15 @@ class GeometricRelationalGraphConv(nn.Module):
         graph: ResidueGraph | LineGraph | PairedLineGraph,
         input: Tensor,
         adjacency: RelationalAdjacency | PairedAdjacency | None = None,
+        norm_groups: Sequence[int] | None = None,
     ) -> Tensor:
         """``input`` ``(N, input_dim)`` -> ``(N, output_dim)``; ``adjacency`` as in :meth:`message_and_aggregate`
         (a :class:`PairedAdjacency` for a :class:`~geoplm.graph.PairedLineGraph`, whose rows are the original
         graph's edges). Without ``edge_linear`` the aggregate and ``linear`` are fused
-        (:meth:`RelationalAdjacency.linear`)."""
+        (:meth:`RelationalAdjacency.linear`). ``norm_groups``: row counts of independent batches packed one after
+        another, batch-normalised each on its own (:func:`grouped_batch_norm`)."""
         if self.edge_linear is not None:
-            return self.combine(input, self.message_and_aggregate(graph, input, adjacency))
+            return self.combine(input, self.message_and_aggregate(graph, input, adjacency), norm_groups)
         if graph.num_relation != self.num_relation:
             raise ValueError(f"graph has {graph.num_relation} relations, layer expects {self.num_relation}")
         if adjacency is None:
@@ -727,7 +730,24 @@ class GeometricRelationalGraphConv(nn.Module):
         output = adjacency.linear(input, self.linear.weight, self.linear.bias)
         if self.self_loop is not None:
             output = output + self.self_loop(input)
-        return self._post(output)
+        return self._post(output, norm_groups)
+
+
+def grouped_batch_norm(norm: nn.BatchNorm1d, input: Tensor, groups: Sequence[int] | None) -> Tensor:
+    """``norm(input)``; with ``groups`` (the row counts of independent batches packed one after another, summing to
+    ``N``) ``norm`` applied to each group's rows on its own, in order: the statistics, outputs and running-average
+    updates of one call per batch (multiview contrast's two views encoded in one pass normalise as torchdrug's
+    two encoder calls do).
+
+    Shapes: ``(N, C) -> (N, C)``.
+
+    Raises:
+        RuntimeError: ``groups`` do not sum to ``N`` (``Tensor.split``); in training, a group of one row (as a
+            separate call would).
+    """
+    if groups is None:
+        return norm(input)
+    return torch.cat([norm(part) for part in input.split(list(groups))])
 
 
 class GearNet(nn.Module):
@@ -832,15 +852,44 @@ class GearNet(nn.Module):
             self.batch_norms = nn.ModuleList(nn.BatchNorm1d(d) for d in self.dims[1:])
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, graph: ResidueGraph, input: Tensor, line_graph: LineGraph | None = None) -> dict[str, Tensor]:
+    #: :meth:`forward` takes ``norm_groups`` (several independent batches encoded in one pass)
+    accepts_norm_groups = True
+
+    def forward(
+        self,
+        graph: ResidueGraph,
+        input: Tensor,
+        line_graph: LineGraph | None = None,
+        norm_groups: Sequence[int] | None = None,
+    ) -> dict[str, Tensor]:
         """``graph``: a :class:`~geoplm.graph.ResidueGraph` with ``num_relation`` relations (and, for
         GearNet-Edge, ``edge_feature`` of width ``edge_input_dim``); ``input``: ``(N, input_dim)``
         node features (21-d residue one-hot, :func:`geoplm.graph.residue_one_hot`). ``line_graph``
         may be passed to reuse a precomputed :func:`~geoplm.graph.spatial_line_graph`; without it the edge layers
         run over :func:`~geoplm.graph.paired_line_graph` (:class:`PairedAdjacency`: the same sums, parallel edges
-        multiplied once)."""
+        multiplied once).
+
+        ``norm_groups``: the node counts of independent packed batches concatenated in ``graph`` (nodes, graphs and
+        edges of each after those of the previous, :func:`geoplm.graph.cat_graphs`): every batch norm (node and
+        edge layers, and after each layer) normalises each batch's nodes, or edges, on its own
+        (:func:`grouped_batch_norm`), so the outputs are those of one call per batch, up to float rounding (the
+        dense products run over all rows at once).
+
+        Raises:
+            ValueError: the graph's relations differ from the model's; ``norm_groups`` do not add up to the nodes,
+                or the edges are not grouped with their target nodes' batch."""
         if graph.num_relation != self.num_relation:
             raise ValueError(f"graph has {graph.num_relation} relations, model expects {self.num_relation}")
+        edge_groups = None
+        if norm_groups is not None:
+            norm_groups = [int(g) for g in norm_groups]
+            if sum(norm_groups) != graph.num_nodes:
+                raise ValueError(f"norm_groups {norm_groups} do not add up to the graph's {graph.num_nodes} nodes")
+            group = torch.repeat_interleave(torch.arange(len(norm_groups)), torch.tensor(norm_groups))
+            edge_group = group[graph.edge_list[:, 1].cpu()]
+            if len(edge_group) > 1 and bool((edge_group.diff() < 0).any()):
+                raise ValueError("the edges of norm_groups' batches must follow one another, as their nodes do")
+            edge_groups = torch.bincount(edge_group, minlength=len(norm_groups)).tolist()
         hiddens = []
         layer_input = input
         # sparse adjacencies built once per call and shared by all layers (and their backward passes)
@@ -851,18 +900,18 @@ class GearNet(nn.Module):
             edge_to_node = RelationalAdjacency.edge_to_node(graph)
 
         for i, layer in enumerate(self.layers):
-            hidden = self.dropout(layer(graph, layer_input, adjacency))
+            hidden = self.dropout(layer(graph, layer_input, adjacency, norm_groups))
             if self.short_cut and hidden.shape == layer_input.shape:
                 hidden = hidden + layer_input
             if self.num_angle_bin:
-                edge_hidden = self.edge_layers[i](line_graph, edge_input, line_adjacency)
+                edge_hidden = self.edge_layers[i](line_graph, edge_input, line_adjacency, edge_groups)
                 update = edge_to_node.linear(edge_hidden, layer.linear.weight, layer.linear.bias)
                 if layer.activation is not None:
                     update = layer.activation(update)
                 hidden = hidden + update
                 edge_input = edge_hidden
             if self.batch_norm:
-                hidden = self.batch_norms[i](hidden)
+                hidden = grouped_batch_norm(self.batch_norms[i], hidden, norm_groups)
             hiddens.append(hidden)
             layer_input = hidden
 

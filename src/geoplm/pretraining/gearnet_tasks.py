@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geoplm.errors import ConfigError
-from geoplm.graph import NUM_RESIDUE_TYPE, ResidueGraph, remove_edges, subgraph
+from geoplm.graph import NUM_RESIDUE_TYPE, ResidueGraph, cat_graphs, remove_edges, subgraph
 from geoplm.inputs import ProteinInput, make_graph, pack
 from geoplm.pretraining.base import PretrainingTask
 from geoplm.pretraining.masking import MASK_TOKEN, mask_residues
@@ -324,13 +324,25 @@ class MultiviewContrast(PretrainingTask):
         are built for their cropped nodes only (:meth:`view`)."""
         proteins = self.batch_inputs(batch)
         packed = pack(proteins, self.device, self.graph_settings, edges=False)
-        projected = []
+        views = []
         for _ in range(2):
             crop, noise = self.rng.choice(list(self.settings["crops"])), self.rng.choice(list(self.settings["noises"]))
-            view, kept = self.view(packed.graph, crop, noise, proteins)
-            inputs = _encoder_inputs(proteins, packed.encoder_inputs, kept)
-            output = model.encoder(view, packed.node_feature[kept], **inputs)
-            projected.append(model.head(output["graph_feature"]))
+            views.append(self.view(packed.graph, crop, noise, proteins))
+        if getattr(model.encoder, "accepts_norm_groups", False) and not packed.encoder_inputs:
+            # both views in one pass, each batch-normalised on its own (GearNet.forward's norm_groups)
+            kept = torch.cat([k for _, k in views])
+            output = model.encoder(
+                cat_graphs([v for v, _ in views]),
+                packed.node_feature[kept],
+                norm_groups=[v.num_nodes for v, _ in views],
+            )
+            projected = model.head(output["graph_feature"]).split(views[0][0].batch_size)
+        else:
+            projected = []
+            for view, kept in views:
+                inputs = _encoder_inputs(proteins, packed.encoder_inputs, kept)
+                output = model.encoder(view, packed.node_feature[kept], **inputs)
+                projected.append(model.head(output["graph_feature"]))
         loss = info_nce(projected[0], projected[1], float(self.settings["tau"]))
         value = float(loss.detach())
         return loss, {"loss": value, "mutual_information": -value}, 1.0
