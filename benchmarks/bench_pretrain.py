@@ -22,7 +22,8 @@ read; ``--proteins N`` takes N of them evenly spaced by id), interleaved batch b
 * geoplm: the ``multiview_contrast`` pretraining task (same settings; Adam lr 1e-3) on examples made from the
   parsed records by its ``InputLoader`` (``task.build_examples``, as ``Corpus.load`` does per split; not timed),
   and the epoch loop of ``geoplm.train.fit``: ``task.batches``, ``zero_grad``, ``task.training_loss`` (pack
-  with the graph built on the batch, two views, GearNet-Edge twice, projection MLP, InfoNCE), backward,
+  the nodes, two views each with the graph of its cropped nodes, GearNet-Edge once over both views, projection
+  MLP, InfoNCE), backward,
   ``optimizer.step``, each batch under ``train.deterministic()`` as ``fit`` runs it.
 
 Same encoder (GearNet-Edge ``[--hidden-dim] * --num-layers``, 7 relations, 59-d edge features, 8 angle bins, batch
@@ -372,13 +373,13 @@ def profile_steps(name: str) -> list[tuple[str, object]]:
 
     return [
         ("training_loss", mc.MultiviewContrast.training_loss),
-        ("  of which pack (graph construction on the batch)", inputs.pack),
-        ("    of which build_gearnet_graph", graph.build_gearnet_graph),
-        ("  of which views (crop masks, subgraph, edge mask)", mc.MultiviewContrast.view),
+        ("  of which pack (the batch's nodes)", inputs.pack),
+        ("  of which views (crop masks, their graphs, edge mask)", mc.MultiviewContrast.view),
         ("    of which subsequence_mask", mc.subsequence_mask),
         ("    of which subspace_mask", mc.subspace_mask),
-        ("    of which subgraph", mc.subgraph),
+        ("    of which build_gearnet_graph (the cropped nodes')", graph.build_gearnet_graph),
         ("    of which random_edge_mask + remove_edges", mc.remove_edges),
+        ("  of which cat_graphs (both views in one pass)", graph.cat_graphs),
         ("  of which GearNet-Edge forward", GearNet.forward),
         ("    of which line graph (paired_line_graph)", graph.paired_line_graph),
         ("    of which sparse adjacencies (RelationalAdjacency.blocks)", RelationalAdjacency.blocks),
