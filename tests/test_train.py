@@ -338,3 +338,35 @@ def test_a_run_starts_from_a_finished_runs_weights(dataset, tmp_path):
         run(root, tmp_path / "d", dict(TASK, epochs=0), model=wider, init_checkpoint=source)
     with pytest.raises(GeoplmError, match="not a training run's model.pt"):
         run(root, tmp_path / "e", TASK, init_checkpoint=root / "manifest.tsv")
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_optimizer_steps_are_torchs_default_steps(optimizer):
+    """``build_optimizer`` runs torch's multi-tensor implementation; its steps are bitwise those of the
+    per-parameter loop torch uses by default on the CPU (the references' ``torch.optim.Adam(params, lr)``), with
+    weight decay and momentum."""
+    from geoplm.pretraining import get_pretraining_task
+
+    task = get_pretraining_task(
+        {"kind": "multiview_contrast", "lr": 1e-3, "optimizer": optimizer, "weight_decay": 1e-2, "momentum": 0.9}
+    )
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(21, 64), torch.nn.BatchNorm1d(64), torch.nn.Linear(64, 8))
+    twin = torch.nn.Sequential(torch.nn.Linear(21, 64), torch.nn.BatchNorm1d(64), torch.nn.Linear(64, 8))
+    twin.load_state_dict(net.state_dict())
+    start = [p.detach().clone() for p in net.parameters()]
+    ours = train.build_optimizer(task, net)
+    assert all(group["foreach"] for group in ours.param_groups)
+    options = {"lr": 1e-3, "weight_decay": 1e-2, **({"momentum": 0.9} if optimizer == "sgd" else {})}
+    reference = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[optimizer](
+        twin.parameters(), foreach=False, **options
+    )
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x = torch.randn(32, 21, generator=generator)
+        for model, opt in ((net, ours), (twin, reference)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b, before in zip(net.parameters(), twin.parameters(), start, strict=True):
+        assert torch.equal(a, b) and not torch.equal(a, before)
