@@ -38,7 +38,7 @@ reference multiplies in and torchdrug's ``GraphConstruction`` sets to 1, are not
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -62,7 +62,6 @@ __all__ = [
     "IECONV_EDGE_FEATURE_DIM",
     "ieconv_edge_feature",
     "ieconv_local_frames",
-    "load_reference_state_dict",
 ]
 
 #: Width of the IEConv edge feature (:func:`ieconv_edge_feature`): ``[t (3), r (3), delta (1)]`` and ``1 - 2|.|``
@@ -331,7 +330,8 @@ class GearNetIEConv(nn.Module):
     :attr:`output_dim`), ``graph_feature`` ``(B, D)`` (``readout`` sum or mean over each protein's residues).
 
     The state dict has the reference's names exactly (``linear``, ``embedding_batch_norm``, ``layers.{l}``,
-    ``ieconvs.{l}``, ``edge_layers.{l}``, ``layer_norms.{l}``); :func:`load_reference_state_dict` loads one
+    ``ieconvs.{l}``, ``edge_layers.{l}``, ``layer_norms.{l}``);
+    :func:`geoplm.pretraining.published.map_published` maps one (or a torchdrug task checkpoint holding one)
     strictly. Dropout is the reference's; eval mode is deterministic.
 
     Args:
@@ -474,25 +474,3 @@ class GearNetIEConv(nn.Module):
         node_feature = torch.cat(hiddens, dim=-1) if self.concat_hidden else hiddens[-1]
         graph_feature = readout(node_feature, graph.node2graph, graph.batch_size, self.readout)
         return {"graph_feature": graph_feature, "node_feature": node_feature}
-
-
-def load_reference_state_dict(model: GearNetIEConv, state_dict: Mapping[str, Tensor], prefix: str = "") -> None:
-    """Load a state dict of the reference ``GearNetIEConv`` into ``model`` strictly.
-
-    The parameter and buffer names are the reference's, so the mapping is the identity after removing
-    ``prefix`` (e.g. ``"model."`` for the ``task.state_dict()`` of a torchdrug checkpoint; keys without the
-    prefix, such as the task's MLP head, are then ignored). With ``prefix=""`` every key must belong to the model.
-
-    Raises:
-        KeyError: naming every missing and every unexpected key.
-        ValueError: naming a key whose shape differs.
-    """
-    mapped = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(mapped)), sorted(set(mapped) - set(expected))
-    if missing or unexpected:
-        raise KeyError(f"reference state dict: missing keys {missing}, unexpected keys {unexpected}")
-    for key, value in mapped.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(f"{key}: reference shape {tuple(value.shape)}, model {tuple(expected[key].shape)}")
-    model.load_state_dict(mapped, strict=True)
