@@ -17,7 +17,7 @@ import torch
 
 from geoplm import structure
 from geoplm.errors import ConfigError
-from geoplm.graph import cat_graphs
+from geoplm.graph import build_record_graphs, cat_graphs
 from geoplm.inputs import InputLoader, make_graph, pack
 from geoplm.pretraining import gearnet_tasks as gt
 from geoplm.pretraining import get_pretraining_task
@@ -139,7 +139,7 @@ def test_subgraph_keeps_the_edges_among_kept_nodes_and_their_features(proteins):
 def assert_same_graph(got, expected):
     for name in ("num_nodes", "batch_size", "num_relation"):
         assert getattr(got, name) == getattr(expected, name), name
-    for name in ("node_position", "residue_type", "node2graph", "edge_list", "edge_feature"):
+    for name in ("node_position", "residue_type", "node2graph", "edge_list", "edge_feature", "residue_number"):
         assert torch.equal(getattr(got, name), getattr(expected, name)), name
 
 
@@ -151,7 +151,7 @@ def assert_same_graph(got, expected):
         {"radius": 4.5, "knn_k": 3, "spatial_max_num_neighbors": None},
     ],
 )
-def test_graph_built_for_a_node_mask_is_the_crop_of_the_whole_graph(proteins, settings):
+def test_graph_built_for_a_node_mask_is_the_crop_of_the_whole_graph(records, proteins, settings):
     """``make_graph(node_mask=...)`` searches neighbours from the kept nodes only, yet its kNN edges, the radius cap
     (both depend on the nodes left out), sequence distances and edge order are those of the cropped whole graph."""
     whole = make_graph(proteins, settings=settings)
@@ -161,8 +161,16 @@ def test_graph_built_for_a_node_mask_is_the_crop_of_the_whole_graph(proteins, se
     masks += [torch.rand(nodes, generator=generator) < rate for rate in (0.05, 0.3, 0.9)]
     torch.manual_seed(0)
     masks += [gt.subsequence_mask(whole, 50) for _ in range(3)] + [gt.subspace_mask(whole, 15, 15.0) for _ in range(3)]
+    assert whole.residue_number is not None
+    # the proteins with their graphs cached (the build_graphs rule's), packed then cropped: the same graphs
+    cached = build_record_graphs(records, **(settings or {}))
+    loader = InputLoader(graphs={rid: g["edge_list"] for rid, g in cached.items()})
+    stored = [loader(r) for r in records]
     for mask in masks:
-        assert_same_graph(make_graph(proteins, settings=settings, node_mask=mask), gt.subgraph(whole, mask)[0])
+        expected = gt.subgraph(whole, mask)[0]
+        assert_same_graph(make_graph(proteins, settings=settings, node_mask=mask), expected)
+        if settings is None:  # cached graphs are GearNet's default settings
+            assert_same_graph(make_graph(stored, node_mask=mask), expected)
     with pytest.raises(ValueError, match="node_mask"):
         make_graph(proteins, settings=settings, node_mask=torch.ones(nodes + 1, dtype=torch.bool))
 
