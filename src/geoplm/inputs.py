@@ -363,29 +363,14 @@ def make_graph(
 
 
 def pack(
-    proteins: Sequence[ProteinInput],
-    device: str | torch.device = "cpu",
-    settings: Mapping | None = None,
-    edges: bool = True,
+    proteins: Sequence[ProteinInput], device: str | torch.device = "cpu", settings: Mapping | None = None
 ) -> Batch:
     """A :class:`Batch` of proteins: their graph (:func:`make_graph`), stacked node features and, when they
-    carry ESM-2 inputs, the sequences and node masks of the ESM-2 inside the model. ``edges=False``: the graph
-    holds the nodes only (:func:`geoplm.graph.build_node_graph`), for a task that builds graphs of some of them
-    (:func:`make_graph` with ``node_mask``)."""
-    from geoplm.graph import build_node_graph
-
+    carry ESM-2 inputs, the sequences and node masks of the ESM-2 inside the model."""
     inputs: dict = {}
     if proteins and proteins[0].esm_input is not None:
         inputs = {"sequences": [p.esm_input[0] for p in proteins], "residue_mask": [p.esm_input[1] for p in proteins]}
-    if edges:
-        graph = make_graph(proteins, device, settings)
-    else:
-        node2graph = torch.repeat_interleave(
-            torch.arange(len(proteins)), torch.tensor([p.num_nodes for p in proteins], dtype=torch.long)
-        )
-        graph = build_node_graph(
-            torch.cat([p.position for p in proteins]), torch.cat([p.residue_type for p in proteins]), node2graph
-        ).to(device)
+    graph = make_graph(proteins, device, settings)
     return Batch(
         graph=graph,
         node_feature=torch.cat([p.node_feature for p in proteins]).to(device),

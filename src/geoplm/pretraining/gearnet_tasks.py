@@ -307,7 +307,7 @@ class MultiviewContrast(PretrainingTask):
         """One augmented view: ``(graph, kept)`` with ``kept`` the ``(N',)`` indices of its nodes in ``graph``.
 
         ``graph``: the batch's graph, cropped by :func:`subgraph`; or, with ``proteins``, the batch's nodes only
-        (``pack(..., edges=False)``): the view's graph is then built for the cropped nodes alone
+        (graph kind ``none``): the view's graph is then built for the cropped nodes alone
         (:func:`~geoplm.inputs.make_graph` with ``node_mask``), the same graph without building the rest."""
         mask = self.crop(graph, crop)
         if proteins is None:
@@ -323,7 +323,7 @@ class MultiviewContrast(PretrainingTask):
         """InfoNCE of two views of the batch: ``(loss, {"loss", "mutual_information"}, 1.0)``. The views' graphs
         are built for their cropped nodes only (:meth:`view`)."""
         proteins = self.batch_inputs(batch)
-        packed = pack(proteins, self.device, self.graph_settings, edges=False)
+        packed = pack(proteins, self.device, {"kind": "none"})  # the nodes: each view builds its own graph
         views = []
         for _ in range(2):
             crop, noise = self.rng.choice(list(self.settings["crops"])), self.rng.choice(list(self.settings["noises"]))
