@@ -482,6 +482,51 @@ def test_paired_adjacency_matches_line_graph_autograd(planned, monkeypatch):
     torch.testing.assert_close(by_graph[0], by_graph[1], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("planned", [True, False], ids=["planned", "blocks"])
+def test_paired_adjacency_node_sum_form(planned, monkeypatch):
+    """PairedAdjacency.linear's node-sum form (the bin with the most rows replaced by one row per node: its sums
+    are the node sums less the other bins') gives the plain pair form's values and input / weight / bias gradients
+    in float64 on real proteins' line graphs, and multiplies fewer rows: the replaced bin covers every pair (angle
+    0 to its reverse pair or to the sequential self-loop). A line graph that does not join every pair into a node
+    to every pair out of it (one edge dropped) is not complete and takes the plain form."""
+    import dataclasses
+
+    from geoplm.graph import paired_line_graph
+    from geoplm.models import gearnet as gearnet_module
+    from geoplm.models.gearnet import PairedAdjacency, RelationalAdjacency
+
+    monkeypatch.setattr(gearnet_module, "PLANNED", planned)
+    monkeypatch.setattr(gearnet_module, "_CHUNK_ELEMENTS", 1 << 21 if planned else 64 * 8)
+    pos_a, type_a = _load(SMALL)
+    pos_b, type_b = _load(MEDIUM)
+    node2graph = torch.cat([torch.zeros(len(pos_a), dtype=torch.long), torch.ones(len(pos_b), dtype=torch.long)])
+    graph = build_gearnet_graph(torch.cat([pos_a, pos_b]), torch.cat([type_a, type_b]), node2graph)
+    line_graph = paired_line_graph(graph, 8)
+    adjacency = PairedAdjacency(line_graph)
+    r0, reduced = adjacency.node_sum_plan()
+    assert r0 == 0 and not (reduced.row % 8 == r0).any()
+    rows = adjacency.pairs._relation_major(torch.float64)[-1]
+    assert rows[r0] == line_graph.num_pairs  # every pair has a row in bin 0
+    assert sum(reduced._relation_major(torch.float64)[-1]) + graph.num_nodes < 0.85 * sum(rows)
+
+    def plain(x, w, b):
+        return adjacency.pairs.linear(adjacency._pool(x), w, b).index_select(0, adjacency.pair_of_edge)
+
+    _assert_same_linear((adjacency.linear, plain), graph.num_edges, 8, graph.num_edges, 4)
+    monkeypatch.setattr(PairedAdjacency, "NODE_SUM", False)
+    _assert_same_linear((adjacency.linear, plain), graph.num_edges, 8, graph.num_edges, 4)
+
+    dropped = PairedAdjacency(dataclasses.replace(line_graph, edge_list=line_graph.edge_list[1:]))
+    assert dropped.node_sum_plan() is None
+    pair_in, pair_out, relation = line_graph.edge_list[1:].unbind(1)
+    full = RelationalAdjacency(pair_out, relation, pair_in, line_graph.num_pairs, 8, line_graph.num_pairs)
+    monkeypatch.setattr(PairedAdjacency, "NODE_SUM", True)
+    _assert_same_linear(
+        (dropped.linear, lambda x, w, b: full.linear(dropped._pool(x), w, b).index_select(0, dropped.pair_of_edge)),
+        graph.num_edges, 8, graph.num_edges, 5,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("model_kind", ["gearnet_edge", "gearnet_edge_ieconv"])
 def test_paired_line_graph_model_equals_full_line_graph(model_kind, monkeypatch):
     """GearNet-Edge and GearNet-Edge-IEConv over the paired line graph (the default) give the outputs and

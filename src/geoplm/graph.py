@@ -754,12 +754,16 @@ class PairedLineGraph:
     ``pair_of_edge`` ``(E,)`` long: the pair (``0 .. num_pairs - 1``) of every edge of the residue graph (its
     directed node pair ``(node_in, node_out)``; edges of different relations between the same two nodes share
     one); ``edge_list`` ``(E'', 3)`` long ``[pair_in, pair_out, angle_bin]``: the spatial line graph of the
-    pairs."""
+    pairs; ``pair_node`` ``(P, 2)`` long: each pair's residue-graph nodes ``[node_in, node_out]`` (of
+    ``num_nodes``). Every pair ``(k -> j)`` into a node ``j`` and every pair ``(j -> i)`` out of it are joined by
+    exactly one edge of ``edge_list``, in one angle bin."""
 
     num_pairs: int
     pair_of_edge: Tensor  # (E,) long
     edge_list: Tensor  # (E'', 3) long: [pair_in, pair_out, angle_bin]
     num_relation: int
+    pair_node: Tensor  # (P, 2) long: [node_in, node_out]
+    num_nodes: int
 
     @property
     def num_edges(self) -> int:
@@ -795,6 +799,8 @@ def paired_line_graph(graph: ResidueGraph, num_angle_bin: int = 8) -> PairedLine
         pair_of_edge=pair_of_edge,
         edge_list=torch.stack([edge_a, edge_b, relation], dim=1),
         num_relation=num_angle_bin,
+        pair_node=torch.stack([pair_in, pair_out], dim=1),
+        num_nodes=graph.num_nodes,
     )
 
 

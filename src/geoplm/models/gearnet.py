@@ -569,17 +569,29 @@ class PairedAdjacency:
     ``G`` copies each pair's result back to its edges. The dense products (``W_r`` times a ``(rows, d)``
     aggregate) run once per ``(pair, relation)`` row instead of once per ``(edge, relation)`` row.
 
+    :meth:`linear` also uses that the line graph joins every pair into a node ``j`` to every pair out of it, each
+    in one angle bin: the bins of a pair ``p = (j -> i)`` sum to the node sum ``x_j = sum_{q = (k -> j)} h_q``,
+    so with ``r0`` the bin with the most non-empty rows,
+    ``sum_r W_r (A'_r h)_p = W_r0 x_j + sum_{r != r0} (W_r - W_r0) (A'_r h)_p``: bin ``r0``'s rows (in GearNet's
+    graphs every pair's, through its reverse pair or the sequential self-loop: angle 0) are replaced by one row
+    per node (about a tenth as many).
+
     Args:
         line_graph: a :class:`~geoplm.graph.PairedLineGraph`.
     """
+
+    #: Use the node-sum identity in :meth:`linear` (the tests switch it off to compare).
+    NODE_SUM = True
 
     def __init__(self, line_graph: PairedLineGraph):
         self.pair_of_edge = line_graph.pair_of_edge
         self.num_pairs = line_graph.num_pairs
         self.num_relation = line_graph.num_relation
         self.num_target = self.num_source = int(line_graph.pair_of_edge.shape[0])
+        self.line_graph = line_graph
         pair_in, pair_out, relation = line_graph.edge_list.unbind(1)
         self.pairs = RelationalAdjacency(pair_out, relation, pair_in, self.num_pairs, self.num_relation, self.num_pairs)
+        self._node_sum: tuple[int, RelationalAdjacency] | None | bool = False  # False: not decided yet
 
     def _pool(self, input: Tensor) -> Tensor:
         """``G^T input``: ``(E, d)`` -> ``(P, d)``, each pair's edges summed.
@@ -591,13 +603,59 @@ class PairedAdjacency:
             raise ValueError(f"expected input of shape ({self.num_source}, d), got {tuple(input.shape)}")
         return input.new_zeros(self.num_pairs, input.shape[1]).index_add_(0, self.pair_of_edge, input)
 
+    def node_sum_plan(self) -> tuple[int, RelationalAdjacency] | None:
+        """``(r0, A'_{r != r0})`` for :meth:`linear`'s node-sum form, or None where it saves no rows (bin ``r0``
+        has no more non-empty rows than there are nodes with a pair out of them) or where the line graph is not
+        complete (fewer or more edges than ``sum_j indeg(j) * outdeg(j)`` over pairs: not from
+        :func:`~geoplm.graph.paired_line_graph`). Built once."""
+        if self._node_sum is False:
+            self._node_sum = None
+            line_graph = self.line_graph
+            pair_in, pair_out, relation = line_graph.edge_list.unbind(1)
+            if len(relation):
+                node_in, node_out = line_graph.pair_node.unbind(1)
+                n = max(line_graph.num_nodes, 1)
+                degree_in = torch.bincount(node_out, minlength=n)
+                degree_out = torch.bincount(node_in, minlength=n)
+                complete = int((degree_in * degree_out).sum()) == len(relation)
+                occupied = torch.zeros(self.num_pairs * self.num_relation, dtype=torch.bool, device=relation.device)
+                occupied[pair_out * self.num_relation + relation] = True
+                rows = occupied.view(self.num_pairs, self.num_relation).sum(0)
+                r0 = int(rows.argmax())
+                if complete and int(rows[r0]) > int((degree_out > 0).sum()):
+                    keep = relation != r0
+                    reduced = RelationalAdjacency(
+                        pair_out[keep], relation[keep], pair_in[keep], self.num_pairs, self.num_relation,
+                        self.num_pairs,
+                    )  # fmt: skip
+                    self._node_sum = (r0, reduced)
+        return self._node_sum
+
     def linear(self, input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        """:meth:`RelationalAdjacency.linear` of the line graph: ``(E, d)`` -> ``(E, d_out)``.
+        """:meth:`RelationalAdjacency.linear` of the line graph: ``(E, d)`` -> ``(E, d_out)``, in the node-sum form
+        (see the class) where :meth:`node_sum_plan` gives one: the same value up to float rounding, with the
+        gradients autograd derives from it (``W_r0``'s: the node rows' product less the other bins').
 
         Raises:
             ValueError: as :meth:`RelationalAdjacency.linear`.
         """
-        return self.pairs.linear(self._pool(input), weight, bias).index_select(0, self.pair_of_edge)
+        pooled = self._pool(input)
+        plan = self.node_sum_plan() if self.NODE_SUM else None
+        if plan is None:
+            return self.pairs.linear(pooled, weight, bias).index_select(0, self.pair_of_edge)
+        r0, reduced = plan
+        if weight.dim() != 2 or weight.shape[1] != self.num_relation * input.shape[1]:
+            raise ValueError(
+                f"weight of shape {tuple(weight.shape)} does not take {self.num_relation} x {input.shape[1]} inputs"
+            )
+        node_in, node_out = self.line_graph.pair_node.unbind(1)
+        blocks = weight.unflatten(1, (self.num_relation, input.shape[1]))
+        weight_r0 = blocks[:, r0]
+        difference = (blocks - weight_r0.unsqueeze(1)).flatten(1)  # W_r - W_r0 (bin r0's block: zero, unused)
+        node_sum = pooled.new_zeros(self.line_graph.num_nodes, pooled.shape[1]).index_add_(0, node_out, pooled)
+        output = reduced.linear(pooled, difference, bias)
+        output = output + F.linear(node_sum, weight_r0).index_select(0, node_in)
+        return output.index_select(0, self.pair_of_edge)
 
     def __call__(self, input: Tensor) -> Tensor:
         """``(E, d)`` -> ``(E, num_relation * d)`` per-relation sums (:meth:`RelationalAdjacency.__call__`).
