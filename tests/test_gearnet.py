@@ -503,10 +503,11 @@ def test_paired_adjacency_node_sum_form(planned, monkeypatch):
     graph = build_gearnet_graph(torch.cat([pos_a, pos_b]), torch.cat([type_a, type_b]), node2graph)
     line_graph = paired_line_graph(graph, 8)
     adjacency = PairedAdjacency(line_graph)
-    r0, reduced = adjacency.node_sum_plan()
+    r0, reduced, full_rows = adjacency.node_sum_plan()
     assert r0 == 0 and not (reduced.row % 8 == r0).any()
     rows = adjacency.pairs._relation_major(torch.float64)[-1]
     assert rows[r0] == line_graph.num_pairs  # every pair has a row in bin 0
+    assert full_rows == adjacency.pairs._planned_rows(torch.float64)
     assert sum(reduced._relation_major(torch.float64)[-1]) + graph.num_nodes < 0.85 * sum(rows)
 
     def plain(x, w, b):

@@ -513,7 +513,9 @@ class RelationalAdjacency:
         dense = DENSE_COVERAGE * self.num_target
         return sum(self.num_target if rows and rows >= dense else rows for rows in per_relation)
 
-    def linear(self, input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    def linear(
+        self, input: Tensor, weight: Tensor, bias: Tensor | None = None, planned_rows: int | None = None
+    ) -> Tensor:
         """``F.linear(self(input), weight, bias)`` without materialising ``self(input)``.
 
         ``input`` ``(num_source, d)``, ``weight`` ``(d_out, num_relation * d)``, ``bias`` ``(d_out,)`` ->
@@ -521,7 +523,8 @@ class RelationalAdjacency:
         over the non-empty rows of each ``A_r`` only, in blocks of :meth:`blocks` (the unfused form's value up to
         float32 summation order; tested against it in float64, with gradients), or, where the whole aggregate is
         small (:data:`PLANNED`), all at once over :meth:`plan` (fewer, larger calls: the small views of
-        multiview-contrast pretraining).
+        multiview-contrast pretraining). ``planned_rows``: the row count that decides it, if not this adjacency's
+        (:class:`PairedAdjacency` passes the whole line graph's for its reduced one).
 
         Raises:
             ValueError: if ``input`` does not have ``num_source`` rows or ``weight`` has not ``num_relation * d``
@@ -535,7 +538,9 @@ class RelationalAdjacency:
             )
         width = max(input.shape[1], weight.shape[0])
         max_rows = max(64, _CHUNK_ELEMENTS // width)
-        if PLANNED and self._planned_rows(input.dtype) * width <= _PLANNED_CHUNKS * _CHUNK_ELEMENTS:
+        if planned_rows is None:
+            planned_rows = self._planned_rows(input.dtype)
+        if PLANNED and planned_rows * width <= _PLANNED_CHUNKS * _CHUNK_ELEMENTS:
             return _PlannedAggregateLinear.apply(self.plan(input.dtype), input, weight, bias)
         blocks = self.blocks(input.dtype, max_rows)
         return _AggregateLinear.apply(blocks, self.num_target, input, weight, bias)
@@ -591,7 +596,7 @@ class PairedAdjacency:
         self.line_graph = line_graph
         pair_in, pair_out, relation = line_graph.edge_list.unbind(1)
         self.pairs = RelationalAdjacency(pair_out, relation, pair_in, self.num_pairs, self.num_relation, self.num_pairs)
-        self._node_sum: tuple[int, RelationalAdjacency] | None | bool = False  # False: not decided yet
+        self._node_sum: tuple[int, RelationalAdjacency, int] | None | bool = False  # False: not decided yet
 
     def _pool(self, input: Tensor) -> Tensor:
         """``G^T input``: ``(E, d)`` -> ``(P, d)``, each pair's edges summed.
@@ -603,8 +608,10 @@ class PairedAdjacency:
             raise ValueError(f"expected input of shape ({self.num_source}, d), got {tuple(input.shape)}")
         return input.new_zeros(self.num_pairs, input.shape[1]).index_add_(0, self.pair_of_edge, input)
 
-    def node_sum_plan(self) -> tuple[int, RelationalAdjacency] | None:
-        """``(r0, A'_{r != r0})`` for :meth:`linear`'s node-sum form, or None where it saves no rows (bin ``r0``
+    def node_sum_plan(self) -> tuple[int, RelationalAdjacency, int] | None:
+        """``(r0, A'_{r != r0}, rows)`` for :meth:`linear`'s node-sum form (``rows``: those the whole line graph's
+        :meth:`RelationalAdjacency.plan` would have, which choose between its single product and its blocks as
+        without the node sums), or None where it saves no rows (bin ``r0``
         has no more non-empty rows than there are nodes with a pair out of them) or where the line graph is not
         complete (fewer or more edges than ``sum_j indeg(j) * outdeg(j)`` over pairs: not from
         :func:`~geoplm.graph.paired_line_graph`). Built once."""
@@ -628,7 +635,9 @@ class PairedAdjacency:
                         pair_out[keep], relation[keep], pair_in[keep], self.num_pairs, self.num_relation,
                         self.num_pairs,
                     )  # fmt: skip
-                    self._node_sum = (r0, reduced)
+                    dense = rows >= DENSE_COVERAGE * self.num_pairs
+                    full_rows = int(torch.where(dense & (rows > 0), self.num_pairs, rows).sum())
+                    self._node_sum = (r0, reduced, full_rows)
         return self._node_sum
 
     def linear(self, input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -643,7 +652,7 @@ class PairedAdjacency:
         plan = self.node_sum_plan() if self.NODE_SUM else None
         if plan is None:
             return self.pairs.linear(pooled, weight, bias).index_select(0, self.pair_of_edge)
-        r0, reduced = plan
+        r0, reduced, full_rows = plan
         if weight.dim() != 2 or weight.shape[1] != self.num_relation * input.shape[1]:
             raise ValueError(
                 f"weight of shape {tuple(weight.shape)} does not take {self.num_relation} x {input.shape[1]} inputs"
@@ -653,7 +662,7 @@ class PairedAdjacency:
         weight_r0 = blocks[:, r0]
         difference = (blocks - weight_r0.unsqueeze(1)).flatten(1)  # W_r - W_r0 (bin r0's block: zero, unused)
         node_sum = pooled.new_zeros(self.line_graph.num_nodes, pooled.shape[1]).index_add_(0, node_out, pooled)
-        output = reduced.linear(pooled, difference, bias)
+        output = reduced.linear(pooled, difference, bias, planned_rows=full_rows)
         output = output + F.linear(node_sum, weight_r0).index_select(0, node_in)
         return output.index_select(0, self.pair_of_edge)
 
