@@ -830,7 +830,8 @@ class GearNet(nn.Module):
 
     with ``m^(l) = edge_layers[l](line_graph, m^(l-1))``, ``m^(0) = graph.edge_feature`` (the line
     graph's node feature; the edge layers' sums are computed over :func:`~geoplm.graph.paired_line_graph`, the
-    same sums with parallel edges multiplied once, see :class:`PairedAdjacency`). The paper's Eq. 1
+    same sums with parallel edges multiplied once and the widest-covering angle bin from node sums, see
+    :class:`PairedAdjacency`). The paper's Eq. 1
     ``h_i^(l) = h_i^(l-1) + σ(BN(Σ_r W_r Σ_{j∈N_r(i)} h_j^(l-1)))`` is the ``short_cut`` form; torchdrug
     additionally has the ``self_loop`` linear, biases, and (with ``batch_norm``) a second, model-level
     BatchNorm after the residual.
