@@ -596,7 +596,8 @@ class PairedAdjacency:
         self.line_graph = line_graph
         pair_in, pair_out, relation = line_graph.edge_list.unbind(1)
         self.pairs = RelationalAdjacency(pair_out, relation, pair_in, self.num_pairs, self.num_relation, self.num_pairs)
-        self._node_sum: tuple[int, RelationalAdjacency, int] | None | bool = False  # False: not decided yet
+        self._node_sum: tuple[int, RelationalAdjacency, int] | None = None
+        self._node_sum_decided = False
 
     def _pool(self, input: Tensor) -> Tensor:
         """``G^T input``: ``(E, d)`` -> ``(P, d)``, each pair's edges summed.
@@ -611,12 +612,11 @@ class PairedAdjacency:
     def node_sum_plan(self) -> tuple[int, RelationalAdjacency, int] | None:
         """``(r0, A'_{r != r0}, rows)`` for :meth:`linear`'s node-sum form (``rows``: those the whole line graph's
         :meth:`RelationalAdjacency.plan` would have, which choose between its single product and its blocks as
-        without the node sums), or None where it saves no rows (bin ``r0``
-        has no more non-empty rows than there are nodes with a pair out of them) or where the line graph is not
-        complete (fewer or more edges than ``sum_j indeg(j) * outdeg(j)`` over pairs: not from
-        :func:`~geoplm.graph.paired_line_graph`). Built once."""
-        if self._node_sum is False:
-            self._node_sum = None
+        without the node sums), or None where it saves no rows (bin ``r0`` has no more non-empty rows than the
+        residue graph has nodes) or where the line graph is not complete (fewer or more edges than
+        ``sum_j indeg(j) * outdeg(j)`` over pairs: not from :func:`~geoplm.graph.paired_line_graph`). Built once."""
+        if not self._node_sum_decided:
+            self._node_sum_decided = True
             line_graph = self.line_graph
             pair_in, pair_out, relation = line_graph.edge_list.unbind(1)
             if len(relation):
@@ -629,7 +629,7 @@ class PairedAdjacency:
                 occupied[pair_out * self.num_relation + relation] = True
                 rows = occupied.view(self.num_pairs, self.num_relation).sum(0)
                 r0 = int(rows.argmax())
-                if complete and int(rows[r0]) > int((degree_out > 0).sum()):
+                if complete and int(rows[r0]) > line_graph.num_nodes:
                     keep = relation != r0
                     reduced = RelationalAdjacency(
                         pair_out[keep], relation[keep], pair_in[keep], self.num_pairs, self.num_relation,
