@@ -189,7 +189,9 @@ def test_multiview_contrast_builds_only_the_views_and_encodes_them_as_two_calls_
         projected = []
         for _ in range(2):
             crop, noise = task.rng.choice(task.settings["crops"]), task.rng.choice(task.settings["noises"])
-            view, kept = task.view(packed.graph, crop, noise)
+            view, kept = gt.subgraph(packed.graph, task.crop(packed.graph, crop))  # the whole graph, cropped
+            if noise == "random_edge_mask":
+                view = gt.remove_edges(view, gt.random_edge_mask(view, float(task.settings["edge_mask_rate"])))
             projected.append(net.head(net.encoder(view, packed.node_feature[kept])["graph_feature"]))
         return gt.info_nce(projected[0], projected[1], task.settings["tau"])
 

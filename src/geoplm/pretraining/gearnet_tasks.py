@@ -302,19 +302,17 @@ class MultiviewContrast(PretrainingTask):
         return subspace_mask(graph, int(s["min_neighbor"]), float(s["min_radius"]))
 
     def view(
-        self, graph: ResidueGraph, crop: str, noise: str, proteins: Sequence[ProteinInput] | None = None
+        self, graph: ResidueGraph, crop: str, noise: str, proteins: Sequence[ProteinInput]
     ) -> tuple[ResidueGraph, Tensor]:
         """One augmented view: ``(graph, kept)`` with ``kept`` the ``(N',)`` indices of its nodes in ``graph``.
 
-        ``graph``: the batch's graph, cropped by :func:`subgraph`; or, with ``proteins``, the batch's nodes only
-        (graph kind ``none``): the view's graph is then built for the cropped nodes alone
-        (:func:`~geoplm.inputs.make_graph` with ``node_mask``), the same graph without building the rest."""
+        ``graph``: the batch's nodes (graph kind ``none``; the crops read their positions and residue numbers);
+        the view's graph is built for the cropped nodes of ``proteins`` alone (:func:`~geoplm.inputs.make_graph`
+        with ``node_mask``): the graph torchdrug crops out of the whole proteins' graph (:func:`subgraph`), without
+        building the rest (``tests/test_pretraining_tasks.py`` compares the two)."""
         mask = self.crop(graph, crop)
-        if proteins is None:
-            view, kept = subgraph(graph, mask)
-        else:
-            view = make_graph(proteins, self.device, self.graph_settings, node_mask=mask)
-            kept = torch.nonzero(mask).flatten()
+        view = make_graph(proteins, self.device, self.graph_settings, node_mask=mask)
+        kept = torch.nonzero(mask).flatten()
         if noise == "random_edge_mask":
             view = remove_edges(view, random_edge_mask(view, float(self.settings["edge_mask_rate"])))
         return view, kept
