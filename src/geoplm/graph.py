@@ -597,25 +597,18 @@ def build_gearnet_graph(
         )
 
     _thread_map(fill, range(len(chunks)))
-    if node_mask is not None:  # number the kept nodes 0 .. n' - 1, in order
-        kept = np.flatnonzero(keep)
-        index = np.full(n, -1, dtype=np.int64)
-        index[kept] = np.arange(len(kept))
-        edge_list[:, :2] = index[edge_list[:, :2]]
-        kept = torch.from_numpy(kept).to(device)
-        pos, residue_type, node2graph, n = pos[kept], residue_type[kept], node2graph[kept], len(kept)
-    edge_list = torch.from_numpy(edge_list).to(device)
-
-    return ResidueGraph(
+    graph = ResidueGraph(
         num_nodes=n,
         batch_size=batch_size,
         node_position=pos,
         residue_type=residue_type,
         node2graph=node2graph,
-        edge_list=edge_list,
+        edge_list=torch.from_numpy(edge_list).to(device),
         edge_feature=torch.from_numpy(feature).to(device),
         num_relation=num_relation,
     )
+    # all edges join kept nodes: subgraph numbers those 0 .. n' - 1, in order
+    return graph if node_mask is None else subgraph(graph, node_mask)[0]
 
 
 def _balanced_chunks(bounds: np.ndarray, parts: int) -> list[tuple[int, int]]:

@@ -370,9 +370,8 @@ def pack(
     inputs: dict = {}
     if proteins and proteins[0].esm_input is not None:
         inputs = {"sequences": [p.esm_input[0] for p in proteins], "residue_mask": [p.esm_input[1] for p in proteins]}
-    graph = make_graph(proteins, device, settings)
     return Batch(
-        graph=graph,
+        graph=make_graph(proteins, device, settings),
         node_feature=torch.cat([p.node_feature for p in proteins]).to(device),
         encoder_inputs=inputs,
     )

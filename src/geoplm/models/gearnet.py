@@ -152,6 +152,19 @@ _PLANNED_CHUNKS = 8
 BAG_PRODUCTS = True
 
 
+def _planned_row_count(per_relation: Sequence[int], num_target: int) -> int:
+    """Rows of a :class:`_Plan` over relations with ``per_relation`` non-empty rows each: all ``num_target`` for a
+    relation covering at least :data:`DENSE_COVERAGE` of them, its non-empty rows otherwise."""
+    dense = DENSE_COVERAGE * num_target
+    return sum(num_target if rows and rows >= dense else rows for rows in per_relation)
+
+
+def _check_relation_weight(weight: Tensor, num_relation: int, d: int) -> None:
+    """Raise ValueError unless ``weight`` is ``(d_out, num_relation * d)``, a relational linear's weight."""
+    if weight.dim() != 2 or weight.shape[1] != num_relation * d:
+        raise ValueError(f"weight of shape {tuple(weight.shape)} does not take {num_relation} x {d} inputs")
+
+
 class _AggregateLinear(torch.autograd.Function):
     """``F.linear((A @ input).view(T, R * d), weight, bias)`` computed block by block of ``(target, relation)`` rows
     of ``A`` (:meth:`RelationalAdjacency.blocks`).
@@ -509,9 +522,7 @@ class RelationalAdjacency:
 
     def _planned_rows(self, dtype: torch.dtype) -> int:
         """Rows of :meth:`plan`'s matrix (without building it)."""
-        per_relation = self._relation_major(dtype)[-1]
-        dense = DENSE_COVERAGE * self.num_target
-        return sum(self.num_target if rows and rows >= dense else rows for rows in per_relation)
+        return _planned_row_count(self._relation_major(dtype)[-1], self.num_target)
 
     def linear(
         self, input: Tensor, weight: Tensor, bias: Tensor | None = None, planned_rows: int | None = None
@@ -532,10 +543,7 @@ class RelationalAdjacency:
         """
         if input.dim() != 2 or input.shape[0] != self.num_source:
             raise ValueError(f"expected input of shape ({self.num_source}, d), got {tuple(input.shape)}")
-        if weight.dim() != 2 or weight.shape[1] != self.num_relation * input.shape[1]:
-            raise ValueError(
-                f"weight of shape {tuple(weight.shape)} does not take {self.num_relation} x {input.shape[1]} inputs"
-            )
+        _check_relation_weight(weight, self.num_relation, input.shape[1])
         width = max(input.shape[1], weight.shape[0])
         max_rows = max(64, _CHUNK_ELEMENTS // width)
         if planned_rows is None:
@@ -635,9 +643,7 @@ class PairedAdjacency:
                         pair_out[keep], relation[keep], pair_in[keep], self.num_pairs, self.num_relation,
                         self.num_pairs,
                     )  # fmt: skip
-                    dense = rows >= DENSE_COVERAGE * self.num_pairs
-                    full_rows = int(torch.where(dense & (rows > 0), self.num_pairs, rows).sum())
-                    self._node_sum = (r0, reduced, full_rows)
+                    self._node_sum = (r0, reduced, _planned_row_count(rows.tolist(), self.num_pairs))
         return self._node_sum
 
     def linear(self, input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -653,10 +659,7 @@ class PairedAdjacency:
         if plan is None:
             return self.pairs.linear(pooled, weight, bias).index_select(0, self.pair_of_edge)
         r0, reduced, full_rows = plan
-        if weight.dim() != 2 or weight.shape[1] != self.num_relation * input.shape[1]:
-            raise ValueError(
-                f"weight of shape {tuple(weight.shape)} does not take {self.num_relation} x {input.shape[1]} inputs"
-            )
+        _check_relation_weight(weight, self.num_relation, input.shape[1])
         node_in, node_out = self.line_graph.pair_node.unbind(1)
         blocks = weight.unflatten(1, (self.num_relation, input.shape[1]))
         weight_r0 = blocks[:, r0]
