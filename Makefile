@@ -27,22 +27,23 @@ DEMO_TABLES = table_toy_position table_docking_db5 table_gearnet_function table_
 
 # The demo's small training jobs run single-threaded, $(CORES) at a time: faster than one two-threaded job on
 # small graphs, and immune to OpenMP's spinning waiters when other jobs share the cores (benchmarks/README.md).
+# `--resources gpu=$(CORES)` lifts the profile's one-GPU-job limit for them (on a GPU they share it: demo widths).
+DEMO_RUN = --profile $(PROFILE) --cores $(CORES) --configfile config/demo.yaml --set-threads train_model=1 \
+	--resources gpu=$(CORES)
 demo: install
 	GEOPLM_MIRROR=$$( [ -d "$(MIRROR)" ] && echo "$(MIRROR)" ) \
-	  $(SNAKEMAKE) $(DEMO_TABLES) --profile $(PROFILE) --cores $(CORES) --configfile config/demo.yaml \
-	  --set-threads train_model=1
+	  $(SNAKEMAKE) $(DEMO_TABLES) $(DEMO_RUN)
 	@for table in $(DEMO_TABLES:table_%=%); do echo; cat demo/results/tables/$$table.md; done
 	@echo "Tables written to demo/results/tables/ (CSV and Markdown), figures to demo/results/figures/"
 	@# your own structures: the sheet config/demo_structures.tsv through the EC run above (README "Your own structures")
 	GEOPLM_MIRROR=$$( [ -d "$(MIRROR)" ] && echo "$(MIRROR)" ) \
-	  $(SNAKEMAKE) embed --profile $(PROFILE) --cores $(CORES) --configfile config/demo.yaml --quiet rules
+	  $(SNAKEMAKE) embed $(DEMO_RUN) --quiet rules
 
 # The Snakemake report of the demo tables (demo/results/report.html, self-contained: open it in a browser): builds what is
 # missing of the demo first (the report pages are cheap once `make demo` has run), then writes the report.
 report: install
 	GEOPLM_MIRROR=$$( [ -d "$(MIRROR)" ] && echo "$(MIRROR)" ) \
-	  $(SNAKEMAKE) $(DEMO_TABLES:table_%=report_%) --profile $(PROFILE) --cores $(CORES) --configfile config/demo.yaml \
-	  --set-threads train_model=1
+	  $(SNAKEMAKE) $(DEMO_TABLES:table_%=report_%) $(DEMO_RUN)
 	$(SNAKEMAKE) $(DEMO_TABLES:table_%=report_%) --configfile config/demo.yaml --report demo/results/report.html
 	@echo "Report written to demo/results/report.html"
 
