@@ -638,10 +638,10 @@ class PairedAdjacency:
                 rows = occupied.view(self.num_pairs, self.num_relation).sum(0)
                 r0 = int(rows.argmax())
                 if complete and int(rows[r0]) > line_graph.num_nodes:
-                    keep = relation != r0
+                    keep = torch.nonzero(relation != r0).squeeze(1)  # index_select: cheaper than a bool mask
                     reduced = RelationalAdjacency(
-                        pair_out[keep], relation[keep], pair_in[keep], self.num_pairs, self.num_relation,
-                        self.num_pairs,
+                        pair_out.index_select(0, keep), relation.index_select(0, keep), pair_in.index_select(0, keep),
+                        self.num_pairs, self.num_relation, self.num_pairs,
                     )  # fmt: skip
                     self._node_sum = (r0, reduced, _planned_row_count(rows.tolist(), self.num_pairs))
         return self._node_sum
