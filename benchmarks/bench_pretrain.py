@@ -36,7 +36,10 @@ functions (the crop windows and masked edges themselves are drawn by each side),
 of work on both sides and the per-batch ratios stay comparable. ``--independent-views`` lets torchdrug
 draw its own. Batch i runs on both sides back to back, alternating which goes first; a side's epoch time is the
 sum of its step times. Ratio = torchdrug time / geoplm time (= geoplm / torchdrug steps per second), per round and
-per batch, as median and range. A warm-up epoch on the first two batches first (numba caches, allocator).
+per batch, as median and range. Before the rounds: the first two batches (numba caches), then
+``--warmup-epochs`` whole epochs (default 1), each side's heap growing to an epoch's peak page by page (geoplm's
+first epoch 20-25% slower than its later ones, torchdrug's 5-10%: benchmarks/README.md); their ratio is printed,
+not counted. A long pretraining run pays that once.
 ``--profile N``: then one more epoch per side under cProfile: cumulative seconds of the main steps and the top-N
 functions by own time (cProfile inflates Python-heavy code).
 ``--dense-bound``: then one more geoplm epoch under ``torch.profiler`` (shapes recorded): its dense products
@@ -480,7 +483,12 @@ def speed(args) -> int:
     )
     same = not args.independent_views
 
-    run_epoch(theirs, ours, dataset, examples, same, limit=2 * args.batch_size)  # warm-up, not reported
+    run_epoch(theirs, ours, dataset, examples, same, limit=2 * args.batch_size)  # numba caches; not reported
+    for i in range(args.warmup_epochs):  # the heaps growing to an epoch's peak; shown, not in the medians
+        steps = run_epoch(theirs, ours, dataset, examples, same)
+        td, mine = sum(steps["torchdrug"]), sum(steps["geoplm"])
+        print(f"warm-up epoch {i + 1} (not in the medians): torchdrug {td:.2f} s, geoplm {mine:.2f} s, ratio "
+              f"{td / mine:.2f}x")  # fmt: skip
 
     rounds = []
     for i in range(args.rounds):
@@ -647,6 +655,7 @@ def main(argv=None) -> int:
         if mode == "speed":
             sub.add_argument("--proteins", default=16, type=int, help="N of the AlphaFold DB models (0: all)")
             sub.add_argument("--rounds", default=5, type=int)
+            sub.add_argument("--warmup-epochs", default=1, type=int, help="whole epochs before the rounds")
             sub.add_argument("--independent-views", action="store_true")
             sub.add_argument("--profile", default=0, type=int, help="then profile one epoch per side, top N")
             sub.add_argument("--dense-bound", action="store_true", help="then time geoplm's dense products alone")
