@@ -1066,7 +1066,8 @@ def subgraph(graph: ResidueGraph, node_mask: Tensor) -> tuple[ResidueGraph, Tens
 
     Returns:
         ``(subgraph, kept)``: the subgraph (same ``batch_size``, ``node2graph`` of the kept nodes, edges renumbered;
-        a graph left without nodes keeps its slot) and ``kept``, the ``(N',)`` long indices of the kept nodes in
+        a graph left without nodes keeps its slot; where every edge stays, its ``edge_feature`` is ``graph``'s own
+        tensor, not a copy) and ``kept``, the ``(N',)`` long indices of the kept nodes in
         ``graph`` (to select their node input rows).
 
     Raises:
