@@ -377,9 +377,10 @@ def test_fused_aggregate_linear_matches_unfused_autograd(kind, compiled, dense, 
 
 @pytest.mark.parametrize("dense", [2.0, 0.5, 0.0], ids=["sparse_rows", "mixed", "all_rows"])
 def test_compiled_adjacency_blocks_equal_sorted_construction(dense, monkeypatch):
-    """The counting-sort construction of RelationalAdjacency's blocks (CPU) gives exactly the blocks of the
-    sort-based one (targets, CSR rows / columns / multiplicities and their transposes), on a real line graph with
-    repeated entries and on random multigraphs with many duplicates and empty rows, at several block sizes."""
+    """The counting-sort construction of RelationalAdjacency's blocks and of its whole matrix (CPU) gives exactly
+    the blocks and matrix of the sort-based one (targets, CSR rows / columns / multiplicities and their transposes),
+    on a real line graph with repeated entries and on random multigraphs with many duplicates and empty rows, at
+    several block sizes."""
     from geoplm.models import gearnet as gearnet_module
     from geoplm.models.gearnet import RelationalAdjacency
 
@@ -410,6 +411,7 @@ def test_compiled_adjacency_blocks_equal_sorted_construction(dense, monkeypatch)
             monkeypatch.setattr(gearnet_module, "COMPILED_ADJACENCY", compiled)
             adjacency = RelationalAdjacency(target, relation, source, num_target, num_relation, num_source)
             built[compiled] = [adjacency.blocks(torch.float32, rows) for rows in (5, 64, 1 << 20)]
+            built[compiled].append([(0, slice(0, 0), *adjacency.matrices(torch.float32))])  # the whole A, A^T
         for ours, theirs in zip(built[True], built[False], strict=True):
             assert len(ours) == len(theirs)
             for (r1, t1, a1, at1), (r2, t2, a2, at2) in zip(ours, theirs, strict=True):
@@ -422,14 +424,16 @@ def test_compiled_adjacency_blocks_equal_sorted_construction(dense, monkeypatch)
                     assert torch.equal(m1.values(), m2.values())
 
 
+@pytest.mark.parametrize("fill", [2.0, 0.0], ids=["relation_major", "target_major"])
 @pytest.mark.parametrize("bags", [True, False], ids=["embedding_bags", "sparse_mm"])
 @pytest.mark.parametrize("compiled", [True, False], ids=["counting_sort", "torch_sort"])
 @pytest.mark.parametrize("kind", ["line_graph", "edge_to_node", "residue_graph"])
-def test_planned_aggregate_linear_matches_unfused_autograd(kind, compiled, bags, monkeypatch):
+def test_planned_aggregate_linear_matches_unfused_autograd(kind, compiled, bags, fill, monkeypatch):
     """The all-relations-at-once path of RelationalAdjacency.linear (one sparse product per direction: the small
     views of multiview-contrast pretraining), with its sparse products as embedding bags or torch's CSR products,
-    gives the values and the input / weight / bias gradients of F.linear over the dense per-relation aggregate, in
-    float64, on a real protein's graphs (empty rows, repeated line-graph entries)."""
+    over the non-empty rows relation by relation or over the whole matrix in target-major order, gives the values
+    and the input / weight / bias gradients of F.linear over the dense per-relation aggregate, in float64, on a real
+    protein's graphs (empty rows, repeated line-graph entries)."""
     from torch.nn import functional as F
 
     from geoplm.models import gearnet as gearnet_module
@@ -439,8 +443,10 @@ def test_planned_aggregate_linear_matches_unfused_autograd(kind, compiled, bags,
     monkeypatch.setattr(gearnet_module, "_PLANNED_CHUNKS", 1 << 20)  # always planned
     monkeypatch.setattr(gearnet_module, "BAG_PRODUCTS", bags)
     monkeypatch.setattr(gearnet_module, "COMPILED_ADJACENCY", compiled)
+    monkeypatch.setattr(gearnet_module, "TARGET_MAJOR_FILL", fill)
     adjacency, edges, num_source = _adjacency_of(kind)
     num_target, num_relation = adjacency.num_target, adjacency.num_relation
+    assert adjacency.plan(torch.float64).target_major == (fill == 0.0)
     calls = []
     original = gearnet_module._PlannedAggregateLinear.apply
     monkeypatch.setattr(gearnet_module._PlannedAggregateLinear, "apply", lambda *a: calls.append(1) or original(*a))

@@ -140,6 +140,12 @@ _CHUNK_ELEMENTS = 1 << 21
 DENSE_COVERAGE = 0.9
 
 
+#: :meth:`RelationalAdjacency.plan` takes the whole ``A`` in target-major order (one ``(T, R * d) @ (R * d, d_out)``
+#: product per direction, torchdrug's layout) where its non-empty rows fill at least this share of it (the residue
+#: graphs of multiview-contrast views: ~85%, their products then 1.3-2x faster than one per relation), and the
+#: non-empty rows relation by relation otherwise (the line graphs': ~50-60%, where the full product is slower).
+TARGET_MAJOR_FILL = 0.75
+
 #: Use :class:`_PlannedAggregateLinear` (one sparse product per direction for all relations) where the whole
 #: ``(rows, d)`` aggregate takes at most :data:`_PLANNED_CHUNKS` blocks of :data:`_CHUNK_ELEMENTS`: the views of
 #: multiview-contrast pretraining (their line graphs: 5,000-25,000 non-empty rows, up to 512 wide), not the line
@@ -228,15 +234,23 @@ class _Plan:
 
     Rows of ``A'`` are relations ``relations[i]``, ``sizes[i]`` rows each, in this order: first the ``num_dense``
     relations taken over all ``num_target`` targets in order, then the others over their non-empty rows only, whose
-    targets are ``targets`` (concatenated). Relations without edges are left out."""
+    targets are ``targets`` (concatenated). Relations without edges are left out.
 
-    __slots__ = ("matrix", "transpose", "bag", "bag_t", "num_target", "relations", "sizes", "num_dense", "targets")
+    ``target_major``: ``A'`` is the whole ``A`` instead (``(num_target * R, num_source)``, row ``target * R +
+    relation``, empty rows included; ``relations``, ``sizes``, ``targets`` unused), whose product viewed as
+    ``(num_target, R * d)`` is multiplied by the whole weight at once (torchdrug's layout)."""
 
-    def __init__(self, matrix, transpose, num_target, relations, sizes, num_dense, targets):
+    __slots__ = (
+        "matrix", "transpose", "bag", "bag_t", "num_target", "relations", "sizes", "num_dense", "targets",
+        "target_major",
+    )  # fmt: skip
+
+    def __init__(self, matrix, transpose, num_target, relations, sizes, num_dense, targets, target_major=False):
         self.matrix, self.transpose = matrix, transpose
         self.bag, self.bag_t = _bag_matrix(matrix), _bag_matrix(transpose)
         self.num_target, self.relations, self.sizes = num_target, relations, sizes
         self.num_dense, self.targets = num_dense, targets
+        self.target_major = target_major
 
 
 class _PlannedAggregateLinear(torch.autograd.Function):
@@ -253,6 +267,9 @@ class _PlannedAggregateLinear(torch.autograd.Function):
         aggregate = _bag_spmm(plan.bag, input) if bag else _spmm(plan.matrix, input)
         ctx.plan, ctx.aggregate, ctx.has_bias = plan, aggregate, bias is not None
         ctx.save_for_backward(weight)
+        if plan.target_major:  # (T, R * d) @ W^T: one product
+            flat = aggregate.view(plan.num_target, num_relation * d)
+            return torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())
         weights = weight.unflatten(1, (num_relation, d)).unbind(1)  # W_r, (d_out, d) views
         aggregates = aggregate.split(plan.sizes)
         dense = plan.num_dense
@@ -284,6 +301,15 @@ class _PlannedAggregateLinear(torch.autograd.Function):
         grad = grad.contiguous()
         need_input, need_weight = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         num_relation, d = weight.shape[1] // aggregate.shape[1], aggregate.shape[1]
+        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        bag = BAG_PRODUCTS and grad.device.type == "cpu"
+        if plan.target_major:
+            grad_weight = torch.mm(grad.t(), aggregate.view(plan.num_target, -1)) if need_weight else None
+            grad_input = None
+            if need_input:
+                grad_aggregate = torch.mm(grad, weight).view(aggregate.shape)
+                grad_input = _bag_spmm(plan.bag_t, grad_aggregate) if bag else _spmm(plan.transpose, grad_aggregate)
+            return None, grad_input, grad_weight, grad_bias
         dense = plan.num_dense
         grads = [grad] * dense
         if len(plan.relations) > dense:
@@ -306,9 +332,7 @@ class _PlannedAggregateLinear(torch.autograd.Function):
             parts = grad_aggregate.split(plan.sizes)
             for i, r in enumerate(plan.relations):
                 torch.mm(grads[i], weights[r], out=parts[i])
-            bag = BAG_PRODUCTS and grad.device.type == "cpu"
             grad_input = _bag_spmm(plan.bag_t, grad_aggregate) if bag else _spmm(plan.transpose, grad_aggregate)
-        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
         return None, grad_input, grad_weight, grad_bias
 
 
@@ -368,14 +392,44 @@ class RelationalAdjacency:
         return cls(node_out, relation, source, graph.num_nodes, graph.num_relation, node_out.shape[0])
 
     def matrices(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``(A, A^T)`` as CSR tensors of ``dtype``."""
+        """``(A, A^T)`` as CSR tensors of ``dtype``: on CPU reordered from :meth:`_relation_major`'s matrix (its
+        compiled counting sorts; 32-bit indices, as MKL takes them), elsewhere by sorting the entries."""
         if dtype not in self._matrices:
             num_rows = self.num_target * self.num_relation
-            self._matrices[dtype] = (
-                _csr(self.row, self.col, num_rows, self.num_source, dtype),
-                _csr(self.col, self.row, self.num_source, num_rows, dtype),
-            )
+            if _compiled(self.row):
+                self._matrices[dtype] = self._target_major(dtype)
+            else:
+                self._matrices[dtype] = (
+                    _csr(self.row, self.col, num_rows, self.num_source, dtype),
+                    _csr(self.col, self.row, self.num_source, num_rows, dtype),
+                )
         return self._matrices[dtype]
+
+    def _target_major(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``(A, A^T)`` from the relation-major matrix: its non-empty rows (``relation * num_target + target``)
+        moved to rows ``target * num_relation + relation``, empty rows between them."""
+        kept, entries, start, col, count, _ = self._relation_major(dtype)
+        num_rows = self.num_target * self.num_relation
+        row = (kept % self.num_target) * self.num_relation + torch.div(kept, self.num_target, rounding_mode="floor")
+        order = torch.argsort(row)
+        entries, first = entries[order], start[:-1][order]
+        per_row = torch.zeros(num_rows, dtype=torch.long)
+        per_row[row[order]] = entries
+        crow = torch.zeros(num_rows + 1, dtype=torch.long)
+        torch.cumsum(per_row, 0, out=crow[1:])
+        offset = torch.zeros(len(entries), dtype=torch.long)
+        torch.cumsum(entries[:-1], 0, out=offset[1:])
+        position = torch.repeat_interleave(first - offset, entries, output_size=len(col)) + torch.arange(len(col))
+        column, value = col[position], count[position]
+        narrow = max(len(col), self.num_source, num_rows) < torch.iinfo(torch.int32).max
+        index_dtype = torch.int32 if narrow else torch.long
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            matrix = torch.sparse_csr_tensor(
+                crow.to(index_dtype), column.to(index_dtype), value, (num_rows, self.num_source),
+                check_invariants=False,
+            )  # fmt: skip
+        return matrix, self._transpose(crow, column, value, per_row, dtype, index_dtype)
 
     def _relation_major(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, list[int]]:
         """``A`` with its rows in relation-major order (``relation * num_target + target``) and its empty rows
@@ -465,6 +519,11 @@ class RelationalAdjacency:
         targets over all targets, the others over their non-empty rows (see :class:`_Plan`)."""
         if dtype not in self._plans:
             row, entries, start, col, count, per_relation = self._relation_major(dtype)
+            num_rows = self.num_target * self.num_relation
+            if num_rows and sum(per_relation) >= TARGET_MAJOR_FILL * num_rows:
+                matrix, transpose = self.matrices(dtype)
+                self._plans[dtype] = _Plan(matrix, transpose, self.num_target, None, None, 0, None, target_major=True)
+                return self._plans[dtype]
             narrow = _compiled(col) and max(len(col), self.num_source, self.num_target) < torch.iinfo(torch.int32).max
             index_dtype = torch.int32 if narrow else torch.long
             first = [0]
