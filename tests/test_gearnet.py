@@ -459,6 +459,33 @@ def test_planned_aggregate_linear_matches_unfused_autograd(kind, compiled, bags,
 
 
 @pytest.mark.parametrize("planned", [True, False], ids=["planned", "blocks"])
+def test_stacked_adjacency_is_both_products(planned, monkeypatch):
+    """RelationalAdjacency.stack of a real protein's residue graph and edge-to-node map (what GearNet-Edge's layers
+    multiply by the same linear) gives, for the inputs concatenated, the values and input / weight / bias gradients
+    of the two linears concatenated, in float64, through the all-at-once path and through the blocks; adjacencies
+    with different relation counts are refused."""
+    from geoplm.models import gearnet as gearnet_module
+    from geoplm.models.gearnet import RelationalAdjacency
+
+    monkeypatch.setattr(gearnet_module, "PLANNED", planned)
+    monkeypatch.setattr(gearnet_module, "_CHUNK_ELEMENTS", 1 << 21 if planned else 64 * 8)
+    pos, rtype = _load(SMALL)
+    graph = build_gearnet_graph(pos, rtype)
+    nodes, edges = RelationalAdjacency.from_graph(graph), RelationalAdjacency.edge_to_node(graph)
+    both = RelationalAdjacency.stack(nodes, edges)
+    n, r = graph.num_nodes, graph.num_relation
+    assert (both.num_target, both.num_source, both.num_relation) == (2 * n, n + graph.num_edges, r)
+
+    def separate(x, w, b):
+        return torch.cat([nodes.linear(x[:n], w, b), edges.linear(x[n:], w, b)])
+
+    _assert_same_linear((both.linear, separate), n + graph.num_edges, r, 2 * n, 3)
+    other = RelationalAdjacency(torch.tensor([0]), torch.tensor([0]), torch.tensor([0]), 1, r + 1, 1)
+    with pytest.raises(ValueError, match="cannot stack 7 and 8 relations"):
+        RelationalAdjacency.stack(nodes, other)
+
+
+@pytest.mark.parametrize("planned", [True, False], ids=["planned", "blocks"])
 def test_paired_adjacency_matches_line_graph_autograd(planned, monkeypatch):
     """PairedAdjacency (the line graph's sums computed over paired_line_graph's node pairs, parallel edges
     multiplied once) gives the values and the input / weight / bias gradients of the line graph's

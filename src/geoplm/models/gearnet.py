@@ -187,7 +187,8 @@ class _AggregateLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, blocks, num_target: int, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.blocks = blocks
-        ctx.save_for_backward(input, weight)
+        ctx.save_for_backward(weight)
+        ctx.input_shape = input.shape  # the input itself is not needed (nor kept alive) for the gradients
         ctx.has_bias = bias is not None
         if bias is None:
             output = input.new_zeros(num_target, weight.shape[0])
@@ -208,12 +209,12 @@ class _AggregateLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        input, weight = ctx.saved_tensors
+        (weight,) = ctx.saved_tensors
         grad = grad.contiguous()
         need_input, need_weight = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
-        d = input.shape[1]
+        d = ctx.input_shape[1]
         num_relation = weight.shape[1] // d
-        grad_input = input.new_zeros(input.shape) if need_input else None
+        grad_input = grad.new_zeros(ctx.input_shape) if need_input else None
         grad_weight = [weight.new_zeros(weight.shape[0], d) for _ in range(num_relation)] if need_weight else None
         for block, (relation, targets, _, transpose) in enumerate(ctx.blocks):
             grad_block = grad[targets] if isinstance(targets, slice) else grad.index_select(0, targets)
@@ -390,6 +391,25 @@ class RelationalAdjacency:
         node_out, relation = graph.edge_list[:, 1], graph.edge_list[:, 2]
         source = torch.arange(node_out.shape[0], device=node_out.device)
         return cls(node_out, relation, source, graph.num_nodes, graph.num_relation, node_out.shape[0])
+
+    @classmethod
+    def stack(cls, first: RelationalAdjacency, second: RelationalAdjacency) -> RelationalAdjacency:
+        """The block-diagonal adjacency ``[[A_1, 0], [0, A_2]]``: ``(T_1 + T_2) * R`` rows (``first``'s targets,
+        then ``second``'s), ``S_1 + S_2`` sources; ``linear(cat([x_1, x_2]), W, b)`` is ``cat([A_1.linear(x_1, W,
+        b), A_2.linear(x_2, W, b)])`` in one product per direction (GearNet-Edge's node layer and its edge update
+        share the layer's ``linear``).
+
+        Raises:
+            ValueError: if the two have different numbers of relations."""
+        if first.num_relation != second.num_relation:
+            raise ValueError(f"cannot stack {first.num_relation} and {second.num_relation} relations")
+        num_relation = first.num_relation
+        row = torch.cat([first.row, second.row + first.num_target * num_relation])
+        return cls(
+            torch.div(row, num_relation, rounding_mode="floor"), row % num_relation,
+            torch.cat([first.col, second.col + first.num_source]),
+            first.num_target + second.num_target, num_relation, first.num_source + second.num_source,
+        )  # fmt: skip
 
     def matrices(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """``(A, A^T)`` as CSR tensors of ``dtype``: on CPU reordered from :meth:`_relation_major`'s matrix (its
@@ -856,7 +876,11 @@ class GeometricRelationalGraphConv(nn.Module):
             raise ValueError(f"graph has {graph.num_relation} relations, layer expects {self.num_relation}")
         if adjacency is None:
             adjacency = adjacency_of(graph)
-        output = adjacency.linear(input, self.linear.weight, self.linear.bias)
+        return self.finish(input, adjacency.linear(input, self.linear.weight, self.linear.bias), norm_groups)
+
+    def finish(self, input: Tensor, output: Tensor, norm_groups: Sequence[int] | None = None) -> Tensor:
+        """The layer's output from ``output`` ``(N, output_dim)`` = ``linear`` of its aggregate of ``input``
+        ``(N, input_dim)`` (computed by the caller): plus ``self_loop(input)``, batch norm, activation."""
         if self.self_loop is not None:
             output = output + self.self_loop(input)
         return self._post(output, norm_groups)
@@ -899,7 +923,9 @@ class GearNet(nn.Module):
     BatchNorm after the residual.
     The edge update re-uses the node layer's ``linear`` (its weights are shared, as in torchdrug),
     hence ``edge_layers[l]`` outputs ``dims[l]`` (= the node layer's *input* width):
-    ``edge_dims = [edge_input_dim] + dims[:-1]``.
+    ``edge_dims = [edge_input_dim] + dims[:-1]``. Both of ``linear_l``'s products are computed as one, over
+    :meth:`RelationalAdjacency.stack` of the residue graph and its edge-to-node map (``[h; m^(l)]`` in, the two
+    pre-activation outputs stacked out).
 
     Output: ``node_feature`` ``(N, D)`` (concatenation of all layers' ``h`` if ``concat_hidden``,
     else the last), ``graph_feature`` ``(B, D)`` (sum or mean over each graph's nodes).
@@ -1027,15 +1053,20 @@ class GearNet(nn.Module):
         if self.num_angle_bin:
             line_graph, line_adjacency, edge_input = line_graph_adjacency(graph, self.num_angle_bin, line_graph)
             edge_input = edge_input.to(input.dtype if input.is_floating_point() else torch.float32)
-            edge_to_node = RelationalAdjacency.edge_to_node(graph)
+            # the node layer's aggregate and the edge update share the layer's linear: one stacked product
+            both = RelationalAdjacency.stack(adjacency, RelationalAdjacency.edge_to_node(graph))
 
         for i, layer in enumerate(self.layers):
-            hidden = self.dropout(layer(graph, layer_input, adjacency, norm_groups))
+            if self.num_angle_bin:
+                edge_hidden = self.edge_layers[i](line_graph, edge_input, line_adjacency, edge_groups)
+                outputs = both.linear(torch.cat([layer_input, edge_hidden]), layer.linear.weight, layer.linear.bias)
+                hidden = self.dropout(layer.finish(layer_input, outputs[: graph.num_nodes], norm_groups))
+                update = outputs[graph.num_nodes :]
+            else:
+                hidden = self.dropout(layer(graph, layer_input, adjacency, norm_groups))
             if self.short_cut and hidden.shape == layer_input.shape:
                 hidden = hidden + layer_input
             if self.num_angle_bin:
-                edge_hidden = self.edge_layers[i](line_graph, edge_input, line_adjacency, edge_groups)
-                update = edge_to_node.linear(edge_hidden, layer.linear.weight, layer.linear.bias)
                 if layer.activation is not None:
                     update = layer.activation(update)
                 hidden = hidden + update
