@@ -142,8 +142,9 @@ DENSE_COVERAGE = 0.9
 
 #: :meth:`RelationalAdjacency.plan` takes the whole ``A`` in target-major order (one ``(T, R * d) @ (R * d, d_out)``
 #: product per direction, torchdrug's layout) where its non-empty rows fill at least this share of it (the residue
-#: graphs of multiview-contrast views: ~85%, their products then 1.3-2x faster than one per relation), and the
-#: non-empty rows relation by relation otherwise (the line graphs': ~50-60%, where the full product is slower).
+#: graphs of multiview-contrast views: 81-91%, their products then 1.3-2x faster than one per relation), and the
+#: non-empty rows relation by relation otherwise (their paired line graphs': 44-58%, where the full product is
+#: slower; benchmarks/README.md, "Two products fewer per layer").
 TARGET_MAJOR_FILL = 0.75
 
 #: Use :class:`_PlannedAggregateLinear` (one sparse product per direction for all relations) where the whole
