@@ -59,6 +59,22 @@ def _sort(key: Tensor) -> Tensor:
     return torch.from_numpy(np.sort(key.numpy())) if key.device.type == "cpu" else torch.sort(key).values
 
 
+def _index_dtype(index: Tensor, *sizes: int) -> torch.dtype:
+    """The CSR index dtype for a matrix of ``index``'s device whose indices and offsets stay below ``max(sizes)``:
+    32-bit where built by the compiled CPU kernels and it fits (MKL's sparse products take 32-bit indices; torch
+    converts 64-bit ones on every call otherwise), 64-bit otherwise."""
+    narrow = _compiled(index) and max(sizes) < torch.iinfo(torch.int32).max
+    return torch.int32 if narrow else torch.long
+
+
+def _csr_tensor(crow: Tensor, col: Tensor, value: Tensor, shape: tuple[int, int], index_dtype: torch.dtype) -> Tensor:
+    """``torch.sparse_csr_tensor`` of ``(crow, col, value)`` with indices of ``index_dtype``, unchecked (the callers
+    build valid ones), without torch's "Sparse CSR tensor support is in beta state" warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow.to(index_dtype), col.to(index_dtype), value, shape, check_invariants=False)
+
+
 def _csr(
     row: Tensor, col: Tensor, num_rows: int, num_cols: int, dtype: torch.dtype, value: Tensor | None = None
 ) -> Tensor:
@@ -73,11 +89,7 @@ def _csr(
     row = torch.div(key, num_cols, rounding_mode="floor")
     crow = torch.zeros(num_rows + 1, dtype=torch.long, device=key.device)
     torch.cumsum(torch.bincount(row, minlength=num_rows), 0, out=crow[1:])
-    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(
-            crow, key - row * num_cols, count.to(dtype), (num_rows, num_cols), check_invariants=False
-        )
+    return _csr_tensor(crow, key - row * num_cols, count.to(dtype), (num_rows, num_cols), torch.long)
 
 
 def _spmm(adjacency: Tensor, input: Tensor) -> Tensor:
@@ -442,14 +454,8 @@ class RelationalAdjacency:
         torch.cumsum(entries[:-1], 0, out=offset[1:])
         position = torch.repeat_interleave(first - offset, entries, output_size=len(col)) + torch.arange(len(col))
         column, value = col[position], count[position]
-        narrow = max(len(col), self.num_source, num_rows) < torch.iinfo(torch.int32).max
-        index_dtype = torch.int32 if narrow else torch.long
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            matrix = torch.sparse_csr_tensor(
-                crow.to(index_dtype), column.to(index_dtype), value, (num_rows, self.num_source),
-                check_invariants=False,
-            )  # fmt: skip
+        index_dtype = _index_dtype(col, len(col), self.num_source, num_rows)
+        matrix = _csr_tensor(crow, column, value, (num_rows, self.num_source), index_dtype)
         return matrix, self._transpose(crow, column, value, per_row, dtype, index_dtype)
 
     def _relation_major(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, list[int]]:
@@ -497,20 +503,15 @@ class RelationalAdjacency:
         cache_key = (dtype, max_rows)
         if cache_key not in self._blocks:
             row, entries, start, col, count, per_relation = self._relation_major(dtype)
-            # MKL's sparse products take 32-bit indices; torch converts 64-bit ones on every call otherwise
-            narrow = _compiled(col) and max(len(col), self.num_source, self.num_target) < torch.iinfo(torch.int32).max
-            index = col.to(torch.int32) if narrow else col
+            index_dtype = _index_dtype(col, len(col), self.num_source, self.num_target)
+            index = col.to(index_dtype)
             blocks, first = [], 0
 
             def add(relation, targets, a, b, crow, entries):
                 lo, hi = int(start[a]), int(start[b])
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    block = torch.sparse_csr_tensor(
-                        crow.to(index.dtype), index[lo:hi], count[lo:hi], (len(crow) - 1, self.num_source),
-                        check_invariants=False,
-                    )  # fmt: skip
-                transpose = self._transpose(crow, col[lo:hi], count[lo:hi], entries, dtype, index.dtype)
+                shape = (len(crow) - 1, self.num_source)
+                block = _csr_tensor(crow, index[lo:hi], count[lo:hi], shape, index_dtype)
+                transpose = self._transpose(crow, col[lo:hi], count[lo:hi], entries, dtype, index_dtype)
                 blocks.append((relation, targets, block, transpose))
 
             for r, rows in enumerate(per_relation):
@@ -545,8 +546,7 @@ class RelationalAdjacency:
                 matrix, transpose = self.matrices(dtype)
                 self._plans[dtype] = _Plan(matrix, transpose, self.num_target, None, None, 0, None, target_major=True)
                 return self._plans[dtype]
-            narrow = _compiled(col) and max(len(col), self.num_source, self.num_target) < torch.iinfo(torch.int32).max
-            index_dtype = torch.int32 if narrow else torch.long
+            index_dtype = _index_dtype(col, len(col), self.num_source, self.num_target)
             first = [0]
             for rows in per_relation:
                 first.append(first[-1] + rows)
@@ -569,12 +569,7 @@ class RelationalAdjacency:
             torch.cumsum(per_row, 0, out=crow[1:])
             column = torch.cat([col[a:b] for a, b in segments]) if segments else col[:0]
             value = torch.cat([count[a:b] for a, b in segments]) if segments else count[:0]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                matrix = torch.sparse_csr_tensor(
-                    crow.to(index_dtype), column.to(index_dtype), value, (len(per_row), self.num_source),
-                    check_invariants=False,
-                )  # fmt: skip
+            matrix = _csr_tensor(crow, column, value, (len(per_row), self.num_source), index_dtype)
             transpose = self._transpose(crow, column, value, per_row, dtype, index_dtype)
             sizes = [len(e) for e in row_entries]
             target = torch.cat(targets) if targets else row[:0]
@@ -591,12 +586,7 @@ class RelationalAdjacency:
             tcrow, trow, position = (
                 torch.from_numpy(a) for a in graph_kernels.csr_transpose(crow.numpy(), col.numpy(), self.num_source)
             )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                return torch.sparse_csr_tensor(
-                    tcrow.to(index_dtype), trow.to(index_dtype), count[position], (self.num_source, num_rows),
-                    check_invariants=False,
-                )  # fmt: skip
+            return _csr_tensor(tcrow, trow, count[position], (self.num_source, num_rows), index_dtype)
         local_row = torch.repeat_interleave(torch.arange(num_rows, device=crow.device), entries, output_size=len(col))
         return _csr(col, local_row, self.num_source, num_rows, dtype, count)
 
@@ -847,10 +837,7 @@ class GeometricRelationalGraphConv(nn.Module):
         return update
 
     def combine(self, input: Tensor, update: Tensor, norm_groups: Sequence[int] | None = None) -> Tensor:
-        output = self.linear(update)
-        if self.self_loop is not None:
-            output = output + self.self_loop(input)
-        return self._post(output, norm_groups)
+        return self.finish(input, self.linear(update), norm_groups)
 
     def _post(self, output: Tensor, norm_groups: Sequence[int] | None = None) -> Tensor:
         if self.batch_norm is not None:
