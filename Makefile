@@ -52,7 +52,8 @@ test: install
 	$(MAKE) lint dryrun
 
 lint: install
-	$(VENV)/bin/ruff check $(wildcard src tests scripts benchmarks)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(SNAKEMAKE) --lint
 	$(SNAKEMAKE) --lint --configfile config/demo.yaml
 

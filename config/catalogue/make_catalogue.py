@@ -7,8 +7,8 @@ Run from the repository root::
 Inputs: ``/work/shared/data/SOURCES.tsv`` and ``chains/CHAINS.tsv`` (sample sources, pinned by the
 SHA-256 of the shared copy), torchdrug 0.2.1 ``datasets/alphafolddb.py`` (AFDB v2 URLs and MD5s), and
 a git snapshot of octavian-ganea/equidock_public (full DB5.5 and EquiDock test sets, pinned by the
-SHA-256 of the file at the commit). The output is pasted into config/sources.yaml and config/config.yaml by hand (its comments are
-written here).
+SHA-256 of the file at the commit). The output is pasted into config/sources.yaml and config/config.yaml by
+hand (its comments are written here).
 """
 
 from __future__ import annotations
