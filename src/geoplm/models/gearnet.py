@@ -194,7 +194,8 @@ class _AggregateLinear(torch.autograd.Function):
     sparsely covered angle bins) cost nothing unless their relation is multiplied over all of its rows
     (``targets`` a slice), and the ``(T, R * d)`` aggregate is never allocated as one tensor. The block
     aggregates are kept for the weight gradient when the weight needs one (torchdrug's ``F.linear`` keeps its
-    whole ``(T, R * d)`` aggregate for it), so the backward pass multiplies by ``A_b^T`` only.
+    whole ``(T, R * d)`` aggregate for it), so the backward pass multiplies by ``A_b^T`` only, and writes each
+    block's ``grad @ W_r`` into its aggregate once the weight gradient has read it.
     """
 
     @staticmethod
@@ -234,7 +235,10 @@ class _AggregateLinear(torch.autograd.Function):
             if need_weight:
                 grad_weight[relation].addmm_(grad_block.t(), ctx.aggregates[block])
             if need_input:
-                grad_input.addmm_(transpose, grad_block @ weight[:, relation * d : (relation + 1) * d])
+                weight_r = weight[:, relation * d : (relation + 1) * d]
+                # into the block's aggregate (read for the last time just above) where one is kept
+                out = ctx.aggregates[block] if need_weight else None
+                grad_input.addmm_(transpose, torch.mm(grad_block, weight_r, out=out))
         ctx.aggregates = None
         if need_weight:
             grad_weight = torch.cat(grad_weight, dim=1)
@@ -272,7 +276,9 @@ class _PlannedAggregateLinear(torch.autograd.Function):
     product ``A' @ input`` ``(rows, d)`` forward and one ``A'^T @ grad_aggregate`` backward (instead of one or two
     per block), one product per relation with its ``W_r`` in each direction (written in place), and for the relations
     taken over their non-empty rows only one scatter of their outputs (``index_add_``) and one gather of their
-    gradients. The same products as the blocks'; their sums differ only in float rounding."""
+    gradients. The same products as the blocks'; their sums differ only in float rounding. The backward writes
+    ``grad_aggregate`` into the aggregate kept from the forward pass, each relation's rows once the weight gradient
+    has read them (one backward per forward: the aggregate is released after it, as before)."""
 
     @staticmethod
     def forward(ctx, plan: _Plan, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -321,7 +327,8 @@ class _PlannedAggregateLinear(torch.autograd.Function):
             grad_weight = torch.mm(grad.t(), aggregate.view(plan.num_target, -1)) if need_weight else None
             grad_input = None
             if need_input:
-                grad_aggregate = torch.mm(grad, weight).view(aggregate.shape)
+                # into the aggregate's buffer (read for the last time above): no fresh buffer to page in
+                grad_aggregate = torch.mm(grad, weight, out=aggregate.view(plan.num_target, -1)).view(aggregate.shape)
                 grad_input = _bag_spmm(plan.bag_t, grad_aggregate) if bag else _spmm(plan.transpose, grad_aggregate)
             return None, grad_input, grad_weight, grad_bias
         dense = plan.num_dense
@@ -329,24 +336,26 @@ class _PlannedAggregateLinear(torch.autograd.Function):
         if len(plan.relations) > dense:
             grads += grad.index_select(0, plan.targets).split(plan.sizes[dense:])
         aggregates = aggregate.split(plan.sizes)
+        grad_weight = grad_input = grad_weights = weights = None
         if need_weight:
             grad_weight = weight.new_empty(weight.shape[0], num_relation, d)
             if len(plan.relations) < num_relation:
                 grad_weight.zero_()
             grad_weights = grad_weight.unbind(1)
-            for i, r in enumerate(plan.relations):
-                torch.mm(grads[i].t(), aggregates[i], out=grad_weights[r])
-            grad_weight = grad_weight.view(weight.shape)
-        else:
-            grad_weight = None
-        grad_input = None
         if need_input:
             weights = weight.unflatten(1, (num_relation, d)).unbind(1)
-            grad_aggregate = grad.new_empty(aggregate.shape)
-            parts = grad_aggregate.split(plan.sizes)
-            for i, r in enumerate(plan.relations):
-                torch.mm(grads[i], weights[r], out=parts[i])
-            grad_input = _bag_spmm(plan.bag_t, grad_aggregate) if bag else _spmm(plan.transpose, grad_aggregate)
+        # relation by relation, the two products that read its output gradient back to back (the second finds it in
+        # cache); the second writes the aggregate's gradient over the relation's aggregate rows, which the first
+        # has just read for the last time (in cache, and no fresh buffer to page in)
+        for i, r in enumerate(plan.relations):
+            if need_weight:
+                torch.mm(grads[i].t(), aggregates[i], out=grad_weights[r])
+            if need_input:
+                torch.mm(grads[i], weights[r], out=aggregates[i])
+        if need_weight:
+            grad_weight = grad_weight.view(weight.shape)
+        if need_input:  # the aggregate now holds its gradient
+            grad_input = _bag_spmm(plan.bag_t, aggregate) if bag else _spmm(plan.transpose, aggregate)
         return None, grad_input, grad_weight, grad_bias
 
 
