@@ -275,10 +275,11 @@ class _PlannedAggregateLinear(torch.autograd.Function):
     """:class:`_AggregateLinear` over one :class:`_Plan` for graphs small enough to aggregate at once: one sparse
     product ``A' @ input`` ``(rows, d)`` forward and one ``A'^T @ grad_aggregate`` backward (instead of one or two
     per block), one product per relation with its ``W_r`` in each direction (written in place), and for the relations
-    taken over their non-empty rows only one scatter of their outputs (``index_add_``) and one gather of their
-    gradients. The same products as the blocks'; their sums differ only in float rounding. The backward writes
-    ``grad_aggregate`` into the aggregate kept from the forward pass, each relation's rows once the weight gradient
-    has read them (one backward per forward: the aggregate is released after it, as before)."""
+    taken over their non-empty rows a scatter of their outputs (``index_add_``) and a gather of their gradients, each
+    relation's through one reused buffer of the largest relation's rows. The same products as the blocks'; their sums
+    differ only in float rounding. The backward writes ``grad_aggregate`` into the aggregate kept from the forward
+    pass, each relation's rows once the weight gradient has read them (one backward per forward: the aggregate is
+    released after it, as before)."""
 
     @staticmethod
     def forward(ctx, plan: _Plan, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -306,11 +307,12 @@ class _PlannedAggregateLinear(torch.autograd.Function):
         else:
             output = bias.expand(plan.num_target, weight.shape[0]).contiguous()
         if len(plan.relations) > dense:
-            scattered = input.new_empty(len(plan.targets), weight.shape[0])
-            parts = scattered.split(plan.sizes[dense:])
-            for i in range(dense, len(plan.relations)):
-                torch.mm(aggregates[i], weights[plan.relations[i]].t(), out=parts[i - dense])
-            output.index_add_(0, plan.targets, scattered)
+            # relation by relation through one buffer of the largest relation's rows: scattered while in cache, and
+            # paged in once instead of a fresh (sparse rows, d_out) buffer per call
+            buffer = input.new_empty(max(plan.sizes[dense:]), weight.shape[0])
+            for i, targets in enumerate(plan.targets.split(plan.sizes[dense:]), dense):
+                part = torch.mm(aggregates[i], weights[plan.relations[i]].t(), out=buffer[: plan.sizes[i]])
+                output.index_add_(0, targets, part)
         return output
 
     @staticmethod
@@ -332,9 +334,8 @@ class _PlannedAggregateLinear(torch.autograd.Function):
                 grad_input = _bag_spmm(plan.bag_t, grad_aggregate) if bag else _spmm(plan.transpose, grad_aggregate)
             return None, grad_input, grad_weight, grad_bias
         dense = plan.num_dense
-        grads = [grad] * dense
-        if len(plan.relations) > dense:
-            grads += grad.index_select(0, plan.targets).split(plan.sizes[dense:])
+        sparse_targets = plan.targets.split(plan.sizes[dense:]) if len(plan.relations) > dense else ()
+        buffer = grad.new_empty(max(plan.sizes[dense:]), grad.shape[1]) if sparse_targets else None
         aggregates = aggregate.split(plan.sizes)
         grad_weight = grad_input = grad_weights = weights = None
         if need_weight:
@@ -344,14 +345,19 @@ class _PlannedAggregateLinear(torch.autograd.Function):
             grad_weights = grad_weight.unbind(1)
         if need_input:
             weights = weight.unflatten(1, (num_relation, d)).unbind(1)
-        # relation by relation, the two products that read its output gradient back to back (the second finds it in
+        # relation by relation: its output gradient (gathered into one buffer of the largest relation's rows for the
+        # relations over their non-empty rows), read by the two products back to back (the second finds it in
         # cache); the second writes the aggregate's gradient over the relation's aggregate rows, which the first
         # has just read for the last time (in cache, and no fresh buffer to page in)
         for i, r in enumerate(plan.relations):
+            if i < dense:
+                relation_grad = grad
+            else:
+                relation_grad = torch.index_select(grad, 0, sparse_targets[i - dense], out=buffer[: plan.sizes[i]])
             if need_weight:
-                torch.mm(grads[i].t(), aggregates[i], out=grad_weights[r])
+                torch.mm(relation_grad.t(), aggregates[i], out=grad_weights[r])
             if need_input:
-                torch.mm(grads[i], weights[r], out=aggregates[i])
+                torch.mm(relation_grad, weights[r], out=aggregates[i])
         if need_weight:
             grad_weight = grad_weight.view(weight.shape)
         if need_input:  # the aggregate now holds its gradient
