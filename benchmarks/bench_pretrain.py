@@ -3,7 +3,8 @@
 Two modes (run from the repository root; ``src/`` is put on ``sys.path``)::
 
     /work/tdenv/bin/python benchmarks/bench_pretrain.py speed [--proteins 16] [--batch-size 4] [--rounds 5] \
-        [--hidden-dim 128] [--num-layers 4] [--threads 2] [--independent-views] [--profile N] [--dense-bound]
+        [--hidden-dim 128] [--num-layers 4] [--threads 2] [--independent-views] [--independent-crops] \
+        [--profile N] [--dense-bound]
     .venv/bin/python benchmarks/bench_pretrain.py memory [--proteins 8] [--scale 10] [--batch-size 4] \
         [--hidden-dim 128] [--num-layers 4] [--threads 2]
 
@@ -32,14 +33,21 @@ own initial weights; batch ``--batch-size`` (GearNet: 96 per GPU); the same prot
 (torchdrug's loader draws them in the order geoplm's ``task.batches`` shuffles them to). By default each batch also
 uses the same crop and noise function per view on both sides: geoplm's choices (drawn from its task generator)
 are read ahead and torchdrug's ``random.sample`` of them in ``MultiviewContrast.forward`` is answered with the same
-functions (the crop windows and masked edges themselves are drawn by each side), so that batch i does the same kind
-of work on both sides and the per-batch ratios stay comparable. ``--independent-views`` lets torchdrug
-draw its own. Batch i runs on both sides back to back, alternating which goes first; a side's epoch time is the
-sum of its step times. Ratio = torchdrug time / geoplm time (= geoplm / torchdrug steps per second), per round and
-per batch, as median and range. Before the rounds: the first two batches (numba caches), then
-``--warmup-epochs`` whole epochs (default 1), each side's heap growing to an epoch's peak page by page (geoplm's
-first epoch 20-25% slower than its later ones, torchdrug's 5-10%: benchmarks/README.md); their ratio is printed,
-not counted. A long pretraining run pays that once.
+functions, so that batch i does the same kind of work on both sides and the per-batch ratios stay comparable.
+``--independent-views`` lets torchdrug draw its own. The crop windows and masked edges are drawn by each side's own
+crop and noise functions from torch's generator, the same draws in the same order on both (one ``torch.rand`` per
+graph for a crop's start or centre, one per masked edge); by default that generator is seeded identically before
+each view's crop on both sides (``CropSeeds``), so both encode the same crops (the same nodes: geoplm's
+``subsequence_mask`` and ``subspace_mask`` are torchdrug's formulas) and mask 15% of their edges with the same
+numbers (but the two libraries list a view's edges in different orders, so not the same edges). Without it
+(``--independent-crops``) each side draws from its own stream, and a round's two sides encode different random
+crops: up to a quarter more or fewer edges on one side in a round of 16 models (benchmarks/README.md). Batch i runs
+on both sides back to back, alternating which goes first; a side's epoch time is the sum of its step times. Ratio =
+torchdrug time / geoplm time (= geoplm / torchdrug steps per second), per round and per batch, as median and range.
+Before the rounds: the first two batches (numba caches), then ``--warmup-epochs`` whole epochs (default 1), each
+side's heap growing to an epoch's peak page by page (geoplm's first epoch 20-25% slower than its later ones,
+torchdrug's 5-10%: benchmarks/README.md); their ratio is printed, not counted. A long pretraining run pays that
+once.
 ``--profile N``: then one more epoch per side under cProfile: cumulative seconds of the main steps and the top-N
 functions by own time (cProfile inflates Python-heavy code).
 ``--dense-bound``: then one more geoplm epoch under ``torch.profiler`` (shapes recorded): its dense products
@@ -127,6 +135,27 @@ def gearnet_graph_settings() -> dict:
 # --- speed: torchdrug ------------------------------------------------------------------------------------
 
 
+class CropSeeds:
+    """Seeds for the crops of one side: :meth:`set` before a batch (``None``: leave torch's generator alone),
+    :meth:`reseed` before each view's crop (view k of batch ``step`` of epoch ``epoch`` -> :func:`crop_seed`)."""
+
+    def __init__(self):
+        self.key, self.view = None, 0
+
+    def set(self, key: tuple[int, int] | None) -> None:
+        self.key, self.view = key, 0
+
+    def reseed(self) -> None:
+        if self.key is not None:
+            torch.manual_seed(2 * crop_seed(*self.key) + self.view)
+            self.view += 1
+
+
+def crop_seed(epoch: int, step: int) -> int:
+    """The seed of batch ``step`` of epoch ``epoch`` (its views: :class:`CropSeeds`), the same on both sides."""
+    return 1_000_003 * (epoch + 1) + step
+
+
 class TorchdrugSide:
     """torchdrug 0.2.1 with GearNet's multiview-contrast config, ``core.Engine``'s loop on the CPU."""
 
@@ -166,9 +195,22 @@ class TorchdrugSide:
         model = models.GearNet(input_dim=21, hidden_dims=hidden_dims, num_relation=7, edge_input_dim=59,
                                num_angle_bin=8, batch_norm=True, concat_hidden=True, short_cut=True,
                                readout="sum")  # fmt: skip
+        self.seeds = seeds = CropSeeds()
+
+        class Reseeded(torch.nn.Module):
+            """A crop function, called after :meth:`CropSeeds.reseed` (no parameters; the same output otherwise)."""
+
+            def __init__(self, crop):
+                super().__init__()
+                self.crop = crop
+
+            def forward(self, graph):
+                seeds.reseed()
+                return self.crop(graph)
+
         self.crops = {
-            "subsequence": geometry.SubsequenceNode(max_length=50),
-            "subspace": geometry.SubspaceNode(entity_level="residue", min_neighbor=15, min_radius=15.0),
+            "subsequence": Reseeded(geometry.SubsequenceNode(max_length=50)),
+            "subspace": Reseeded(geometry.SubspaceNode(entity_level="residue", min_neighbor=15, min_radius=15.0)),
         }
         self.noises = {"identity": geometry.IdentityNode(), "random_edge_mask": geometry.RandomEdgeMask(mask_rate=0.15)}
         self.contrast = models.MultiviewContrast(model, crop_funcs=list(self.crops.values()),
@@ -254,6 +296,14 @@ class GeoplmSide:
 
         self.task = get_pretraining_task(pretraining_spec(batch_size), "mc")
         self.task.bind("cpu", gearnet_graph_settings(), seed)
+        self.seeds = CropSeeds()
+        view = self.task.view
+
+        def reseeded_view(*args, **kwargs):  # each view's crop after CropSeeds.reseed, as torchdrug's side
+            self.seeds.reseed()
+            return view(*args, **kwargs)
+
+        self.task.view = reseeded_view
         torch.manual_seed(seed)
         self.net = self.task.build_model(model_spec(hidden_dims), 21, plm=False)
         self.optimizer = build_optimizer(self.task, self.net)
@@ -311,14 +361,18 @@ class GeoplmSide:
             yield
 
 
-def run_epoch(theirs, ours, dataset, examples, same_views: bool, limit: int | None = None) -> dict:
+def run_epoch(
+    theirs, ours, dataset, examples, same_views: bool, limit: int | None = None, same_crops: bool = True
+) -> dict:
     """One epoch per side in lockstep, batch by batch (same proteins in batch i), alternating which side runs
-    batch i first. Returns ``{side: [seconds per step]}``."""
+    batch i first; with ``same_crops`` each side's generator seeded alike before each view's crop (:class:`CropSeeds`).
+    Returns ``{side: [seconds per step]}``."""
     gc.collect()
     count = len(examples) if limit is None else min(limit, len(examples))
     order = ours.order(len(examples))[:count]
     td_examples = examples  # geoplm's batches: the first `count` of its shuffle
     ours_steps = ours.start(td_examples)
+    epoch = ours.count
     if limit is not None:
         ours_steps = _take(ours_steps, -(-count // ours.batch_size))
     views: dict[int, list[str]] = {}
@@ -330,6 +384,7 @@ def run_epoch(theirs, ours, dataset, examples, same_views: bool, limit: int | No
         views[step] = ours.next_views()  # before either side runs batch `step` (geoplm's generator is at it)
         names = [n for n in (theirs.name, ours.name) if n in sides]
         for name in names if step % 2 == 0 else names[::-1]:
+            (theirs if name == theirs.name else ours).seeds.set((epoch, step) if same_crops else None)
             start = time.perf_counter()
             try:
                 next(sides[name])
@@ -479,20 +534,22 @@ def speed(args) -> int:
     print(
         f"model: GearNet-Edge {hidden_dims} + 2-layer projection MLP, InfoNCE (tau 0.07), Adam lr {LR}; "
         f"parameters torchdrug {params['torchdrug']:,}, geoplm {params['geoplm']:,}; views: "
-        f"{'independent' if args.independent_views else 'same crop / noise functions per batch on both sides'}"
+        f"{'independent' if args.independent_views else 'same crop / noise functions per batch on both sides'}; crops: "
+        f"{'each side its own' if args.independent_crops else 'the same (torch seeded alike before each crop)'}"
     )
     same = not args.independent_views
 
-    run_epoch(theirs, ours, dataset, examples, same, limit=2 * args.batch_size)  # numba caches; not reported
+    crops = not args.independent_crops
+    run_epoch(theirs, ours, dataset, examples, same, limit=2 * args.batch_size, same_crops=crops)  # numba caches
     for i in range(args.warmup_epochs):  # the heaps growing to an epoch's peak; shown, not in the medians
-        steps = run_epoch(theirs, ours, dataset, examples, same)
+        steps = run_epoch(theirs, ours, dataset, examples, same, same_crops=crops)
         td, mine = sum(steps["torchdrug"]), sum(steps["geoplm"])
         print(f"warm-up epoch {i + 1} (not in the medians): torchdrug {td:.2f} s, geoplm {mine:.2f} s, ratio "
               f"{td / mine:.2f}x")  # fmt: skip
 
     rounds = []
     for i in range(args.rounds):
-        steps = run_epoch(theirs, ours, dataset, examples, same)
+        steps = run_epoch(theirs, ours, dataset, examples, same, same_crops=crops)
         rounds.append(steps)
         td, mine = sum(steps["torchdrug"]), sum(steps["geoplm"])
         print(f"round {i + 1}: torchdrug {td:.2f} s ({len(steps['torchdrug']) / td:.2f} steps/s), geoplm "
@@ -657,6 +714,7 @@ def main(argv=None) -> int:
             sub.add_argument("--rounds", default=5, type=int)
             sub.add_argument("--warmup-epochs", default=1, type=int, help="whole epochs before the rounds")
             sub.add_argument("--independent-views", action="store_true")
+            sub.add_argument("--independent-crops", action="store_true", help="each side draws its own crops")
             sub.add_argument("--profile", default=0, type=int, help="then profile one epoch per side, top N")
             sub.add_argument("--dense-bound", action="store_true", help="then time geoplm's dense products alone")
         elif mode == "memory":
