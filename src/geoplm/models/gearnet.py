@@ -252,7 +252,7 @@ class _Plan:
 
     Rows of ``A'`` are relations ``relations[i]``, ``sizes[i]`` rows each, in this order: first the ``num_dense``
     relations taken over all ``num_target`` targets in order, then the others over their non-empty rows only, whose
-    targets are ``targets`` (concatenated). Relations without edges are left out.
+    targets are ``targets`` (one index tensor per such relation, in order). Relations without edges are left out.
 
     ``target_major``: ``A'`` is the whole ``A`` instead (``(num_target * R, num_source)``, row ``target * R +
     relation``, empty rows included; ``relations``, ``sizes``, ``targets`` unused), whose product viewed as
@@ -310,7 +310,7 @@ class _PlannedAggregateLinear(torch.autograd.Function):
             # relation by relation through one buffer of the largest relation's rows: scattered while in cache, and
             # paged in once instead of a fresh (sparse rows, d_out) buffer per call
             buffer = input.new_empty(max(plan.sizes[dense:]), weight.shape[0])
-            for i, targets in enumerate(plan.targets.split(plan.sizes[dense:]), dense):
+            for i, targets in enumerate(plan.targets, dense):
                 part = torch.mm(aggregates[i], weights[plan.relations[i]].t(), out=buffer[: plan.sizes[i]])
                 output.index_add_(0, targets, part)
         return output
@@ -334,8 +334,7 @@ class _PlannedAggregateLinear(torch.autograd.Function):
                 grad_input = _bag_spmm(plan.bag_t, grad_aggregate) if bag else _spmm(plan.transpose, grad_aggregate)
             return None, grad_input, grad_weight, grad_bias
         dense = plan.num_dense
-        sparse_targets = plan.targets.split(plan.sizes[dense:]) if len(plan.relations) > dense else ()
-        buffer = grad.new_empty(max(plan.sizes[dense:]), grad.shape[1]) if sparse_targets else None
+        buffer = grad.new_empty(max(plan.sizes[dense:]), grad.shape[1]) if plan.targets else None
         aggregates = aggregate.split(plan.sizes)
         grad_weight = grad_input = grad_weights = weights = None
         if need_weight:
@@ -353,7 +352,7 @@ class _PlannedAggregateLinear(torch.autograd.Function):
             if i < dense:
                 relation_grad = grad
             else:
-                relation_grad = torch.index_select(grad, 0, sparse_targets[i - dense], out=buffer[: plan.sizes[i]])
+                relation_grad = torch.index_select(grad, 0, plan.targets[i - dense], out=buffer[: plan.sizes[i]])
             if need_weight:
                 torch.mm(relation_grad.t(), aggregates[i], out=grad_weights[r])
             if need_input:
@@ -587,8 +586,7 @@ class RelationalAdjacency:
             matrix = _csr_tensor(crow, column, value, (len(per_row), self.num_source), index_dtype)
             transpose = self._transpose(crow, column, value, per_row, dtype, index_dtype)
             sizes = [len(e) for e in row_entries]
-            target = torch.cat(targets) if targets else row[:0]
-            self._plans[dtype] = _Plan(matrix, transpose, self.num_target, dense + sparse, sizes, len(dense), target)
+            self._plans[dtype] = _Plan(matrix, transpose, self.num_target, dense + sparse, sizes, len(dense), targets)
         return self._plans[dtype]
 
     def _transpose(
